@@ -1,0 +1,69 @@
+"""Prompt + target batches and the logits that predict the target tokens.
+
+Teacher scoring, student training and held-out KL all need the same thing: the
+model's logits at exactly the positions that predict the target tokens. Only
+those positions go through the LM head (the vocabulary projection dominates the
+cost for short targets after a long context).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L] right-padded prompt + target
+    attention_mask: torch.Tensor  # [B, L]
+    positions: torch.Tensor  # [B, T] index of the position predicting each target token
+    target_ids: torch.Tensor  # [B, T]
+    mask: torch.Tensor  # [B, T] True on real target tokens
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.positions,
+                                              self.target_ids, self.mask)))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def make_batch(prompts: list[list[int]], targets: list[list[int]], pad_id: int) -> Batch:
+    """Right-pad prompt+target pairs and record where each target token is predicted from."""
+    if len(prompts) != len(targets):
+        raise ValueError("prompts and targets differ in number")
+    seqs = [p + t for p, t in zip(prompts, targets, strict=True)]
+    L = max(len(s) for s in seqs)
+    T = max(1, max(len(t) for t in targets))
+    B = len(seqs)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    positions = torch.zeros((B, T), dtype=torch.long)
+    target_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.bool)
+    for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+        s = p + t
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+        n = len(t)
+        if n:
+            positions[i, :n] = torch.arange(len(p) - 1, len(p) - 1 + n)
+            target_ids[i, :n] = torch.tensor(t, dtype=torch.long)
+            mask[i, :n] = True
+    return Batch(input_ids, attn, positions, target_ids, mask)
+
+
+def target_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits [B, T, V] at the positions predicting each target token (padding rows are junk, masked later)."""
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    idx = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+    picked = torch.gather(hidden, 1, idx)
+    return model.get_output_embeddings()(picked)
+
+
+def chunks(n: int, size: int) -> list[range]:
+    """Index ranges of at most `size` items."""
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]

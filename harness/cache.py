@@ -1,0 +1,65 @@
+"""A content-addressed store for expensive teacher work.
+
+An entry's key is the hash of everything it depends on (model fingerprint,
+prompts, strategy and its effective settings, generation limits), so trials and
+reruns that need the same thing share it, and anything that changes makes a new
+entry instead of serving a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def content_hash(parts: dict[str, Any]) -> str:
+    """Stable hash of a JSON-able description."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+class Store:
+    """Entries under root/<kind>/<hash>.pt with a readable <hash>.json describing the key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f"{key}.pt"
+
+    def get_or_compute(self, kind: str, parts: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        """Return the stored value for these parts, computing and storing it on a miss."""
+        key = content_hash(parts)
+        path = self.path(kind, key)
+        if path.exists():
+            self.hits += 1
+            log.info("teacher cache hit: %s %s (reused)", kind, key)
+            return torch.load(path, weights_only=True)
+        self.misses += 1
+        log.info("teacher cache miss: %s %s (computing)", kind, key)
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(value, tmp)
+        tmp.replace(path)  # atomic: parallel workers never read half an entry
+        path.with_suffix(".json").write_text(json.dumps(_describe(parts), indent=1, default=str))
+        return value
+
+
+def _describe(parts: dict[str, Any]) -> dict[str, Any]:
+    """Key parts for humans: long lists are summarised."""
+    out: dict[str, Any] = {}
+    for k, v in parts.items():
+        out[k] = f"<{len(v)} items, hash {content_hash({'v': v})}>" if isinstance(v, list) and len(v) > 8 else v
+    return out

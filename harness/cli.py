@@ -1,0 +1,89 @@
+"""`harness validate | run | report`: the user's commands.
+
+Every expected failure (bad suite, missing model, bad task) ends as one line on
+stderr and a non-zero exit code; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from harness.spec import SuiteError, load_suite
+
+EXIT_BAD_INPUT = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "alembic", "lm_eval", "datasets", "mlflow", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    ax = suite.axes
+    print(f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
+          f"{len(ax.targets)} target × {len(ax.contexts)} context × {len(ax.losses)} loss values, "
+          f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    from harness import sweep
+
+    return sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout, report=not args.no_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    from harness import report
+
+    out = report.write(suite, args.out)
+    print(f"report written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Benchmark harness for context distillation.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check a suite file and print what it sweeps")
+    v.add_argument("suite")
+    v.set_defaults(fn=cmd_validate)
+    r = sub.add_parser("run", help="run a suite: one trial, or an Optuna study over its axes")
+    r.add_argument("suite")
+    r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
+    r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
+    r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
+    r.set_defaults(fn=cmd_run)
+    rep = sub.add_parser("report", help="write tables and plots of a suite's study to results/<suite>/")
+    rep.add_argument("suite")
+    rep.add_argument("--out", default="results", help="results folder (default: results)")
+    rep.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from harness.models import ModelError
+    from harness.tasks import TaskError
+
+    try:
+        return args.fn(args)
+    except (SuiteError, ModelError, TaskError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; finished trials are kept in the study and MLflow", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Context modifications c → c': named, deterministic functions in one registry.
+
+A context is a system instruction plus the first `n_demos` demonstrations of the
+task's demo split. That is exactly the pair (system_instruction, num_fewshot)
+lm-eval takes, so the string a student trains on and the string lm-eval scores
+are built by the same code (see `tasks.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the model sees before the query: an optional system instruction and k demonstrations."""
+
+    system: str | None
+    n_demos: int = 0
+
+    def describe(self) -> str:
+        sys = "none" if not self.system else f"{len(self.system)} chars"
+        return f"instruction={sys}, demos={self.n_demos}"
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+@dataclass(frozen=True)
+class ContextEnv:
+    """What some modifications need beyond c itself: demo texts (truncate) and the task name (tag)."""
+
+    demos: tuple[tuple[str, str], ...]
+    task_name: str
+    tokenizer: Tokenizer | None = None
+
+
+@dataclass(frozen=True)
+class Modification:
+    name: str
+    fn: Callable[..., Context]
+    params: tuple[str, ...]
+
+
+MODIFICATIONS: dict[str, Modification] = {}
+
+
+def register(name: str, params: tuple[str, ...] = ()) -> Callable[[Callable[..., Context]], Callable[..., Context]]:
+    """Add a modification to the registry; the suite validator and the sweep read it from here."""
+
+    def deco(fn: Callable[..., Context]) -> Callable[..., Context]:
+        MODIFICATIONS[name] = Modification(name, fn, params)
+        return fn
+
+    return deco
+
+
+@register("full")
+def full(c: Context, env: ContextEnv) -> Context:
+    """c' = c: the teacher's own context (a control: distillation should change nothing)."""
+    return c
+
+
+@register("empty")
+def empty(c: Context, env: ContextEnv) -> Context:
+    """c' = nothing: the whole context must move into the weights."""
+    return Context(system=None, n_demos=0)
+
+
+@register("instruction_only")
+def instruction_only(c: Context, env: ContextEnv) -> Context:
+    """Keep the instruction, drop the demonstrations: distil what the examples teach."""
+    return Context(system=c.system, n_demos=0)
+
+
+@register("demos_only")
+def demos_only(c: Context, env: ContextEnv) -> Context:
+    """Keep the demonstrations, drop the instruction."""
+    return Context(system=None, n_demos=c.n_demos)
+
+
+@register("fewer_demos", params=("k",))
+def fewer_demos(c: Context, env: ContextEnv, k: int = 1) -> Context:
+    """Keep the instruction and the first k demonstrations."""
+    if k < 0:
+        raise ValueError(f"fewer_demos: k must be ≥ 0, got {k}")
+    return Context(system=c.system, n_demos=min(int(k), c.n_demos))
+
+
+def flatten(c: Context, env: ContextEnv) -> str:
+    """c as plain text (instruction, then each demonstration as input/answer lines)."""
+    parts = [c.system] if c.system else []
+    parts += [f"{q}\n{a}" for q, a in env.demos[: c.n_demos]]
+    return "\n\n".join(parts)
+
+
+@register("truncate", params=("n",))
+def truncate(c: Context, env: ContextEnv, n: int = 32) -> Context:
+    """Keep the first n tokens of c (flattened to text) as the instruction; a budget cut, not a summary."""
+    if env.tokenizer is None:
+        raise ValueError("truncate needs the tokenizer")
+    if n < 1:
+        raise ValueError(f"truncate: n must be ≥ 1, got {n}")
+    ids = env.tokenizer.encode(flatten(c, env), add_special_tokens=False)[: int(n)]
+    text = env.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return Context(system=text or None, n_demos=0)
+
+
+@register("tag", params=("text",))
+def tag(c: Context, env: ContextEnv, text: str | None = None) -> Context:
+    """A short task tag replaces the context: the student learns to expand the tag into the skill."""
+    return Context(system=text if text is not None else f"Task: {env.task_name}", n_demos=0)
+
+
+def modify(name: str, c: Context, env: ContextEnv, params: dict[str, Any] | None = None) -> Context:
+    """Apply a registered modification by name."""
+    if name not in MODIFICATIONS:
+        raise ValueError(f"unknown context modification '{name}' (known: {', '.join(sorted(MODIFICATIONS))})")
+    spec = MODIFICATIONS[name]
+    params = dict(params or {})
+    unknown = set(params) - set(spec.params)
+    if unknown:
+        raise ValueError(f"context '{name}' takes no parameter {sorted(unknown)} (allowed: {list(spec.params)})")
+    return spec.fn(c, env, **params)

@@ -1,0 +1,284 @@
+"""Batched generation and sequence scoring for the teacher cache and the training loop.
+
+Teacher prompts share a long common prefix (instruction + demonstrations). Prefilling it once and
+reusing its KV cache for every batch is the main speedup over naive batched generation (DESIGN §6),
+so `generate` and `sequence_logprobs` both do it by default; both paths give the same tokens/scores.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+
+import torch
+from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+MIN_SHARED_PREFIX = 32  # below this, a separate prefill costs more than it saves
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence."""
+    if not seqs:
+        return 0
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+        if n == 0:
+            break
+    return n
+
+
+def _usable_prefix(prompts: Sequence[Sequence[int]], reuse_prefix: bool) -> int:
+    """Prefix to prefill once; every prompt keeps ≥ 1 own token so generate has something to feed."""
+    if not reuse_prefix or not prompts:
+        return 0
+    p = min(common_prefix_length(prompts), min(len(x) for x in prompts) - 1)
+    return p if p >= MIN_SHARED_PREFIX else 0
+
+
+def _batches(order: list[int], batch_size: int) -> Iterator[list[int]]:
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad to a rectangle: decoder-only models must end every row on a real token."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if s:
+            ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def _prefill(model: torch.nn.Module, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Run the shared prefix once; keep its per-layer (key, value) tensors with batch size 1."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=model.device)
+    out = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    return [(k, v) for k, v, *_ in out.past_key_values]
+
+
+def _expand_cache(model: torch.nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> DynamicCache:
+    """A fresh cache per batch: generation appends to (and beam search reorders) the cache it is given."""
+    data = [(k.repeat(rows, 1, 1, 1), v.repeat(rows, 1, 1, 1)) for k, v in kv]
+    return DynamicCache(data, config=model.config)
+
+
+def _batch_inputs(
+    batch: list[list[int]], prefix_len: int, pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[prefix | left-padded suffix] ids and mask; with prefix_len 0 this is plain left padding.
+
+    Padding sits between the prefix and the suffix with mask 0, so HF's position ids (mask cumsum − 1,
+    `_prepare_position_ids_for_generation`) give every real token the position it has in its own prompt.
+    """
+    suffix_ids, suffix_mask = _left_pad([p[prefix_len:] for p in batch], pad_id, device)
+    if prefix_len == 0:
+        return suffix_ids, suffix_mask
+    prefix = torch.tensor(batch[0][:prefix_len], dtype=torch.long, device=device).expand(len(batch), -1)
+    ids = torch.cat([prefix, suffix_ids], dim=1)
+    mask = torch.cat([torch.ones_like(prefix), suffix_mask], dim=1)
+    return ids, mask
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Stops a row once its generated text contains a stop string (the cut itself happens afterwards)."""
+
+    def __init__(self, tokenizer: object, stop_strings: tuple[str, ...], prompt_width: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop_strings = stop_strings
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        done = [any(s in t for s in self.stop_strings) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _finish(tokens: list[int], tokenizer: object, eos_id: int, stop_strings: tuple[str, ...]) -> list[int]:
+    """Cut after the first eos (kept: the student must learn to stop); a stop string is replaced by eos.
+
+    Tokens before the stop string are the model's own; only the piece of the token that straddles the
+    stop string is re-tokenized.
+    """
+    if eos_id in tokens:
+        tokens = tokens[: tokens.index(eos_id) + 1]
+    body = tokens[:-1] if tokens and tokens[-1] == eos_id else tokens
+    if not stop_strings or not body:
+        return tokens
+    text = tokenizer.decode(body, skip_special_tokens=False)
+    if not any(s in text for s in stop_strings):
+        return tokens
+    for i in range(len(body)):  # first token whose text completes a stop string
+        upto = tokenizer.decode(body[: i + 1], skip_special_tokens=False)
+        cuts = [upto.find(s) for s in stop_strings if s in upto]
+        if cuts:
+            break
+    keep_text = upto[: min(cuts)]
+    head = body[:i]
+    head_text = tokenizer.decode(head, skip_special_tokens=False)
+    if keep_text.startswith(head_text):
+        extra = keep_text[len(head_text) :]
+        tail = tokenizer(extra, add_special_tokens=False)["input_ids"] if extra else []
+        return head + tail + [eos_id]
+    return tokenizer(keep_text, add_special_tokens=False)["input_ids"] + [eos_id]
+
+
+def _seed_for(seed: int, batch_index: int) -> int:
+    """Independent, reproducible seed per batch, so a rerun reproduces every batch exactly."""
+    return (seed * 1_000_003 + batch_index * 7919 + 1) % (2**63 - 1)
+
+
+def _progress(total: int, enabled: bool, desc: str) -> object:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer: object,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_beams: int = 1,
+    num_return_sequences: int = 1,
+    seed: int = 0,
+    stop_strings: tuple[str, ...] = (),
+    progress: bool = False,
+    reuse_prefix: bool = True,
+) -> list[list[list[int]]]:
+    """Continuations of already-templated prompts: `num_return_sequences` token lists per prompt.
+
+    Each continuation ends right after the first eos (kept) or at a stop string (replaced by eos), or
+    runs to `max_new_tokens` without eos. Prompts are sorted by length into batches to cut padding and
+    answers come back in the original order. Sampling is seeded per batch from `seed`.
+    """
+    if not prompts:
+        return []
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) > num_beams ({num_beams})")
+    device = model.device
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    gen_kwargs: dict[str, object] = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        num_beams=num_beams,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    if do_sample:  # top_k=0: only temperature and top_p shape the distribution, as the suite says
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+    config = GenerationConfig(**gen_kwargs)
+    expand = num_beams if num_beams > 1 else num_return_sequences
+
+    prefix_len = _usable_prefix(prompts, reuse_prefix)
+    prefix_kv = _prefill(model, prompts[0][:prefix_len]) if prefix_len else None
+
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[list[list[int]] | None] = [None] * len(prompts)
+    bar = _progress(len(prompts), progress, "generate")
+    cuda_devices = [device] if device.type == "cuda" else []
+    for b, idx in enumerate(_batches(order, batch_size)):
+        batch = [prompts[i] for i in idx]
+        ids, mask = _batch_inputs(batch, prefix_len, pad_id, device)
+        extra: dict[str, object] = {}
+        if prefix_kv is not None:
+            extra["past_key_values"] = _expand_cache(model, prefix_kv, len(batch) * expand)
+        if stop_strings:
+            extra["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(tokenizer, stop_strings, ids.shape[1])])
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(_seed_for(seed, b))
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+        new = out[:, ids.shape[1] :].tolist()
+        per_row = num_return_sequences
+        for r, i in enumerate(idx):
+            rows = new[r * per_row : (r + 1) * per_row]
+            results[i] = [_finish(t, tokenizer, eos_id, stop_strings) for t in rows]
+        bar.update(len(idx))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _accepts(model: torch.nn.Module, arg: str) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return arg in inspect.signature(base.forward).parameters
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    continuations: list[list[int]],
+    batch_size: int = 16,
+    *,
+    reuse_prefix: bool = True,
+) -> list[float]:
+    """Σ log Pr(continuation | prompt) per pair, batched; used to re-rank samples (best_of).
+
+    Only the continuation positions are projected to the vocabulary (`logits_to_keep`), so long prompts
+    do not cost a [batch, length, vocab] tensor; a shared prompt prefix is prefilled once.
+    """
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("sequence_logprobs: every prompt needs at least one token")
+    if not prompts:
+        return []
+    device = model.device
+    pad_id = 0
+    prefix_len = _usable_prefix(prompts, reuse_prefix)
+    prefix_kv = _prefill(model, prompts[0][:prefix_len]) if prefix_len else None
+    keep_arg = _accepts(model, "logits_to_keep")
+
+    full = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+    order = sorted(range(len(full)), key=lambda i: -len(full[i]))
+    scores = [0.0] * len(full)
+    for idx in _batches(order, batch_size):
+        max_cont = max(len(continuations[i]) for i in idx)
+        if max_cont == 0:
+            continue
+        ids, mask = _batch_inputs([full[i] for i in idx], prefix_len, pad_id, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs: dict[str, object] = {"attention_mask": mask, "use_cache": prefix_kv is not None}
+        if prefix_kv is not None:
+            kwargs["past_key_values"] = _expand_cache(model, prefix_kv, len(idx))
+        if keep_arg:
+            kwargs["logits_to_keep"] = max_cont + 1
+        logits = model(input_ids=ids[:, prefix_len:], position_ids=positions[:, prefix_len:], **kwargs).logits
+        logits = logits[:, -(max_cont + 1) : -1].float()  # position t predicts token t + 1
+        targets = ids[:, -max_cont:]
+        token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        lengths = torch.tensor([len(continuations[i]) for i in idx], device=device)
+        cols = torch.arange(max_cont, device=device)
+        valid = cols.unsqueeze(0) >= (max_cont - lengths).unsqueeze(1)
+        sums = torch.where(valid, token_lp, torch.zeros_like(token_lp)).sum(-1).tolist()
+        for i, s in zip(idx, sums):
+            scores[i] = float(s)
+    return scores

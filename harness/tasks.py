@@ -1,0 +1,157 @@
+"""Tasks are lm-eval tasks; this module builds prompts with lm-eval's own code.
+
+Training prompts (teacher with c, student with c') and evaluation prompts must
+be the same strings, so both come from `Task.fewshot_context` with the same chat
+template callable that lm-eval's HFLM uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from harness.contexts import Context, ContextEnv
+
+log = logging.getLogger(__name__)
+
+
+class TaskError(ValueError):
+    """A task that cannot be found or used."""
+
+
+def _absolute_data_files(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """lm-eval resolves relative data_files against the cwd, not the YAML's folder: fix that here."""
+    kwargs = dict(cfg.get("dataset_kwargs") or {})
+    files = kwargs.get("data_files")
+    if isinstance(files, dict):
+        kwargs["data_files"] = {k: str((folder / v).resolve()) for k, v in files.items()}
+    elif isinstance(files, str):
+        kwargs["data_files"] = str((folder / files).resolve())
+    if kwargs:
+        cfg = {**cfg, "dataset_kwargs": kwargs}
+    return cfg
+
+
+def task_config(name: str, folder: Path | None) -> dict[str, Any] | str:
+    """A local task as an in-code config dict (absolute paths), or a registered task's name."""
+    if folder is None:
+        return name
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for path in sorted(folder.glob("*.yaml")):
+        cfg = load_yaml(path)
+        if cfg.get("task") == name:
+            if "num_fewshot" in cfg:
+                raise TaskError(f"{path}: num_fewshot: remove it; the suite's context sets the demonstrations")
+            return _absolute_data_files(cfg, folder)
+    raise TaskError(f"{folder}: no task YAML with 'task: {name}'")
+
+
+def chat_template_fn(tokenizer: Any) -> Any:
+    """lm-eval's HFLM.apply_chat_template bound to our tokenizer: the very function evaluation uses."""
+    from lm_eval.models.huggingface import HFLM
+
+    shim = SimpleNamespace(tokenizer=tokenizer, chat_template_args={})
+    return functools.partial(HFLM.apply_chat_template, shim)
+
+
+@dataclass
+class TaskBundle:
+    """One lm-eval task, loaded once, with the splits a trial needs."""
+
+    name: str
+    config: dict[str, Any] | str
+    task: Any  # lm_eval.api.task.ConfigurableTask
+
+    @property
+    def output_type(self) -> str:
+        return self.task.OUTPUT_TYPE if hasattr(self.task, "OUTPUT_TYPE") else self.task.config.output_type
+
+    def _docs(self, split: str) -> list[dict[str, Any]]:
+        has = {
+            "train": self.task.has_training_docs,
+            "validation": self.task.has_validation_docs,
+            "test": self.task.has_test_docs,
+        }
+        get = {
+            "train": self.task.training_docs,
+            "validation": self.task.validation_docs,
+            "test": self.task.test_docs,
+        }
+        if not has[split]():
+            raise TaskError(f"task '{self.name}' has no {split} split")
+        return list(get[split]())
+
+    def train_docs(self, n: int | None = None) -> list[dict[str, Any]]:
+        """Distillation inputs z: the first n documents of the training split (deterministic)."""
+        docs = self._docs("train")
+        if n is not None and n > len(docs):
+            raise TaskError(f"task '{self.name}': asked for {n} training inputs, the train split has {len(docs)}")
+        return docs[:n] if n is not None else docs
+
+    def eval_docs(self) -> list[dict[str, Any]]:
+        """Held-out documents, exactly what lm-eval scores (test split, else validation)."""
+        return list(self.task.eval_docs)
+
+    def demo_pairs(self, n: int) -> tuple[tuple[str, str], ...]:
+        """The first n demonstrations as (input, answer) texts."""
+        if n == 0:
+            return ()
+        docs = list(self.task.fewshot_docs() or [])[:n]
+        return tuple((str(self.task.doc_to_text(d)), self.reference(d)) for d in docs)
+
+    def reference(self, doc: dict[str, Any]) -> str:
+        """The dataset's answer as text (the `ground_truth` target)."""
+        target = self.task.doc_to_target(doc)
+        if self.output_type == "multiple_choice":
+            choices = self.task.doc_to_choice(doc)
+            target = choices[target] if isinstance(target, int) else target
+        elif isinstance(target, list):
+            target = target[0]
+        return str(target)
+
+    def render(self, doc: dict[str, Any], ctx: Context, tokenizer: Any) -> str:
+        """The prompt string for one input under a context, as lm-eval builds it (chat template, multiturn)."""
+        prompt = self.task.fewshot_context(
+            doc,
+            num_fewshot=ctx.n_demos,
+            system_instruction=ctx.system,
+            apply_chat_template=True,
+            fewshot_as_multiturn=True,
+            chat_template=chat_template_fn(tokenizer),
+        )
+        if isinstance(prompt, list):
+            raise TaskError(f"task '{self.name}' has multiple inputs per document; not supported for distillation")
+        return prompt
+
+    def env(self, ctx: Context, tokenizer: Any) -> ContextEnv:
+        return ContextEnv(demos=self.demo_pairs(ctx.n_demos), task_name=self.name, tokenizer=tokenizer)
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """The task's own generation stop strings (minus chat specials, which stop at eos anyway)."""
+        gen = dict(getattr(self.task.config, "generation_kwargs", None) or {})
+        until = gen.get("until") or []
+        return tuple(s for s in ([until] if isinstance(until, str) else until) if not s.startswith("<|"))
+
+
+def load_task(name: str, folder: Path | None) -> TaskBundle:
+    """Load a local task folder or a registered lm-eval task by name."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    cfg = task_config(name, folder)
+    tm = TaskManager(include_path=str(folder) if folder else None)
+    try:
+        tasks = get_task_dict([cfg], tm)
+    except Exception as e:  # lm-eval raises many types for a missing task or data
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TaskError(f"cannot load lm-eval task '{name}': {why}") from e
+    if name not in tasks:
+        raise TaskError(f"lm-eval task '{name}' is a group or unknown; name one task")
+    task = tasks[name]
+    if task.has_training_docs() is False:
+        log.warning("task %s has no training split; distillation inputs will be missing", name)
+    return TaskBundle(name=name, config=cfg, task=task)

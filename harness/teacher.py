@@ -1,0 +1,128 @@
+"""Teacher work, done once: targets ŷ and the teacher's top-k log-probs along them.
+
+Nothing here depends on the student, so every trial that shares (teacher, c,
+inputs, strategy, settings) reads the same cache entries; full-vocabulary
+logits are never stored, only top-k plus one tail bucket per position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness import targets as target_registry
+from harness.batching import chunks, make_batch, target_logits
+from harness.cache import Store
+from harness.losses import TeacherTopK, topk_with_tail
+from harness.models import LoadedModel
+
+
+@dataclass
+class TopKSeq:
+    """Teacher top-k log-probs for one target sequence (length T)."""
+
+    indices: torch.Tensor  # [T, k] int32
+    logprobs: torch.Tensor  # [T, k] float32
+    tail: torch.Tensor  # [T] float32
+
+
+def targets(
+    store: Store,
+    teacher: LoadedModel,
+    prompts: list[list[int]],
+    references: list[str] | None,
+    strategy: str,
+    params: dict[str, Any],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    stop_strings: tuple[str, ...],
+) -> list[list[int]]:
+    """ŷ for each teacher prompt, from the cache when the same request was made before."""
+    effective = target_registry.cache_key_params(strategy, params)
+    parts = {
+        "teacher": teacher.fingerprint,
+        "prompts": prompts,
+        "strategy": strategy,
+        "params": effective,
+        "max_new_tokens": max_new_tokens,
+        "stop": list(stop_strings),
+        "seed": seed,
+        "references": references if strategy == "ground_truth" else None,
+    }
+
+    def compute() -> list[list[int]]:
+        return target_registry.select_targets(
+            strategy, params, teacher.model, teacher.tokenizer, prompts, references,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, stop_strings=stop_strings,
+        )
+
+    return store.get_or_compute("targets", parts, compute)
+
+
+@torch.no_grad()
+def score_topk(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    target_seqs: list[list[int]],
+    *,
+    k: int | None,
+    temperature: float,
+    batch_size: int,
+    pad_id: int,
+    progress: bool = False,
+) -> list[TopKSeq]:
+    """The teacher's top-k (+ tail) log-probs at every target position, computed in batches."""
+    out: list[TopKSeq] = []
+    device = next(model.parameters()).device
+    ranges = chunks(len(prompts), batch_size)
+    for r in tqdm(ranges, desc="teacher top-k", disable=not progress, leave=False):
+        batch = make_batch([prompts[i] for i in r], [target_seqs[i] for i in r], pad_id).to(device)
+        logits = target_logits(model, batch).float()
+        top = topk_with_tail(logits, k, temperature)
+        for j, i in enumerate(r):
+            n = len(target_seqs[i])
+            out.append(TopKSeq(top.indices[j, :n].to(torch.int32).cpu(), top.logprobs[j, :n].cpu(),
+                               top.tail[j, :n].cpu()))
+    return out
+
+
+def topk(
+    store: Store,
+    teacher: LoadedModel,
+    prompts: list[list[int]],
+    target_seqs: list[list[int]],
+    *,
+    k: int,
+    temperature: float,
+    batch_size: int,
+) -> list[TopKSeq]:
+    """Cached `score_topk`: keyed by the teacher, the exact prompt/target ids, k and τ."""
+    parts = {"teacher": teacher.fingerprint, "prompts": prompts, "targets": target_seqs, "k": k,
+             "temperature": temperature}
+    raw = store.get_or_compute("topk", parts, lambda: [
+        (s.indices, s.logprobs, s.tail)
+        for s in score_topk(teacher.model, prompts, target_seqs, k=k, temperature=temperature,
+                            batch_size=batch_size, pad_id=teacher.tokenizer.pad_token_id, progress=True)
+    ])
+    return [TopKSeq(*t) for t in raw]
+
+
+def stack(seqs: list[TopKSeq], T: int) -> TeacherTopK:
+    """Pad a batch of per-sequence top-k tensors to [B, T, k] for the loss functions."""
+    k = seqs[0].indices.shape[-1]
+    B = len(seqs)
+    idx = torch.zeros((B, T, k), dtype=torch.long)
+    logp = torch.full((B, T, k), -1e4)
+    logp[..., 0] = 0.0  # padding rows: a valid one-hot distribution; masked out by the loss anyway
+    tail = torch.full((B, T), float("-inf"))
+    for i, s in enumerate(seqs):
+        n = s.indices.shape[0]
+        idx[i, :n] = s.indices.long()
+        logp[i, :n] = s.logprobs
+        tail[i, :n] = s.tail
+    return TeacherTopK(indices=idx, logprobs=logp, tail=tail)

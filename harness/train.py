@@ -1,0 +1,202 @@
+"""The training loop: student on (c', z) → teacher targets, with any registered loss.
+
+Plain torch rather than the HF Trainer: the teacher's work is precomputed and
+cached, so a step is one student forward over short prompts, and the loop stays
+small enough to read in one sitting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from harness import generation
+from harness.batching import make_batch, target_logits
+from harness.losses import LOSSES, compute_loss
+from harness.teacher import TopKSeq, score_topk, stack
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial is failed with this reason."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    learning_rate: float = 1e-4
+    epochs: int = 2
+    batch_size: int = 8
+    lora_rank: int = 0
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_accum: int = 1
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    eval_every: int = 0
+    dtype: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class Example:
+    """One distillation input: the student's prompt ids (c', z), the target ŷ, the teacher's top-k on ŷ."""
+
+    prompt: list[int]
+    target: list[int]
+    teacher: TopKSeq | None = None
+    teacher_prompt: list[int] | None = None  # (c, z), for on-policy scoring
+
+
+@dataclass(frozen=True)
+class OnPolicy:
+    """GKD-style: for a `mix` fraction of batches the student samples ŷ and the teacher scores it."""
+
+    mix: float
+    teacher: torch.nn.Module
+    max_new_tokens: int
+    stop_strings: tuple[str, ...]
+    tokenizer: object
+    top_k: int
+    temperature: float = 1.0
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    train_tokens: int = 0
+    target_tokens: int = 0
+    wall_time_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    on_policy_batches: int = 0
+
+
+def apply_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """Wrap the student in LoRA adapters on every linear layer (rank > 0)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+                     task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU (fp32 master weights); plain fp32 on CPU."""
+    if device.type == "cuda" and dtype in ("auto", "bfloat16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _on_policy_batch(student: torch.nn.Module, items: list[Example], op: OnPolicy, seed: int,
+                     pad_id: int) -> tuple[list[list[int]], list[TopKSeq]]:
+    """Student samples targets from (c', z); the teacher scores them with (c, z)."""
+    was_training = student.training
+    student.eval()
+    samples = generation.generate(
+        student, op.tokenizer, [e.prompt for e in items], max_new_tokens=op.max_new_tokens,
+        batch_size=len(items), do_sample=True, temperature=1.0, top_p=1.0, seed=seed,
+        stop_strings=op.stop_strings,
+    )
+    student.train(was_training)
+    tgts = [s[0] if s and s[0] else [pad_id] for s in samples]
+    scored = score_topk(op.teacher, [e.teacher_prompt or [] for e in items], tgts, k=op.top_k,
+                        temperature=op.temperature, batch_size=len(items), pad_id=pad_id)
+    return tgts, scored
+
+
+def train(
+    model: torch.nn.Module,
+    examples: list[Example],
+    loss_name: str,
+    loss_params: dict,
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    on_policy: OnPolicy | None = None,
+    on_eval: Callable[[int], float | None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train in place. `on_eval(step)` runs at eval points (it may raise to prune); `on_step` logs."""
+    if not examples:
+        raise ValueError("no training examples")
+    spec = LOSSES[loss_name]
+    params = dict(loss_params)
+    temperature = float(params.pop("temperature", 1.0))
+    params.pop("top_k", None)  # top-k was applied when the teacher cache was built
+    if on_policy is not None and not spec.needs_teacher:
+        raise ValueError(f"on_policy targets need a distribution loss; '{loss_name}' only uses the target tokens")
+
+    device = next(model.parameters()).device
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    per_epoch = math.ceil(len(examples) / settings.batch_size)
+    total_updates = max(1, math.ceil(per_epoch * settings.epochs / settings.grad_accum))
+    sched = get_scheduler(settings.scheduler, opt, num_warmup_steps=int(settings.warmup_ratio * total_updates),
+                          num_training_steps=total_updates)
+    eval_every = settings.eval_every or per_epoch
+    result = TrainResult()
+    start = time.perf_counter()
+    bar = tqdm(total=per_epoch * settings.epochs, desc=f"train {loss_name}", leave=False)
+    step = 0
+    for _epoch in range(settings.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for b in range(per_epoch):
+            items = [examples[i] for i in order[b * settings.batch_size:(b + 1) * settings.batch_size]]
+            tgts = [e.target for e in items]
+            teach = [e.teacher for e in items]
+            if on_policy is not None and rng.random() < on_policy.mix:
+                tgts, teach = _on_policy_batch(model, items, on_policy, settings.seed * 100003 + step, pad_id)
+                result.on_policy_batches += 1
+            batch = make_batch([e.prompt for e in items], tgts, pad_id)
+            teacher_dist = None
+            if spec.needs_teacher:
+                if any(t is None for t in teach):
+                    raise ValueError(f"loss '{loss_name}' needs the teacher's top-k log-probs")
+                teacher_dist = stack(teach, batch.target_ids.shape[1])
+                teacher_dist = type(teacher_dist)(*(t.to(device) for t in (teacher_dist.indices,
+                                                   teacher_dist.logprobs, teacher_dist.tail)))
+            batch = batch.to(device)
+            with _autocast(device, settings.dtype):
+                logits = target_logits(model, batch)
+            loss = compute_loss(loss_name, logits.float(), batch.target_ids, batch.mask, teacher_dist,
+                                temperature=temperature, **params)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss.item()} at step {step} (learning rate "
+                                       f"{settings.learning_rate:g}); training diverged")
+            (loss / settings.grad_accum).backward()
+            step += 1
+            if step % settings.grad_accum == 0 or step == per_epoch * settings.epochs:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            result.losses.append(value)
+            result.train_tokens += batch.n_tokens
+            result.target_tokens += int(batch.mask.sum())
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if on_step:
+                on_step(step, {"train/loss": value, "train/lr": sched.get_last_lr()[0]})
+            if on_eval and step % eval_every == 0 and step < per_epoch * settings.epochs:
+                model.eval()
+                on_eval(step)
+                model.train()
+    bar.close()
+    result.steps = step
+    result.wall_time_s = time.perf_counter() - start
+    model.eval()
+    return result

@@ -1,0 +1,247 @@
+"""One trial: a concrete configuration → teacher cache → trained student → metrics.
+
+Knows nothing of Optuna or MLflow: the sweep hands it a configuration and an
+optional reporter (for intermediate values and pruning) and gets metrics back.
+State that does not depend on the trial (teacher model, task, caches, teacher
+and baseline scores) lives in `Workbench`, built once per study.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from harness import intrinsic, models
+from harness import teacher as teacher_work
+from harness.cache import Store
+from harness.contexts import Context, modify
+from harness.losses import LOSSES
+from harness.spec import AxisValue, Suite
+from harness.targets import TARGETS
+from harness.tasks import TaskBundle, load_task
+from harness.train import Example, OnPolicy, TrainSettings, apply_lora, train
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """Receives intermediate metrics; `report` may raise to stop a hopeless trial early."""
+
+    def report(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_step(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+class InvalidCombination(ValueError):
+    """An axis combination that cannot be run (e.g. on_policy targets with a token-only loss)."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One point of the sweep: a value per axis plus concrete hyperparameters."""
+
+    target: AxisValue
+    context: AxisValue
+    loss: AxisValue
+    hp: dict[str, Any]
+
+    def params(self) -> dict[str, Any]:
+        """Flat parameter names for tracking: axis.* labels, axis params, and hp.*."""
+        out: dict[str, Any] = {"target": self.target.label, "context": self.context.label, "loss": self.loss.label}
+        for axis, v in (("target", self.target), ("context", self.context), ("loss", self.loss)):
+            out[f"{axis}.name"] = v.name
+            for k, p in v.params.items():
+                out[f"{axis}.{k}"] = p
+        out.update({f"hp.{k}": v for k, v in self.hp.items()})
+        return out
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)  # non-numeric outputs: per-item answers, contexts
+
+
+def fixed_config(suite: Suite) -> TrialConfig:
+    """The single configuration of a suite that fixes one value per axis and every hyperparameter."""
+    ax = suite.axes
+    if any(len(v) != 1 for v in (ax.targets, ax.contexts, ax.losses)) or suite.hyperparameters.searched():
+        raise ValueError("suite sweeps several values; run it as a study")
+    return TrialConfig(ax.targets[0], ax.contexts[0], ax.losses[0], dict(suite.hyperparameters))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory on CUDA; peak resident memory of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+class Workbench:
+    """Study-wide state shared by every trial: models, task, cache, the full context c."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.suite = suite
+        self.work_dir = Path(suite.work_dir)
+        self.store = Store(self.work_dir / "cache")
+        log.info("loading teacher %s", suite.models.teacher)
+        self.teacher = models.load(suite.models.teacher, suite.models.device)
+        self.device = next(self.teacher.model.parameters()).device
+        self.student_base: models.LoadedModel | None = None
+        if suite.models.student != "same":
+            self.student_base = models.load(suite.models.student, suite.models.device)
+            models.check_same_tokenizer(self.teacher.tokenizer, self.student_base.tokenizer)
+        self.tok = self.teacher.tokenizer
+        self.pad_id = self.tok.pad_token_id
+        self.task: TaskBundle = load_task(suite.task.name, suite.task_dir())
+        self.stop = tuple(suite.training.stop_strings) or self.task.stop_strings()
+        self.context = Context(suite.context.instruction, suite.context.demos)
+        self.memo: dict[Any, Any] = {}
+
+    # --- prompts -----------------------------------------------------------------------------------
+    def student_context(self, mod: AxisValue) -> Context:
+        return modify(mod.name, self.context, self.task.env(self.context, self.tok), mod.params)
+
+    def encode(self, docs: list[dict[str, Any]], ctx: Context) -> list[list[int]]:
+        return [self.tok.encode(self.task.render(d, ctx, self.tok), add_special_tokens=False) for d in docs]
+
+    def base_model(self) -> torch.nn.Module:
+        """The student's starting weights: the teacher itself for self-distillation."""
+        return (self.student_base or self.teacher).model
+
+    # --- held-out references, computed once per study ----------------------------------------------
+    def heldout(self) -> dict[str, Any]:
+        if "heldout" not in self.memo:
+            s = self.suite
+            docs = self.task.eval_docs()[: s.evaluation.heldout_inputs]
+            prompts = self.encode(docs, self.context)
+            tgts = teacher_work.targets(
+                self.store, self.teacher, prompts, None, "greedy", {}, max_new_tokens=s.training.max_new_tokens,
+                batch_size=s.training.generation_batch_size, seed=s.seed, stop_strings=self.stop)
+            top = teacher_work.topk(self.store, self.teacher, prompts, tgts, k=s.training.top_k, temperature=1.0,
+                                    batch_size=s.evaluation.batch_size)
+            self.memo["heldout"] = {"docs": docs, "prompts": prompts, "targets": tgts, "topk": top}
+        return self.memo["heldout"]
+
+    def intrinsic(self, model: torch.nn.Module, ctx: Context) -> dict[str, float]:
+        """Held-out KL and greedy agreement of `model` seeing c' against the teacher seeing c."""
+        h = self.heldout()
+        s = self.suite
+        prompts = self.encode(h["docs"], ctx)
+        kl = intrinsic.heldout_kl(model, prompts, h["targets"], h["topk"], pad_id=self.pad_id,
+                                  batch_size=s.evaluation.batch_size)
+        answers = intrinsic.greedy_answers(model, self.tok, prompts, max_new_tokens=s.training.max_new_tokens,
+                                           batch_size=s.training.generation_batch_size, stop_strings=self.stop)
+        return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h["targets"], self.tok)}
+
+    def baseline_intrinsic(self, ctx: Context) -> dict[str, float]:
+        """The untrained student's intrinsic metrics with c': the bar a trained student must clear."""
+        key = ("baseline_intrinsic", ctx)
+        if key not in self.memo:
+            parts = {"model": (self.student_base or self.teacher).fingerprint, "teacher": self.teacher.fingerprint,
+                     "context": [ctx.system, ctx.n_demos], "heldout": self.heldout()["prompts"],
+                     "max_new_tokens": self.suite.training.max_new_tokens, "stop": list(self.stop)}
+            self.memo[key] = self.store.get_or_compute(
+                "baseline_intrinsic", parts, lambda: self.intrinsic(self.base_model(), ctx))
+        return self.memo[key]
+
+
+def _validate(cfg: TrialConfig) -> None:
+    if TARGETS[cfg.target.name].uses_student and not LOSSES[cfg.loss.name].needs_teacher:
+        raise InvalidCombination(
+            f"target '{cfg.target.label}' samples from the student and needs a distribution loss "
+            f"(forward_kl, reverse_kl, jsd), not '{cfg.loss.label}'")
+
+
+def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = None) -> TrialResult:
+    """Train one student and measure it. Raises on failure; the caller records why."""
+    _validate(cfg)
+    s = bench.suite
+    hp = cfg.hp
+    start = time.perf_counter()
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.device)
+    c_student = bench.student_context(cfg.context)
+    docs = bench.task.train_docs(int(hp["train_inputs"]))
+    t_prompts = bench.encode(docs, bench.context)
+    s_prompts = bench.encode(docs, c_student)
+    refs = [bench.task.reference(d) for d in docs]
+
+    t0 = time.perf_counter()
+    tgts = teacher_work.targets(
+        bench.store, bench.teacher, t_prompts, refs, cfg.target.name, cfg.target.params,
+        max_new_tokens=s.training.max_new_tokens, batch_size=s.training.generation_batch_size, seed=s.seed,
+        stop_strings=bench.stop)
+    loss_params = cfg.loss.params
+    k = int(loss_params.get("top_k") or s.training.top_k)
+    tau = float(loss_params.get("temperature", 1.0))
+    tops: list[Any] = [None] * len(docs)
+    if LOSSES[cfg.loss.name].needs_teacher:
+        tops = teacher_work.topk(bench.store, bench.teacher, t_prompts, tgts, k=k, temperature=tau,
+                                 batch_size=s.evaluation.batch_size)
+    teacher_s = time.perf_counter() - t0
+    examples = [Example(p, t, top, tp) for p, t, top, tp in zip(s_prompts, tgts, tops, t_prompts, strict=True)]
+
+    before = bench.baseline_intrinsic(c_student)
+    student = copy.deepcopy(bench.base_model())
+    if int(hp["lora_rank"]) > 0:
+        student = apply_lora(student, int(hp["lora_rank"]))
+    on_policy = None
+    if TARGETS[cfg.target.name].uses_student:
+        on_policy = OnPolicy(mix=float(cfg.target.params.get("mix", 0.5)), teacher=bench.teacher.model,
+                             max_new_tokens=s.training.max_new_tokens, stop_strings=bench.stop, tokenizer=bench.tok,
+                             top_k=k, temperature=tau)
+
+    def on_eval(step: int) -> None:
+        h = bench.heldout()
+        kl = intrinsic.heldout_kl(student, bench.encode(h["docs"], c_student), h["targets"], h["topk"],
+                                  pad_id=bench.pad_id, batch_size=s.evaluation.batch_size)
+        if reporter:
+            reporter.report(step, {"heldout/kl": kl})
+
+    settings = TrainSettings(
+        learning_rate=float(hp["learning_rate"]), epochs=int(hp["epochs"]), batch_size=int(hp["batch_size"]),
+        lora_rank=int(hp["lora_rank"]), warmup_ratio=float(hp["warmup_ratio"]),
+        weight_decay=float(hp["weight_decay"]), grad_accum=s.training.grad_accum, scheduler=s.training.scheduler,
+        max_grad_norm=s.training.max_grad_norm, eval_every=s.training.eval_every, dtype=s.training.dtype,
+        seed=s.seed)
+    result = train(student, examples, cfg.loss.name, loss_params, settings, pad_id=bench.pad_id,
+                   on_policy=on_policy, on_eval=on_eval if reporter else None,
+                   on_step=reporter.log_step if reporter else None)
+    if int(hp["lora_rank"]) > 0:
+        student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
+    after = bench.intrinsic(student, c_student)
+    h = bench.heldout()
+    saved = [len(a) - len(b) for a, b in zip(h["prompts"], bench.encode(h["docs"], c_student), strict=True)]
+    metrics = {
+        **after,
+        "untrained_heldout_kl": before["heldout_kl"],
+        "untrained_greedy_agreement": before["greedy_agreement"],
+        "context_tokens_saved": sum(saved) / len(saved),
+        "train_tokens": float(result.train_tokens),
+        "target_tokens": float(result.target_tokens),
+        "train_steps": float(result.steps),
+        "final_train_loss": result.losses[-1],
+        "train_time_s": result.wall_time_s,
+        "teacher_time_s": teacher_s,
+        "train_tokens_per_s": result.train_tokens / max(result.wall_time_s, 1e-9),
+        "peak_memory_mb": peak_memory_mb(bench.device),
+    }
+    info: dict[str, Any] = {"student_context": c_student, "student": student}
+    metrics["wall_time_s"] = time.perf_counter() - start
+    return TrialResult(metrics=metrics, info=info)
+
+
+def release(result: TrialResult) -> None:
+    """Drop the trained student once scoring is done (memory across many trials)."""
+    result.info.pop("student", None)
+    gc.collect()

