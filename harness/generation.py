@@ -257,7 +257,7 @@ def sequence_logprobs(
     prefix_kv = _prefill(model, prompts[0][:prefix_len]) if prefix_len else None
     keep_arg = _accepts(model, "logits_to_keep")
 
-    full = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+    full = [list(p) + list(c) for p, c in zip(prompts, continuations, strict=True)]
     order = sorted(range(len(full)), key=lambda i: -len(full[i]))
     scores = [0.0] * len(full)
     for idx in _batches(order, batch_size):
@@ -279,6 +279,6 @@ def sequence_logprobs(
         cols = torch.arange(max_cont, device=device)
         valid = cols.unsqueeze(0) >= (max_cont - lengths).unsqueeze(1)
         sums = torch.where(valid, token_lp, torch.zeros_like(token_lp)).sum(-1).tolist()
-        for i, s in zip(idx, sums):
+        for i, s in zip(idx, sums, strict=True):
             scores[i] = float(s)
     return scores

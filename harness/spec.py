@@ -176,7 +176,7 @@ class Suite(_Strict):
     models: Models = Models()
     task: Task
     context: ContextSpec = ContextSpec()
-    axes: Axes = Axes()
+    axes: Axes = Field(default_factory=Axes)
     hyperparameters: Hyperparameters = Hyperparameters()
     training: Training = Training()
     evaluation: Evaluation = Evaluation()

@@ -9,7 +9,6 @@ and baseline scores) lives in `Workbench`, built once per study.
 from __future__ import annotations
 
 import copy
-import gc
 import logging
 import resource
 import sys
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from harness import intrinsic, models
+from harness import intrinsic, models, scoring
 from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.contexts import Context, modify
@@ -106,6 +105,7 @@ class Workbench:
         self.stop = tuple(suite.training.stop_strings) or self.task.stop_strings()
         self.context = Context(suite.context.instruction, suite.context.demos)
         self.memo: dict[Any, Any] = {}
+        self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
 
     # --- prompts -----------------------------------------------------------------------------------
     def student_context(self, mod: AxisValue) -> Context:
@@ -153,6 +153,28 @@ class Workbench:
             self.memo[key] = self.store.get_or_compute(
                 "baseline_intrinsic", parts, lambda: self.intrinsic(self.base_model(), ctx))
         return self.memo[key]
+
+
+    # --- lm-eval arms ------------------------------------------------------------------------------
+    def arm(self, arm: str, model: torch.nn.Module, fingerprint: str | None, ctx: Context) -> scoring.ArmScore:
+        """Score a model under a context; fixed models (fingerprint given) are scored once per study and rerun."""
+        s = self.suite
+        args = (arm, model, self.tok, self.task.config, self.task.name, ctx)
+        kwargs = {"metric": self.metric, "limit": s.task.eval_limit, "batch_size": s.evaluation.batch_size,
+                  "seed": s.seed}
+        if fingerprint is None:
+            return scoring.evaluate_arm(*args, **kwargs)
+        key = ("arm", fingerprint, ctx)
+        if key not in self.memo:
+            self.memo[key] = scoring.cached_arm(self.store, fingerprint, *args, **kwargs)
+        return self.memo[key]
+
+    def teacher_arm(self) -> scoring.ArmScore:
+        return self.arm("teacher", self.teacher.model, self.teacher.fingerprint, self.context)
+
+    def baseline_arm(self, ctx: Context) -> scoring.ArmScore:
+        base = self.student_base or self.teacher
+        return self.arm("baseline", base.model, base.fingerprint, ctx)
 
 
 def _validate(cfg: TrialConfig) -> None:
@@ -236,12 +258,31 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         "train_tokens_per_s": result.train_tokens / max(result.wall_time_s, 1e-9),
         "peak_memory_mb": peak_memory_mb(bench.device),
     }
-    info: dict[str, Any] = {"student_context": c_student, "student": student}
+    eval_start = time.perf_counter()
+    t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
+    st_arm = bench.arm("student", student, None, c_student)
+    gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
+    metrics.update({
+        "teacher_score": t_arm.score, "teacher_stderr": t_arm.stderr,
+        "baseline_score": b_arm.score, "baseline_stderr": b_arm.stderr,
+        "student_score": st_arm.score, "student_stderr": st_arm.stderr,
+        "gap_closure": gap, "gap_closure_stderr": gap_se,
+        "eval_time_s": time.perf_counter() - eval_start,
+    })
+    info: dict[str, Any] = {"student_context": c_student, "arms": {"teacher": t_arm, "baseline": b_arm,
+                                                                   "student": st_arm}}
     metrics["wall_time_s"] = time.perf_counter() - start
     return TrialResult(metrics=metrics, info=info)
 
 
-def release(result: TrialResult) -> None:
-    """Drop the trained student once scoring is done (memory across many trials)."""
-    result.info.pop("student", None)
-    gc.collect()
+def per_item_table(result: TrialResult) -> list[dict[str, Any]]:
+    """Teacher, baseline and student answers side by side with the reference, one row per held-out item."""
+    arms: dict[str, scoring.ArmScore] = result.info["arms"]
+    t, b, s = arms["teacher"], arms["baseline"], arms["student"]
+    rows = []
+    for i in sorted(s.per_item):
+        rows.append({"doc_id": i, "reference": s.references.get(i, ""),
+                     "teacher": t.answers.get(i, ""), "baseline": b.answers.get(i, ""), "student": s.answers.get(i, ""),
+                     "teacher_score": t.per_item.get(i), "baseline_score": b.per_item.get(i),
+                     "student_score": s.per_item.get(i)})
+    return rows

@@ -1,0 +1,177 @@
+"""Task scoring with lm-eval: teacher (c), baseline (c'), student (c').
+
+All three arms go through `lm_eval.simple_evaluate` with HFLM wrapping the
+in-memory model (no reload per arm), the chat template and demonstrations as
+turns, so the prompts are the very strings the student was trained on.
+Teacher and baseline scores do not depend on the trial: they are cached by
+(model fingerprint, task, context, limit) and reused across trials and reruns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from harness.cache import Store
+from harness.contexts import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ArmScore:
+    """One arm's score on the held-out items, with the per-item values that bootstrap needs."""
+
+    arm: str
+    metric: str
+    score: float
+    stderr: float
+    per_item: dict[int, float]  # doc_id → metric value
+    answers: dict[int, str] = field(default_factory=dict)  # doc_id → the model's (filtered) answer
+    references: dict[int, str] = field(default_factory=dict)
+    prompts: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    cached: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)  # lm-eval's results block for the task
+
+    def to_state(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("arm", "metric", "score", "stderr", "per_item", "answers",
+                                               "references", "prompts", "seconds", "raw")}
+
+
+def _answer(sample: dict[str, Any]) -> str:
+    """The model's answer in a logged sample: filtered generation, or the chosen option for multiple choice."""
+    filtered = sample.get("filtered_resps")
+    if isinstance(filtered, list) and filtered:
+        first = filtered[0]
+        if isinstance(first, str):
+            return first
+        if isinstance(first, (list, tuple)) and first and isinstance(first[0], (int, float)):
+            # multiple choice: [(loglik, is_greedy), ...] → index of the best option
+            lls = [float(x[0]) if isinstance(x, (list, tuple)) else float(x) for x in filtered]
+            return str(int(np.argmax(lls)))
+    return str(filtered)
+
+
+def main_metric(task_config: dict[str, Any] | str, task: Any, requested: str | None) -> str:
+    """The suite's metric, else the task's first declared metric."""
+    if requested:
+        return requested
+    metrics = getattr(task.config, "metric_list", None) or []
+    if metrics:
+        return metrics[0]["metric"]
+    return "acc" if task.config.output_type == "multiple_choice" else "exact_match"
+
+
+def evaluate_arm(
+    arm: str,
+    model: Any,
+    tokenizer: Any,
+    task_config: dict[str, Any] | str,
+    task_name: str,
+    ctx: Context,
+    *,
+    metric: str,
+    limit: int | None,
+    batch_size: int,
+    seed: int = 0,
+) -> ArmScore:
+    """Score one model under one context with real lm-eval."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    start = time.perf_counter()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[task_config],
+        num_fewshot=ctx.n_demos,
+        system_instruction=ctx.system,
+        apply_chat_template=True,
+        fewshot_as_multiturn=True,
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        task_manager=TaskManager(),
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        verbosity="WARNING",
+    )
+    if out is None:
+        raise RuntimeError("lm-eval returned no results")
+    results = out["results"][task_name]
+    key = next((k for k in results if k.split(",")[0] == metric and not k.endswith("_stderr")), None)
+    if key is None:
+        have = sorted(k.split(",")[0] for k in results if "," in k and "stderr" not in k)
+        raise ValueError(f"task '{task_name}' has no metric '{metric}' (it reports: {', '.join(have)})")
+    filt = key.split(",", 1)[1] if "," in key else None
+    per_item: dict[int, float] = {}
+    answers: dict[int, str] = {}
+    refs: dict[int, str] = {}
+    prompts: dict[int, str] = {}
+    for s in out["samples"][task_name]:
+        if filt and s.get("filter") not in (None, filt):
+            continue
+        i = int(s["doc_id"])
+        per_item[i] = float(s[metric])
+        answers[i] = _answer(s)
+        refs[i] = str(s.get("target"))
+        args = s.get("arguments")
+        if isinstance(args, (list, tuple)) and args:
+            first = args[0]
+            prompts[i] = str(first[0] if isinstance(first, (list, tuple)) else first)
+    vals = np.array(list(per_item.values()))
+    stderr = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
+    score = ArmScore(arm=arm, metric=metric, score=float(vals.mean()) if len(vals) else float("nan"),
+                     stderr=stderr, per_item=per_item, answers=answers, references=refs, prompts=prompts,
+                     seconds=time.perf_counter() - start,
+                     raw={k: v for k, v in results.items() if isinstance(v, (int, float, str))})
+    log.info("%s: %s = %.3f ± %.3f (%d items, %.1f s)", arm, metric, score.score, score.stderr, len(vals),
+             score.seconds)
+    return score
+
+
+def cached_arm(store: Store, fingerprint: str, *args: Any, **kwargs: Any) -> ArmScore:
+    """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once."""
+    arm, _model, _tok, task_config, task_name, ctx = args
+    import lm_eval
+
+    parts = {"model": fingerprint, "task": task_config, "task_name": task_name, "context": [ctx.system, ctx.n_demos],
+             "metric": kwargs["metric"], "limit": kwargs["limit"], "seed": kwargs.get("seed", 0),
+             "lm_eval": lm_eval.__version__}
+    before = store.hits
+    state = store.get_or_compute("scores", parts, lambda: evaluate_arm(*args, **kwargs).to_state())
+    score = ArmScore(**state)
+    score.arm = arm
+    score.cached = store.hits > before
+    return score
+
+
+def gap_closure(teacher: ArmScore, baseline: ArmScore, student: ArmScore, *, n_boot: int = 1000,
+                seed: int = 0) -> tuple[float, float]:
+    """(student − baseline) / (teacher − baseline) and its paired-bootstrap stderr over items."""
+    ids = sorted(set(teacher.per_item) & set(baseline.per_item) & set(student.per_item))
+    if not ids:
+        return float("nan"), float("nan")
+    t = np.array([teacher.per_item[i] for i in ids])
+    b = np.array([baseline.per_item[i] for i in ids])
+    s = np.array([student.per_item[i] for i in ids])
+    denom = t.mean() - b.mean()
+    if abs(denom) < 1e-12:
+        log.warning("teacher and baseline score the same: gap closure is undefined")
+        return float("nan"), float("nan")
+    value = float((s.mean() - b.mean()) / denom)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    d = t[idx].mean(1) - b[idx].mean(1)
+    ok = np.abs(d) > 1e-12
+    boots = (s[idx].mean(1)[ok] - b[idx].mean(1)[ok]) / d[ok]
+    return value, float(boots.std(ddof=1)) if len(boots) > 1 else float("nan")

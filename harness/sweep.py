@@ -1,0 +1,219 @@
+"""The Optuna study over a suite's axes and hyperparameters, each trial an MLflow run.
+
+The study lives in Optuna storage (SQLite by default, any RDB URL for several
+machines); rerunning the same suite resumes it and only runs the trials still
+missing. A trial that fails (bad settings, NaN loss, out of memory) is recorded
+as failed with its reason and the study goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from harness import tracking
+from harness.spec import Choices, Range, Suite
+from harness.train import TrainingDiverged
+from harness.trial import InvalidCombination, TrialConfig, Workbench, per_item_table, run_trial
+
+log = logging.getLogger(__name__)
+
+MAXIMIZE = {"gap_closure", "student_score"}
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ValueError, RuntimeError)
+
+
+def storage_url(suite: Suite) -> str:
+    if suite.sweep.storage:
+        return suite.sweep.storage
+    Path(suite.work_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(suite.work_dir).resolve() / 'optuna.db'}"
+
+
+def study_name(suite: Suite) -> str:
+    """Same suite content → same study (resume); an edited suite starts a new one."""
+    return f"{suite.name}-{suite.content_hash()}"
+
+
+def grid_space(suite: Suite) -> dict[str, list[Any]]:
+    """The exhaustive grid: every axis value × every hyperparameter choice (ranges are not griddable)."""
+    space: dict[str, list[Any]] = {
+        "target": [v.label for v in suite.axes.targets],
+        "context": [v.label for v in suite.axes.contexts],
+        "loss": [v.label for v in suite.axes.losses],
+    }
+    for name, v in suite.hyperparameters.searched().items():
+        if isinstance(v, Range):
+            raise ValueError(f"hyperparameters.{name}: the grid sampler needs `choices`, not a range")
+        space[name] = list(v.choices)
+    return space
+
+
+def make_sampler(suite: Suite) -> optuna.samplers.BaseSampler:
+    kind = suite.sweep.sampler
+    if len(suite.sweep.objectives) == 2 and kind == "tpe":
+        kind = "nsga2"
+    if kind == "grid":
+        return optuna.samplers.GridSampler(grid_space(suite), seed=suite.seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=suite.seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=suite.seed)
+    return optuna.samplers.TPESampler(seed=suite.seed)
+
+
+def make_pruner(suite: Suite) -> optuna.pruners.BasePruner:
+    if suite.sweep.pruner == "none" or len(suite.sweep.objectives) > 1:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def suggest(trial: optuna.Trial, suite: Suite) -> TrialConfig:
+    """Draw one configuration: the three categorical axes plus the searched hyperparameters."""
+    ax = suite.axes
+    by_label = {
+        "target": {v.label: v for v in ax.targets},
+        "context": {v.label: v for v in ax.contexts},
+        "loss": {v.label: v for v in ax.losses},
+    }
+    chosen = {axis: values[trial.suggest_categorical(axis, list(values))] for axis, values in by_label.items()}
+    hp: dict[str, Any] = {}
+    for name, value in suite.hyperparameters:
+        if isinstance(value, Range):
+            if value.int_:
+                hp[name] = trial.suggest_int(name, int(value.low), int(value.high), log=value.log,
+                                             step=int(value.step or 1))
+            else:
+                hp[name] = trial.suggest_float(name, value.low, value.high, log=value.log, step=value.step)
+        elif isinstance(value, Choices):
+            hp[name] = trial.suggest_categorical(name, value.choices)
+        else:
+            hp[name] = value
+    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], hp)
+
+
+class _Reporter:
+    """Bridges the trial's reports to Optuna (pruning) and MLflow (step metrics)."""
+
+    def __init__(self, trial: optuna.Trial, run: tracking.TrialRun, maximize: bool, prune: bool) -> None:
+        self.trial, self.run, self.sign, self.prune = trial, run, (-1.0 if maximize else 1.0), prune
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log_step(step, metrics)
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log_step(step, metrics)
+        kl = metrics["heldout/kl"]
+        if not self.prune:
+            return
+        self.trial.report(self.sign * kl, step)  # lower KL is better; flip sign for a maximised study
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"held-out KL {kl:.4f} at step {step} is worse than the median of earlier trials")
+
+
+def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
+    vals = []
+    for name in suite.sweep.objectives:
+        v = metrics[name]
+        if v is None or math.isnan(v):
+            raise RuntimeError(f"objective {name} is undefined (NaN): teacher and baseline score the same")
+        vals.append(float(v))
+    return vals
+
+
+def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, base_tags: dict[str, str]) -> Any:
+    maximize = suite.sweep.objectives[0] in MAXIMIZE
+    prune = len(suite.sweep.objectives) == 1 and suite.sweep.pruner != "none"
+
+    def objective(trial: optuna.Trial) -> float | list[float]:
+        cfg = suggest(trial, suite)
+        tags = {**base_tags, "optuna.trial_number": str(trial.number)}
+        try:
+            with tracking.trial_run(exp_id, parent_id, f"trial-{trial.number}", tags) as run:
+                trial.set_user_attr("mlflow_run_id", run.run_id)
+                run.log_params(cfg.params())
+                reporter = _Reporter(trial, run, maximize, prune)
+                result = run_trial(bench, cfg, reporter)
+                run.log_metrics(result.metrics)
+                _log_artifacts(run, bench, result)
+                print(f"trial {trial.number} ({cfg.target.label} / {cfg.context.label} / {cfg.loss.label}):")
+                print("\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.items()), flush=True)
+                values = objective_values(suite, result.metrics)
+                run.set_tags({"optuna.trial_state": "COMPLETE"})
+        except optuna.TrialPruned as e:
+            trial.set_user_attr("reason", str(e))
+            _tag_state(trial, "PRUNED")
+            raise
+        except EXPECTED_FAILURES as e:
+            trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
+            _tag_state(trial, "FAIL")
+            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            raise
+        return values[0] if len(values) == 1 else values
+
+    return objective
+
+
+def _tag_state(trial: optuna.Trial, state: str) -> None:
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        tracking.TrialRun(run_id).set_tags({"optuna.trial_state": state})
+
+
+def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> None:
+    s = bench.suite
+    run.log_text(s.resolved_yaml(), "suite.yaml")
+    run.log_table(per_item_table(result), "per_item.json")
+    arms = result.info["arms"]
+    run.log_dict({arm: a.raw for arm, a in arms.items()}, "lm_eval_results.json")
+    ctx = result.info["student_context"]
+    run.log_dict({"teacher_context": {"system": bench.context.system, "demos": bench.context.n_demos},
+                  "student_context": {"system": ctx.system, "demos": ctx.n_demos}}, "contexts.json")
+
+
+def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None, report: bool = True) -> int:
+    """Run (or resume) the suite's study until it holds `n_trials` finished trials."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
+    storage = storage_url(suite)
+    name = study_name(suite)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(suite),
+                                pruner=make_pruner(suite), directions=directions, load_if_exists=True)
+    target = n_trials if n_trials is not None else suite.sweep.n_trials
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    todo = max(0, target - done)
+    log.info("study %s in %s: %d finished, %d to run", name, storage, done, todo)
+    exp_id = tracking.setup(suite)
+    base_tags = {"harness.suite": suite.name, "harness.suite_hash": suite.content_hash(),
+                 "harness.study": name, "git.commit": tracking.git_commit(),
+                 "teacher": suite.models.teacher, "student": suite.models.student, "task": suite.task.name,
+                 "machine": platform.platform(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    parent = tracking.parent_run_id(exp_id, name, base_tags)
+    if todo:
+        bench = Workbench(suite)
+        study.optimize(make_objective(suite, bench, exp_id, parent, base_tags), n_trials=todo,
+                       timeout=timeout or suite.sweep.timeout, catch=EXPECTED_FAILURES, gc_after_trial=True)
+    _print_summary(study)
+    if report:
+        from harness import report as report_mod
+
+        out = report_mod.write(suite, "results")
+        print(f"report written to {out}")
+    return 0
+
+
+def _print_summary(study: optuna.Study) -> None:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        vals = "" if t.values is None else ", ".join(f"{v:.3f}" for v in t.values)
+        rows.append(f"  #{t.number:<3} {t.state.name:<8} {vals:<16} target={t.params.get('target')} "
+                    f"context={t.params.get('context')} loss={t.params.get('loss')} "
+                    f"{t.user_attrs.get('reason', '')}")
+    print(f"study {study.study_name}: {len(rows)} trials")
+    print("\n".join(rows))

@@ -1,0 +1,178 @@
+"""Generation, scoring and target strategies on the tiny random model (fast, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import generation, models, targets
+
+MAX_NEW = 12
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny model with larger random weights, so outputs depend on the prompt and sometimes hit eos."""
+    m = models.load("tiny-random", device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    """Teacher-style prompts: a long shared context (instruction + demo turns) then different inputs."""
+    tok = tiny.tokenizer
+    context = [
+        {"role": "system", "content": "Answer with the capital city only."},
+        {"role": "user", "content": "France"},
+        {"role": "assistant", "content": "Paris"},
+    ]
+    queries = ["Germany", "Italy", "Spain and Portugal", "UK", "Peru", "a"]
+    return [
+        list(
+            tok.apply_chat_template(
+                context + [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for q in queries
+    ]
+
+
+def _manual_logprob(model, prompt, cont):
+    ids = torch.tensor([prompt + cont])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    lp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    return float(lp[len(prompt) - 1 :].sum())
+
+
+def test_prompts_share_a_long_prefix(prompts):
+    assert generation.common_prefix_length(prompts) >= generation.MIN_SHARED_PREFIX
+    assert len({len(p) for p in prompts}) > 1  # suffixes differ in length: padding is exercised
+
+
+def test_batched_greedy_equals_one_by_one(tiny, prompts):
+    kw = dict(max_new_tokens=MAX_NEW, reuse_prefix=False)
+    batched = generation.generate(tiny.model, tiny.tokenizer, prompts, batch_size=4, **kw)
+    single = [generation.generate(tiny.model, tiny.tokenizer, [p], **kw)[0] for p in prompts]
+    assert batched == single
+    assert len({tuple(b[0]) for b in batched}) > 1  # the check is not vacuous
+
+
+def test_reuse_prefix_equals_no_reuse(tiny, prompts):
+    kw = dict(max_new_tokens=MAX_NEW, batch_size=4)
+    for extra in ({}, {"num_beams": 3}, {"do_sample": True, "num_return_sequences": 2, "seed": 3}):
+        plain = generation.generate(tiny.model, tiny.tokenizer, prompts, reuse_prefix=False, **kw, **extra)
+        reused = generation.generate(tiny.model, tiny.tokenizer, prompts, reuse_prefix=True, **kw, **extra)
+        assert plain == reused, extra
+
+
+def test_stop_string_cut_and_eos_appended(tiny, prompts):
+    tok = tiny.tokenizer
+    full = generation.generate(tiny.model, tok, prompts, max_new_tokens=MAX_NEW)
+    stop = tok.decode(full[0][0][3:4])  # a character the first answer is known to produce
+    cut = generation.generate(tiny.model, tok, prompts, max_new_tokens=MAX_NEW, stop_strings=(stop,))
+    eos = tok.eos_token_id
+    for f, c in zip(full, cut, strict=True):
+        text = tok.decode([t for t in f[0] if t != eos], skip_special_tokens=False)
+        if stop in text:
+            assert c[0] == tok(text[: text.index(stop)], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        else:
+            assert c[0] == f[0]
+    assert len(cut[0][0]) <= 4 and cut[0][0][-1] == eos
+
+
+def test_sequence_logprobs_matches_manual(tiny, prompts):
+    conts = [[10 + i, 20, 30 + i][: 1 + i % 3] for i in range(len(prompts))] + [[]]
+    ps = prompts + [prompts[0]]
+    want = [_manual_logprob(tiny.model, p, c) if c else 0.0 for p, c in zip(ps, conts, strict=True)]
+    for reuse in (False, True):
+        got = generation.sequence_logprobs(tiny.model, ps, conts, batch_size=3, reuse_prefix=reuse)
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+def _select(tiny, prompts, name, params=None, seed=0, references=None):
+    return targets.select_targets(
+        name,
+        params or {},
+        tiny.model,
+        tiny.tokenizer,
+        prompts,
+        references,
+        max_new_tokens=MAX_NEW,
+        batch_size=4,
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("name", ["greedy", "beam", "sample", "best_of", "on_policy"])
+def test_strategies_return_finished_targets(tiny, prompts, name):
+    out = _select(tiny, prompts, name)
+    eos = tiny.tokenizer.eos_token_id
+    assert len(out) == len(prompts)
+    for t in out:
+        assert t and (t[-1] == eos or len(t) == MAX_NEW)
+        assert eos not in t[:-1]
+
+
+def test_greedy_and_on_policy_agree(tiny, prompts):
+    assert _select(tiny, prompts, "on_policy") == _select(tiny, prompts, "greedy")
+    assert targets.TARGETS["on_policy"].uses_student and not targets.TARGETS["greedy"].uses_student
+
+
+def test_sampling_is_seeded(tiny, prompts):
+    a = _select(tiny, prompts, "sample", seed=1)
+    assert a == _select(tiny, prompts, "sample", seed=1)
+    assert a != _select(tiny, prompts, "sample", seed=2)
+
+
+def test_best_of_picks_max_logprob(tiny, prompts):
+    n, seed = 3, 5
+    picked = _select(tiny, prompts, "best_of", {"n": n}, seed=seed)
+    cands = generation.generate(
+        tiny.model,
+        tiny.tokenizer,
+        prompts,
+        max_new_tokens=MAX_NEW,
+        batch_size=4,
+        do_sample=True,
+        temperature=1.0,
+        top_p=0.95,
+        num_return_sequences=n,
+        seed=seed,
+    )
+    for p, cs, pick in zip(prompts, cands, picked, strict=True):
+        scores = [_manual_logprob(tiny.model, p, c) for c in cs]
+        assert pick in cs
+        assert _manual_logprob(tiny.model, p, pick) == pytest.approx(max(scores), abs=1e-5)
+    assert any(len({tuple(c) for c in cs}) > 1 for cs in cands)  # there was a choice to make
+
+
+def test_ground_truth(tiny, prompts):
+    tok = tiny.tokenizer
+    refs = [f"City {i}" for i in range(len(prompts))]
+    out = _select(tiny, prompts, "ground_truth", references=refs)
+    assert out == [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in refs]
+    with pytest.raises(ValueError, match="references"):
+        _select(tiny, prompts, "ground_truth")
+
+
+def test_unknown_strategy_and_params_raise(tiny, prompts):
+    with pytest.raises(ValueError, match="unknown target strategy 'nope'.*greedy"):
+        _select(tiny, prompts, "nope")
+    with pytest.raises(ValueError, match=r"'beam'.*unknown params \['beams'\].*n_beams"):
+        _select(tiny, prompts, "beam", {"beams": 2})
+    with pytest.raises(ValueError, match="mix"):
+        targets.cache_key_params("on_policy", {"mix": 1.5})
+
+
+def test_cache_key_params_fills_defaults():
+    assert targets.cache_key_params("beam", {}) == {"n_beams": 4}
+    assert targets.cache_key_params("sample", {"top_p": 0.9}) == {"temperature": 1.0, "top_p": 0.9}
+    assert targets.cache_key_params("best_of", None) == {"n": 4, "temperature": 1.0, "top_p": 0.95}
+    assert targets.cache_key_params("on_policy", {}) == {"mix": 0.5}
+    assert targets.TARGETS["best_of"].params == ("n", "temperature", "top_p")
