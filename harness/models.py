@@ -121,7 +121,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 def _tiny_dir(seed: int = 0) -> Path:
     """A tiny random Llama saved to disk so every code path (including lm-eval) loads it like a real one."""
-    target = cache_root() / "models" / f"tiny-random-{seed}"
+    target = cache_root() / "models" / f"tiny-random-v2-{seed}"
     if (target / "model.safetensors").exists():
         return target
     tok = build_tiny_tokenizer()
@@ -138,6 +138,8 @@ def _tiny_dir(seed: int = 0) -> Path:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
+        # Large random weights: outputs then depend on the prompt, so contexts change answers and scores.
+        initializer_range=0.3,
     )
     model = LlamaForCausalLM(config)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")

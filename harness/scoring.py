@@ -80,11 +80,13 @@ def evaluate_arm(
     limit: int | None,
     batch_size: int,
     seed: int = 0,
+    task_manager: Any = None,
 ) -> ArmScore:
     """Score one model under one context with real lm-eval."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+
+    from harness.tasks import task_manager as default_manager
 
     start = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
@@ -98,7 +100,7 @@ def evaluate_arm(
         limit=limit,
         log_samples=True,
         bootstrap_iters=0,
-        task_manager=TaskManager(),
+        task_manager=task_manager or default_manager(None),
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,

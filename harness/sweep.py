@@ -179,7 +179,7 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> Non
 
 def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None, report: bool = True) -> int:
     """Run (or resume) the suite's study until it holds `n_trials` finished trials."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
     directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
     storage = storage_url(suite)
     name = study_name(suite)

@@ -26,7 +26,7 @@ from harness.contexts import Context, modify
 from harness.losses import LOSSES
 from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
-from harness.tasks import TaskBundle, load_task
+from harness.tasks import TaskBundle, load_task, task_manager
 from harness.train import Example, OnPolicy, TrainSettings, apply_lora, train
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class Workbench:
         s = self.suite
         args = (arm, model, self.tok, self.task.config, self.task.name, ctx)
         kwargs = {"metric": self.metric, "limit": s.task.eval_limit, "batch_size": s.evaluation.batch_size,
-                  "seed": s.seed}
+                  "seed": s.seed, "task_manager": task_manager(self.task.folder)}
         if fingerprint is None:
             return scoring.evaluate_arm(*args, **kwargs)
         key = ("arm", fingerprint, ctx)
@@ -214,6 +214,8 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     examples = [Example(p, t, top, tp) for p, t, top, tp in zip(s_prompts, tgts, tops, t_prompts, strict=True)]
 
     before = bench.baseline_intrinsic(c_student)
+    if reporter:
+        reporter.log_step(0, {"heldout/kl": before["heldout_kl"]})
     student = copy.deepcopy(bench.base_model())
     if int(hp["lora_rank"]) > 0:
         student = apply_lora(student, int(hp["lora_rank"]))
@@ -242,6 +244,8 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     if int(hp["lora_rank"]) > 0:
         student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
     after = bench.intrinsic(student, c_student)
+    if reporter:
+        reporter.log_step(result.steps, {"heldout/kl": after["heldout_kl"]})
     h = bench.heldout()
     saved = [len(a) - len(b) for a, b in zip(h["prompts"], bench.encode(h["docs"], c_student), strict=True)]
     metrics = {
