@@ -22,6 +22,7 @@ Adding a loss touches only this file: write the function and decorate it with `r
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,7 +158,8 @@ def compute_loss(
     unexpected = sorted(set(params) - set(spec.params))
     if unexpected:
         raise ValueError(f"loss {name!r} takes params {list(spec.params)}, got unexpected {unexpected}")
-    missing = [p for p in spec.params if p not in params]
+    required = inspect.signature(spec.fn).parameters
+    missing = [p for p in spec.params if p not in params and required[p].default is inspect.Parameter.empty]
     if missing:
         raise ValueError(f"loss {name!r} needs params {missing}")
     return spec.fn(student_logits, target_ids, mask, teacher, temperature=temperature, **params)
@@ -298,7 +300,7 @@ def jsd(
     mask: Tensor,
     teacher: TeacherTopK | None,
     *,
-    beta: float,
+    beta: float = 0.5,
     temperature: float = 1.0,
 ) -> Tensor:
     """Generalised JSD, normalised so it is continuous in beta, on the k+1 buckets.

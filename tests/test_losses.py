@@ -372,8 +372,8 @@ def test_missing_teacher_raises(name, params):
 def test_param_errors():
     student, teacher, targets = make()
     top = topk_with_tail(teacher, 2)
-    with pytest.raises(ValueError, match="needs params"):
-        compute_loss("jsd", student, targets, MASK, top)
+    default = compute_loss("jsd", student, targets, MASK, top)  # beta defaults to 0.5
+    assert torch.allclose(default, compute_loss("jsd", student, targets, MASK, top, beta=0.5))
     with pytest.raises(ValueError, match="unexpected"):
         compute_loss("forward_kl", student, targets, MASK, top, beta=0.5)
     for beta in (-0.1, 1.1):
