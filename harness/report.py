@@ -85,9 +85,12 @@ def load_study(suite: Suite) -> Any | None:
 def _numeric(col: pd.Series) -> pd.Series:
     """MLflow params come back as strings; numbers become numbers so tables sort and average."""
     try:
-        return pd.to_numeric(col)
+        num = pd.to_numeric(col)
     except (ValueError, TypeError):
         return col
+    if num.dtype.kind == "f" and col.dropna().astype(str).str.fullmatch(r"-?\d+").all():
+        return num.astype("Int64")  # `k` absent from some trials stays an integer, not 1.0
+    return num
 
 
 def trial_table(runs: pd.DataFrame, study: Any | None = None) -> pd.DataFrame:
@@ -191,8 +194,8 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
         "git_commit_report": tracking.git_commit(),
         "trials_machine": distinct("machine"),
         "trials_device": distinct("device"),
-        "trials_first_start": starts.min().isoformat() if len(starts) else None,
-        "trials_last_end": ends.max().isoformat() if len(ends) else None,
+        "trials_first_start": starts.min().isoformat(timespec="seconds") if len(starts) else None,
+        "trials_last_end": ends.max().isoformat(timespec="seconds") if len(ends) else None,
         "report_date": datetime.now(UTC).isoformat(timespec="seconds"),
         "report_machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
                            "gpu": gpu_name()},
@@ -212,9 +215,18 @@ def fmt(v: Any, digits: int = 3) -> str:
     """One table cell: '–' for missing, integers without decimals, other numbers to `digits` places."""
     if v is None or (isinstance(v, float | np.floating) and not math.isfinite(v)) or v is pd.NA:
         return "–"
+    if isinstance(v, int | np.integer) and not isinstance(v, bool):
+        return str(int(v))
     if _isnum(v):
         return f"{int(v)}" if float(v).is_integer() and abs(v) >= 1 else f"{float(v):.{digits}f}"
     return str(v)
+
+
+def fmt_param(v: Any) -> str:
+    """A parameter as the user wrote it: 0.001, 3e-05, 8; not 0.001000."""
+    if _isnum(v):
+        return str(int(v)) if float(v).is_integer() else f"{float(v):g}"
+    return fmt(v)
 
 
 def pm(v: Any, se: Any, digits: int = 3) -> str:
@@ -299,6 +311,7 @@ def plot_gap_by_target_loss(df: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(targets) * max(1, len(losses)) ** 0.5 + 3), 4.8))
     cmap = plt.get_cmap("tab10")
     rng = np.random.default_rng(0)
+    point_label: str | None = "each trial"
     for j, loss in enumerate(losses):
         xs, means, ses = [], [], []
         for i, target in enumerate(targets):
@@ -309,18 +322,21 @@ def plot_gap_by_target_loss(df: pd.DataFrame, path: Path) -> None:
             x = i - 0.4 + width * (j + 0.5)
             xs.append(x), means.append(m), ses.append(se if math.isfinite(se) else 0.0)
             jitter = rng.uniform(-width / 4, width / 4, len(cell)) if len(cell) > 1 else np.zeros(1)
-            ax.scatter(x + jitter, cell["gap_closure"].astype(float), s=22, color="black", zorder=3,
-                       label="one trial" if j == 0 and i == 0 else None)
+            ax.scatter(x + jitter, cell["gap_closure"].astype(float), s=24, color="black", zorder=3,
+                       label=point_label)
+            point_label = None
         ax.bar(xs, means, width * 0.9, yerr=ses, capsize=4, color=cmap(j % 10), alpha=0.85, label=loss,
                error_kw={"elinewidth": 1.2})
-    ax.axhline(0, color="grey", lw=1, ls="--")
-    ax.axhline(1, color="green", lw=1, ls=":", label="teacher level (1.0)")
+    ax.axhline(0, color="grey", lw=1, ls="--", label="baseline level (0)")
+    ax.axhline(1, color="green", lw=1, ls=":", label="teacher level (1)")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, -0.1), max(hi, 1.1))
     ax.set_xticks(range(len(targets)), targets, rotation=20 if len(targets) > 3 else 0,
                   ha="right" if len(targets) > 3 else "center")
     ax.set_xlabel("target-selection strategy")
     ax.set_ylabel("gap closure (0 = baseline, 1 = teacher)")
     ax.set_title("Gap closure by target strategy and loss\n(bars: mean ± stderr over completed trials)")
-    ax.legend(title="loss", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(title="bars: loss", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -354,8 +370,10 @@ def plot_gap_vs_tokens_saved(df: pd.DataFrame, path: Path) -> None:
                     color=cmap(j % 10), ms=8, capsize=3, elinewidth=0.8, alpha=0.9, label=ctx)
     x, y = done["context_tokens_saved"].astype(float).to_numpy(), done["gap_closure"].astype(float).to_numpy()
     front = pareto_front(x, y)
+    ax.scatter(x[front], y[front], s=220, facecolors="none", edgecolors="black", lw=1.2, zorder=4,
+               label="Pareto front" if len(front) == 1 else None)
     if len(front) > 1:
-        ax.plot(x[front], y[front], color="black", lw=1.2, ls="--", label="Pareto front", zorder=1)
+        ax.plot(x[front], y[front], color="black", lw=1.2, ls="--", marker="", label="Pareto front", zorder=1)
     for xi, yi, n in zip(x, y, done["trial"], strict=True):
         ax.annotate(f"#{n}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8, color="dimgrey")
     ax.axhline(0, color="grey", lw=0.8, ls=":")
@@ -413,7 +431,7 @@ def _optuna_target(suite: Suite, study: Any) -> dict[str, Any]:
     return {"target_name": name}
 
 
-def _optuna_plot(study: Any, path: Path, draw: Callable[[], Any], title: str) -> None:
+def _optuna_plot(path: Path, draw: Callable[[], Any], title: str, integer_x: bool = False) -> None:
     import matplotlib
 
     plt = _plt()
@@ -426,7 +444,11 @@ def _optuna_plot(study: Any, path: Path, draw: Callable[[], Any], title: str) ->
             raise SkipPlot(f"optuna could not draw it ({type(e).__name__}: {e})") from e
         fig = ax.figure
         fig.set_size_inches(8.0, 4.8)
+        for loc in ("left", "right"):
+            ax.set_title("", loc=loc)  # optuna's own title sits left and would overlap ours
         ax.set_title(title)
+        if integer_x:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -447,8 +469,9 @@ def plot_optuna_history(suite: Suite, study: Any | None, path: Path) -> None:
     from optuna.visualization.matplotlib import plot_optimization_history
 
     kw = _optuna_target(suite, study)
-    _optuna_plot(study, path, lambda: plot_optimization_history(study, **kw),
-                 f"Optimization history ({kw['target_name']})")
+    n = len(_complete_optuna(study))
+    _optuna_plot(path, lambda: plot_optimization_history(study, **kw),
+                 f"Optimization history of {kw['target_name']} ({n} completed trials)", integer_x=True)
 
 
 def plot_optuna_importances(suite: Suite, study: Any | None, path: Path) -> None:
@@ -464,8 +487,8 @@ def plot_optuna_importances(suite: Suite, study: Any | None, path: Path) -> None
     from optuna.visualization.matplotlib import plot_param_importances
 
     kw = _optuna_target(suite, study)
-    _optuna_plot(study, path, lambda: plot_param_importances(study, **kw),
-                 f"Parameter importances for {kw['target_name']} (fANOVA)")
+    _optuna_plot(path, lambda: plot_param_importances(study, **kw),
+                 f"Parameter importances for {kw['target_name']}\n(fANOVA over {len(trials)} completed trials)")
 
 
 # --- summary.md ----------------------------------------------------------------------------------------------------
@@ -481,7 +504,8 @@ def _provenance_md(p: dict[str, Any], df: pd.DataFrame) -> list[str]:
         ["trials ran", f"{p['trials_first_start'] or '?'} → {p['trials_last_end'] or '?'}"],
         ["git commit (trials)", ", ".join(f"`{c}`" for c in p["git_commit_trials"]) or "unknown"],
         ["git commit (report)", f"`{p['git_commit_report']}`"],
-        ["trials machine / device", f"{', '.join(p['trials_machine']) or '?'} / {', '.join(p['trials_device']) or '?'}"],
+        ["trials machine / device",
+         f"{', '.join(p['trials_machine']) or '?'} / {', '.join(p['trials_device']) or '?'}"],
         ["report date (UTC)", p["report_date"]],
         ["report machine", f"{m['cpu']} ({m['cpu_count']} cores), GPU: {m['gpu']}, {m['platform']}"],
         ["python", p["python"]],
@@ -521,7 +545,7 @@ def _best_md(df: pd.DataFrame) -> list[str]:
             f"baseline {pm(b.get('baseline_score'), b.get('baseline_stderr'))}).", ""]
     params = [c for c in df.columns if c in AXES or "." in c and c.split(".")[0] in (*AXES, "hp")]
     params = [c for c in params if c not in TAGS and not c.startswith("harness.")]
-    out += [md_table(["parameter", "value"], [[p, fmt(b[p], 6)] for p in params if not pd.isna(b[p])]), ""]
+    out += [md_table(["parameter", "value"], [[p, fmt_param(b[p])] for p in params if not pd.isna(b[p])]), ""]
     metrics = [m for m in METRICS if m in df and not pd.isna(b[m])]
     out += [md_table(["metric", "value"], [[m, fmt(b[m], 4)] for m in metrics]), ""]
     return out
@@ -531,11 +555,11 @@ def _trials_md(df: pd.DataFrame) -> list[str]:
     vary, fixed = varying_hps(df)
     out = ["## All trials", ""]
     if fixed:
-        out += ["Fixed hyperparameters: " + ", ".join(f"`{k.removeprefix('hp.')}` = {fmt(v, 6)}"
+        out += ["Fixed hyperparameters: " + ", ".join(f"`{k.removeprefix('hp.')}` = {fmt_param(v)}"
                                                       for k, v in fixed.items()), ""]
     headers = ["#", "state", *AXES, *(v.removeprefix("hp.") for v in vary), "gap closure", "student score",
                "context tokens saved", "wall time (s)"]
-    rows = [[fmt(r["trial"]), r["state"], *(r.get(a) for a in AXES), *(fmt(r[v], 6) for v in vary),
+    rows = [[fmt(r["trial"]), r["state"], *(r.get(a) for a in AXES), *(fmt_param(r[v]) for v in vary),
              pm(r.get("gap_closure"), r.get("gap_closure_stderr")), fmt(r.get("student_score")),
              fmt(r.get("context_tokens_saved"), 1), fmt(r.get("wall_time_s"), 1)] for _, r in df.iterrows()]
     out += [md_table(headers, rows), ""]

@@ -151,12 +151,10 @@ def task_manager(folder: Path | None) -> Any:
 
 def load_task(name: str, folder: Path | None) -> TaskBundle:
     """Load a local task folder or a registered lm-eval task by name."""
-    from lm_eval.tasks import get_task_dict
-
     cfg = task_config(name, folder)
     tm = task_manager(folder)
     try:
-        tasks = get_task_dict([cfg], tm)
+        tasks = tm.load([cfg])["tasks"]
     except Exception as e:  # lm-eval raises many types for a missing task or data
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise TaskError(f"cannot load lm-eval task '{name}': {why}") from e

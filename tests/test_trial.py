@@ -1,0 +1,92 @@
+"""A whole trial on the tiny model: teacher cache, training, three lm-eval arms, reuse on rerun."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import write_suite
+
+from harness import scoring
+from harness.contexts import Context
+from harness.spec import load_suite
+from harness.trial import Workbench, fixed_config, per_item_table, run_trial
+
+TIMING = {"train_time_s", "teacher_time_s", "train_tokens_per_s", "eval_time_s", "wall_time_s", "peak_memory_mb"}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trial")
+    path = write_suite(folder, axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
+                                     "losses": [{"name": "self_target_nll"}]})
+    return load_suite(path)
+
+
+@pytest.fixture(scope="module")
+def first(suite):
+    bench = Workbench(suite)
+    return bench, run_trial(bench, fixed_config(suite))
+
+
+def test_three_arms_scored_by_lm_eval(first):
+    bench, result = first
+    m = result.metrics
+    arms = result.info["arms"]
+    n_test = len(bench.task.eval_docs())
+    for name in ("teacher", "baseline", "student"):
+        arm = arms[name]
+        assert arm.metric == "acc" and len(arm.per_item) == n_test
+        assert m[f"{name}_score"] == pytest.approx(np.mean(list(arm.per_item.values())))
+        assert 0 < m[f"{name}_stderr"] < 0.2
+        assert "acc,none" in arm.raw  # lm-eval's own results block
+    assert m["teacher_score"] != m["baseline_score"]
+    expected = (m["student_score"] - m["baseline_score"]) / (m["teacher_score"] - m["baseline_score"])
+    assert m["gap_closure"] == pytest.approx(expected)
+    assert m["gap_closure_stderr"] > 0
+    rows = per_item_table(result)
+    assert len(rows) == n_test and {"reference", "teacher", "baseline", "student"} <= set(rows[0])
+    assert {r["reference"] for r in rows} == {"0", "1"}  # multiple choice: the gold index
+
+
+def test_training_context_is_the_evaluation_context(first):
+    """The string the teacher saw while making targets is the string lm-eval scored the teacher on."""
+    bench, result = first
+    arms = result.info["arms"]
+    docs = bench.task.eval_docs()
+    c, c_student = bench.context, result.info["student_context"]
+    assert c == Context("Answer E if the number is even and O if it is odd.", 4) and c_student == Context(None, 0)
+    for i, doc in enumerate(docs):
+        assert arms["teacher"].prompts[i] == bench.task.render(doc, c, bench.tok)
+        assert arms["student"].prompts[i] == bench.task.render(doc, c_student, bench.tok)
+        assert arms["baseline"].prompts[i] == arms["student"].prompts[i]
+    # and the training prompts are built by that same render call
+    train_doc = bench.task.train_docs(1)[0]
+    assert bench.encode([train_doc], c)[0] == bench.tok.encode(bench.task.render(train_doc, c, bench.tok),
+                                                               add_special_tokens=False)
+    assert "<|im_start|>system\nAnswer E" in arms["teacher"].prompts[0]
+    assert arms["teacher"].prompts[0].count("<|im_start|>assistant\n") == 5  # 4 demos as turns + the query
+
+
+def test_rerun_reuses_caches_and_gives_identical_metrics(suite, first, caplog):
+    _, result = first
+    caplog.set_level(logging.INFO, logger="harness")
+    bench2 = Workbench(suite)  # a fresh process would see only the on-disk cache, as this one does
+    again = run_trial(bench2, fixed_config(suite))
+    hits = [r.getMessage() for r in caplog.records if "teacher cache hit" in r.getMessage()]
+    assert any(h.startswith("teacher cache hit: targets") for h in hits)
+    assert any(h.startswith("teacher cache hit: scores") for h in hits)
+    assert not [r for r in caplog.records if "cache miss: targets" in r.getMessage()]
+    assert again.info["arms"]["teacher"].cached and again.info["arms"]["baseline"].cached
+    same = {k: v for k, v in again.metrics.items() if k not in TIMING}
+    assert same == {k: v for k, v in result.metrics.items() if k not in TIMING}
+
+
+def test_gap_closure_bootstrap_matches_formula():
+    mk = lambda arm, vals: scoring.ArmScore(arm, "acc", float(np.mean(vals)), 0.0, dict(enumerate(vals)))  # noqa: E731
+    t, b, s = mk("t", [1, 1, 1, 0] * 10), mk("b", [0, 0, 1, 0] * 10), mk("s", [1, 0, 1, 0] * 10)
+    value, se = scoring.gap_closure(t, b, s, n_boot=500, seed=0)
+    assert value == pytest.approx((0.5 - 0.25) / (0.75 - 0.25))
+    assert 0 < se < 0.5
+    assert np.isnan(scoring.gap_closure(b, b, s)[0])  # teacher == baseline: undefined, not a division error
