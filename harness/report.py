@@ -308,7 +308,7 @@ def plot_gap_by_target_loss(df: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     targets, losses = sorted(done["target"].astype(str).unique()), sorted(done["loss"].astype(str).unique())
     width = 0.8 / len(losses)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(targets) * max(1, len(losses)) ** 0.5 + 3), 4.8))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(7.0, 1.1 * len(targets) * len(losses) ** 0.5 + 4)), 5.0))
     cmap = plt.get_cmap("tab10")
     rng = np.random.default_rng(0)
     point_label: str | None = "each trial"
@@ -374,12 +374,16 @@ def plot_gap_vs_tokens_saved(df: pd.DataFrame, path: Path) -> None:
                label="Pareto front" if len(front) == 1 else None)
     if len(front) > 1:
         ax.plot(x[front], y[front], color="black", lw=1.2, ls="--", marker="", label="Pareto front", zorder=1)
-    for xi, yi, n in zip(x, y, done["trial"], strict=True):
-        ax.annotate(f"#{n}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8, color="dimgrey")
+    label_all = len(x) <= 15  # beyond that, numbering every point only makes a blot; number the front
+    on_front = set(front.tolist())
+    for k, (xi, yi, n) in enumerate(zip(x, y, done["trial"], strict=True)):
+        if label_all or k in on_front:
+            ax.annotate(f"#{n}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8, color="dimgrey")
     ax.axhline(0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("context tokens saved per query (|c| − |c'|)")
     ax.set_ylabel("gap closure (0 = baseline, 1 = teacher)")
-    ax.set_title("Gap closure vs context tokens saved\n(error bars: bootstrap stderr; labels: trial number)")
+    which = "trial number" if label_all else "trial number on the front"
+    ax.set_title(f"Gap closure vs context tokens saved\n(error bars: bootstrap stderr; labels: {which})")
     ax.legend(title="context modification", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.margins(x=0.15, y=0.15)
     fig.tight_layout()
@@ -403,11 +407,12 @@ def plot_training_curves(df: pd.DataFrame, hist: dict[str, dict[str, list[tuple[
     cmap = plt.get_cmap("tab10")
     for i, (_, row) in enumerate(best.iterrows()):
         h = hist[row["run_id"]]
-        label = f"{trial_label(row)} (gap {fmt(row['gap_closure'], 2)})"
+        label: str | None = f"{trial_label(row)} (gap {fmt(row['gap_closure'], 2)})"
         for ax, key in ((ax_loss, "train/loss"), (ax_kl, "heldout/kl")):
             if h.get(key):
                 steps, vals = zip(*h[key], strict=True)
-                ax.plot(steps, vals, marker="o", ms=4, color=cmap(i % 10), label=label if ax is ax_loss else None)
+                ax.plot(steps, vals, marker="o" if len(steps) <= 30 else "", ms=4, color=cmap(i % 10), label=label)
+                label = None  # one legend entry per trial, shared by both panels
     ax_loss.set_title("Training loss")
     ax_loss.set_ylabel("training loss (the trial's loss)")
     ax_kl.set_title("Held-out KL(teacher ‖ student)\n(step 0 = untrained student)")
@@ -416,7 +421,8 @@ def plot_training_curves(df: pd.DataFrame, hist: dict[str, dict[str, list[tuple[
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"Training curves of the {len(best)} best trial{'s' if len(best) > 1 else ''} by gap closure")
+    fig.suptitle(f"Training curves of the {len(best)} best trials by gap closure" if len(best) > 1
+                 else "Training curves of the best trial by gap closure")
     ncol = 1 if len(best) <= 2 else 2
     fig.legend(loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(best) / ncol) + 0.02, 1, 1))

@@ -170,6 +170,8 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> Non
     s = bench.suite
     run.log_text(s.resolved_yaml(), "suite.yaml")
     run.log_table(per_item_table(result), "per_item.json")
+    run.log_inputs(result.info["inputs"], name=f"{bench.task.name}-train-{len(result.info['inputs'])}",
+                   context="training")
     arms = result.info["arms"]
     run.log_dict({arm: a.raw for arm, a in arms.items()}, "lm_eval_results.json")
     ctx = result.info["student_context"]

@@ -273,8 +273,11 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         "gap_closure": gap, "gap_closure_stderr": gap_se,
         "eval_time_s": time.perf_counter() - eval_start,
     })
-    info: dict[str, Any] = {"student_context": c_student, "arms": {"teacher": t_arm, "baseline": b_arm,
-                                                                   "student": st_arm}}
+    inputs = [{"input": str(bench.task.task.doc_to_text(d)), "reference": r,
+               "teacher_target": bench.tok.decode(t, skip_special_tokens=True)}
+              for d, r, t in zip(docs, refs, tgts, strict=True)]
+    info: dict[str, Any] = {"student_context": c_student, "inputs": inputs,
+                            "arms": {"teacher": t_arm, "baseline": b_arm, "student": st_arm}}
     metrics["wall_time_s"] = time.perf_counter() - start
     return TrialResult(metrics=metrics, info=info)
 

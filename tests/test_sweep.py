@@ -1,0 +1,88 @@
+"""Optuna studies with MLflow runs on the tiny model: resume, nesting, failed trials with reasons."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import optuna
+import pytest
+from conftest import write_suite
+
+from harness import sweep, tracking
+from harness.spec import load_suite
+
+
+def _children(suite):
+    exp = tracking.setup(suite)
+    runs = mlflow.search_runs(experiment_ids=[exp], filter_string=f"tags.`harness.study` = '{sweep.study_name(suite)}'")
+    parents = runs[runs["tags.harness.kind"] == "study"]
+    return parents, runs[runs["tags.harness.kind"] == "trial"]
+
+
+def test_resume_runs_only_missing_trials(tmp_path, capsys):
+    path = write_suite(tmp_path, axes={"targets": [{"name": "greedy"}],
+                                       "contexts": [{"name": "empty"}, {"name": "fewer_demos", "k": 1}],
+                                       "losses": [{"name": "self_target_nll"}, {"name": "forward_kl"}]},
+                       hyperparameters={"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}, "epochs": 1,
+                                        "batch_size": 4, "train_inputs": 8},
+                       sweep={"sampler": "tpe", "n_trials": 4})
+    suite = load_suite(path)
+    assert sweep.run(suite, report=False) == 0
+    _, first = _children(suite)
+    assert len(first) == 4
+    assert sweep.run(suite, n_trials=6, report=False) == 0
+    parents, children = _children(suite)
+    assert len(parents) == 1 and len(children) == 6
+    assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0].run_id}
+    assert set(first.run_id) < set(children.run_id)  # the first four were kept, two were added
+    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    assert len(study.trials) == 6
+    assert sorted(children["tags.optuna.trial_number"].astype(int)) == list(range(6))
+    done = children[children.status == "FINISHED"]
+    assert len(done) == 6
+    for col in ("params.target", "params.context", "params.loss", "params.hp.learning_rate",
+                "metrics.gap_closure", "metrics.student_score", "metrics.teacher_score", "metrics.baseline_score",
+                "metrics.greedy_agreement", "metrics.context_tokens_saved", "metrics.peak_memory_mb",
+                "tags.harness.suite_hash", "tags.git.commit", "tags.teacher"):
+        assert done[col].notna().all(), col
+    run = mlflow.MlflowClient().get_run(done.iloc[0].run_id)
+    assert run.inputs.dataset_inputs, "the distillation inputs are logged as an MLflow dataset"
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(done.iloc[0].run_id)}
+    assert {"suite.yaml", "per_item.json", "lm_eval_results.json"} <= arts
+    steps = mlflow.MlflowClient().get_metric_history(done.iloc[0].run_id, "train/loss")
+    assert len(steps) == 2
+    assert "study" in capsys.readouterr().out
+
+
+def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
+    path = write_suite(tmp_path, axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
+                                       "losses": [{"name": "forward_kl"}]},
+                       hyperparameters={"learning_rate": {"choices": [1e30, 1e-3]}, "epochs": 2, "batch_size": 4,
+                                        "train_inputs": 8},
+                       sweep={"sampler": "grid", "n_trials": 2})
+    suite = load_suite(path)
+    assert sweep.run(suite, report=False) == 0
+    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    by_lr = {t.params["learning_rate"]: t for t in study.trials}
+    bad, good = by_lr[1e30], by_lr[1e-3]
+    assert bad.state == optuna.trial.TrialState.FAIL
+    assert "TrainingDiverged" in bad.user_attrs["reason"] and "nan" in bad.user_attrs["reason"].lower()
+    assert good.state == optuna.trial.TrialState.COMPLETE and math.isfinite(good.value)
+    _, children = _children(suite)
+    status = dict(zip(children["tags.optuna.trial_number"].astype(int), children.status, strict=True))
+    assert status == {bad.number: "FAILED", good.number: "FINISHED"}
+    reason = children.set_index(children["tags.optuna.trial_number"].astype(int)).loc[bad.number, "tags.harness.reason"]
+    assert "training diverged" in reason
+    assert children.set_index(children["tags.optuna.trial_number"].astype(int)).loc[
+        bad.number, "tags.optuna.trial_state"] == "FAIL"
+
+
+@pytest.mark.parametrize(("sampler", "objectives", "expected"), [
+    ("grid", ["gap_closure"], optuna.samplers.GridSampler),
+    ("tpe", ["gap_closure"], optuna.samplers.TPESampler),
+    ("tpe", ["gap_closure", "train_tokens"], optuna.samplers.NSGAIISampler),
+])
+def test_sampler_choice(tmp_path, sampler, objectives, expected):
+    suite = load_suite(write_suite(tmp_path, sweep={"sampler": sampler, "objectives": objectives}))
+    assert isinstance(sweep.make_sampler(suite), expected)
