@@ -77,8 +77,9 @@ def load_study(suite: Suite) -> Any | None:
 
     try:
         return optuna.load_study(study_name=study_name(suite), storage=storage_url(suite))
-    except KeyError:
-        log.warning("optuna study %s not found in %s", study_name(suite), storage_url(suite))
+    except Exception as e:  # noqa: BLE001 - missing or unreachable storage: MLflow alone still makes a report
+        log.warning("optuna study %s not loaded from %s (%s: %s); its plots are skipped",
+                    study_name(suite), storage_url(suite), type(e).__name__, e)
         return None
 
 
@@ -116,10 +117,14 @@ def trial_table(runs: pd.DataFrame, study: Any | None = None) -> pd.DataFrame:
                        index=trials.index)
 
     params = {c.removeprefix("params."): _numeric(trials[c]) for c in trials.columns if c.startswith("params.")}
+    for axis in AXES:  # a stable schema, even when no trial got as far as logging its parameters
+        params.setdefault(axis, pd.Series(index=trials.index, dtype=object))
     first = [*AXES, *(f"{a}.name" for a in AXES)]
     order = [p for p in first if p in params] + sorted(p for p in params if p not in first and not p.startswith("hp."))
     order += sorted(p for p in params if p.startswith("hp."))
     metrics = {c.removeprefix("metrics."): trials[c] for c in trials.columns if c.startswith("metrics.")}
+    for m in METRICS:  # ... or its metrics (every trial failed early)
+        metrics.setdefault(m, pd.Series(np.nan, index=trials.index, dtype=float))
     m_order = [m for m in METRICS if m in metrics] + sorted(m for m in metrics if m not in METRICS)
     extra = {"run_id": trials["run_id"], "run_name": tag("mlflow.runName"), "start_time": trials["start_time"],
              "end_time": trials["end_time"]}
@@ -439,10 +444,11 @@ def _optuna_target(suite: Suite, study: Any) -> dict[str, Any]:
 
 def _optuna_plot(path: Path, draw: Callable[[], Any], title: str, integer_x: bool = False) -> None:
     import matplotlib
+    from optuna.exceptions import ExperimentalWarning
 
     plt = _plt()
     with warnings.catch_warnings(), matplotlib.rc_context():  # optuna switches the global style; keep it local
-        warnings.filterwarnings("ignore", message=".*experimental.*")
+        warnings.simplefilter("ignore", ExperimentalWarning)
         try:
             ax = draw()
         except (ValueError, RuntimeError, ZeroDivisionError) as e:
