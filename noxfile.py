@@ -4,8 +4,6 @@ Each session builds its own virtualenv from the pinned constraints, so a fresh
 machine with only Python and pip gets the same versions the results were made with.
 """
 
-import os
-
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -65,9 +63,6 @@ def report(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def ui(session: nox.Session) -> None:
-    """MLflow UI on 127.0.0.1 against the local store: `nox -s ui -- [--port 5000]`."""
+    """MLflow UI on 127.0.0.1 against a suite's store: `nox -s ui -- [SUITE] [--port 5000]`."""
     install(session)
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///.harness/mlflow.db")
-    session.log(f"MLflow UI for {uri}; for Optuna: pip install optuna-dashboard && "
-                "optuna-dashboard sqlite:///.harness/optuna.db")
-    session.run("mlflow", "ui", "--host", "127.0.0.1", "--backend-store-uri", uri, *session.posargs)
+    session.run("harness", "ui", *session.posargs, env=OFFLINE)

@@ -48,6 +48,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    import shutil
+    import subprocess
+
+    from harness import sweep, tracking
+
+    uri = tracking.tracking_uri(suite)
+    print(f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
+          f"experiment harness/{suite.name}, Ctrl-C to stop")
+    if shutil.which("optuna-dashboard"):
+        print(f"Optuna dashboard: optuna-dashboard {sweep.storage_url(suite)}")
+    else:
+        print(f"Optuna dashboard (optional): pip install optuna-dashboard && "
+              f"optuna-dashboard {sweep.storage_url(suite)}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Benchmark harness for context distillation.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -65,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("suite")
     rep.add_argument("--out", default="results", help="results folder (default: results)")
     rep.set_defaults(fn=cmd_report)
+    u = sub.add_parser("ui", help="start the MLflow UI on a suite's tracking store")
+    u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(fn=cmd_ui)
     return p
 
 
