@@ -77,7 +77,7 @@ def load_study(suite: Suite) -> Any | None:
 
     try:
         return optuna.load_study(study_name=study_name(suite), storage=storage_url(suite))
-    except Exception as e:  # noqa: BLE001 - missing or unreachable storage: MLflow alone still makes a report
+    except Exception as e:  # missing or unreachable storage: MLflow alone still makes a report
         log.warning("optuna study %s not loaded from %s (%s: %s); its plots are skipped",
                     study_name(suite), storage_url(suite), type(e).__name__, e)
         return None
@@ -167,7 +167,7 @@ def gpu_name() -> str:
         import torch
 
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    except Exception:  # noqa: BLE001 - a broken CUDA setup must not stop a report
+    except Exception:  # a broken CUDA setup must not stop a report
         return "unknown"
 
 
@@ -496,10 +496,12 @@ def plot_optuna_importances(suite: Suite, study: Any | None, path: Path) -> None
     varied = {k for k in trials[0].params if len({repr(t.params.get(k)) for t in trials}) > 1}
     if not varied:
         raise SkipPlot("no parameter varies between the completed trials")
+    from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization.matplotlib import plot_param_importances
 
     kw = _optuna_target(suite, study)
-    _optuna_plot(path, lambda: plot_param_importances(study, **kw),
+    evaluator = FanovaImportanceEvaluator(seed=suite.seed)  # same study → same picture
+    _optuna_plot(path, lambda: plot_param_importances(study, evaluator=evaluator, **kw),
                  f"Parameter importances for {kw['target_name']}\n(fANOVA over {len(trials)} completed trials)")
 
 
