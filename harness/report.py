@@ -171,6 +171,13 @@ def gpu_name() -> str:
         return "unknown"
 
 
+def _portable(uri: str) -> str:
+    """A store URI with this machine's working directory and home made relative, for committed reports."""
+    for root, short in ((str(Path.cwd().resolve()), "."), (str(Path.home()), "~")):
+        uri = uri.replace(root + "/", short + "/")
+    return uri
+
+
 def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
     """Facts needed to trust or reproduce the numbers: what was run, with which code, where, with what versions."""
     from harness.sweep import storage_url, study_name
@@ -206,8 +213,8 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
                            "gpu": gpu_name()},
         "python": sys.version.split()[0],
         "packages": versions,
-        "mlflow_tracking_uri": uri,
-        "optuna_storage": storage_url(suite),
+        "mlflow_tracking_uri": _portable(uri),
+        "optuna_storage": _portable(storage_url(suite)),
     }
 
 
