@@ -36,6 +36,22 @@ def storage_url(suite: Suite) -> str:
     return f"sqlite:///{Path(suite.work_dir).resolve() / 'optuna.db'}"
 
 
+def open_storage(url: str) -> optuna.storages.BaseStorage | str:
+    """RDB storages get a heartbeat: a trial whose process died (kill, power loss) is marked FAIL on the
+    next run instead of staying RUNNING forever and counting as unfinished."""
+    if url.startswith(("sqlite", "postgresql", "mysql")):
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90,
+                                          failed_trial_callback=_mark_stale)
+    return url
+
+
+def _mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    log.warning("trial %d stopped sending heartbeats (its process died); recorded as FAIL", trial.number)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id:
+        tracking.TrialRun(run_id).end("FAILED", "process died during the trial (no heartbeat)")
+
+
 def study_name(suite: Suite) -> str:
     """Same suite content → same study (resume); an edited suite starts a new one."""
     return f"{suite.name}-{suite.content_hash()}"
@@ -185,7 +201,7 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
     storage = storage_url(suite)
     name = study_name(suite)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(suite),
+    study = optuna.create_study(study_name=name, storage=open_storage(storage), sampler=make_sampler(suite),
                                 pruner=make_pruner(suite), directions=directions, load_if_exists=True)
     target = n_trials if n_trials is not None else suite.sweep.n_trials
     done = len(study.get_trials(deepcopy=False, states=FINISHED))

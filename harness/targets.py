@@ -136,6 +136,7 @@ def _generate(req: TargetRequest, **kwargs: Any) -> list[list[list[int]]]:
         batch_size=req.batch_size,
         seed=req.seed,
         stop_strings=req.stop_strings,
+        progress=True,
         **kwargs,
     )
 
