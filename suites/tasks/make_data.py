@@ -1,8 +1,8 @@
 """Write the JSONL splits of the local quickstart tasks (stdlib only, deterministic).
 
 Tasks:
-  plural     generate_until: a singular English noun -> its plural ("box" -> "boxes").
-  is_animal  multiple_choice: a word -> "yes" if it names an animal, else "no".
+  plural       generate_until: a singular English noun -> its plural ("box" -> "boxes").
+  name_gender  multiple_choice: a first name -> "girl" or "boy".
 
 A bare word alone does not say which job is asked; the suite's context (instruction and
 demonstrations) does. Train, test and demos never share an input.
@@ -49,8 +49,8 @@ submarine ferry taxi van jeep scooter motorcycle skateboard sled trolley carriag
 market shop store bakery bank office museum theater cinema library temple palace cottage apartment building
 skyscraper elevator escalator tunnel highway lane avenue corner square crossing sign ticket receipt invoice
 contract document folder file page chapter paragraph sentence verb noun adjective number digit fraction
-decimal percent equation answer lesson exam test grade student pupil classroom teacher principal uniform
-sweater hoodie vest blouse tie collar sleeve pocket zipper button sneaker sandal slipper helmet mask goggle
+decimal equation answer lesson exam test grade student pupil classroom teacher principal uniform
+sweater hoodie vest blouse tie collar sleeve pocket zipper button sneaker sandal slipper helmet mask
 bucket spade trowel hose sprinkler seed plant flower tree bush vine root stem petal thorn acorn pine
 """.split()
 
@@ -62,52 +62,53 @@ IRREGULAR = {
     "echo": "echoes", "person": "people", "scarf": "scarves",
 }
 
-# Unambiguous animal names (no brand, tool or sport homonyms such as "jaguar", "crane" or "cricket").
-ANIMALS = """
-dog cat horse cow pig sheep goat donkey mule camel llama alpaca zebra giraffe elephant rhinoceros hippopotamus lion
-tiger leopard cheetah lynx bobcat cougar wolf fox coyote jackal hyena bear panda koala kangaroo wallaby wombat
-platypus opossum raccoon skunk badger otter beaver weasel ferret squirrel chipmunk hamster gerbil rabbit hare
-hedgehog porcupine shrew monkey gorilla chimpanzee orangutan baboon lemur sloth armadillo anteater aardvark moose
-elk deer reindeer antelope gazelle bison buffalo yak walrus dolphin whale porpoise manatee shark salmon trout tuna
-cod herring sardine goldfish catfish carp eel stingray swordfish seahorse octopus squid jellyfish starfish crab
-lobster shrimp oyster clam snail slug earthworm leech spider scorpion ant bee wasp hornet butterfly moth beetle
-ladybug grasshopper cockroach termite mosquito flea dragonfly firefly caterpillar centipede millipede eagle hawk
-falcon owl vulture parrot pigeon dove sparrow robin crow raven swan goose duck chicken hen rooster peacock ostrich
-emu penguin flamingo pelican stork heron seagull woodpecker hummingbird kingfisher canary finch cobra viper
-rattlesnake lizard iguana gecko chameleon crocodile alligator turtle tortoise frog toad salamander newt tadpole
-mongoose meerkat lemming vole marmot groundhog gopher tapir okapi warthog boar ibex caribou kitten puppy
-lamb piglet duckling pony stallion mare bull poodle beagle terrier bulldog collie dachshund albatross magpie
-starling wren nightingale cuckoo toucan macaw cockatoo parakeet quail pheasant partridge grouse ibis puffin
-halibut mackerel anchovy piranha barracuda minnow guppy aphid gnat cicada mantis weevil bumblebee hippo rhino
-snake cheetah hyena camel dingo bandicoot chinchilla capybara hummingbird narwhal orca walrus lobster krill
-sturgeon flounder tarantula wolverine mink jackrabbit
+# Common first names with a clear gender (names used for both, such as "Jordan" or "Morgan", are left out).
+FEMALE = """
+Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Nancy Lisa Betty Margaret Sandra Kimberly
+Emily Donna Michelle Dorothy Carol Amanda Melissa Deborah Stephanie Rebecca Sharon Laura Cynthia Kathleen Amy
+Shirley Angela Helen Anna Brenda Pamela Nicole Emma Samantha Katherine Christine Debra Rachel Catherine Carolyn
+Janet Ruth Maria Heather Diane Virginia Julie Joyce Victoria Olivia Christina Lauren Joan Judith Megan Cheryl Hannah
+Martha Jacqueline Gloria Ann Teresa Kathryn Sara Janice Alice Doris Abigail Julia Judy Grace Denise Amber Marilyn
+Danielle Theresa Sophia Marie Diana Brittany Natalie Isabella Charlotte Rose Kayla Lily Chloe Ella Ava Mia Zoe Nora
+Hazel Violet Aurora Stella Lucy Claire Audrey Bella Caroline Eleanor Ellie Ivy Leah Lillian Maya Naomi Penelope Ruby
+Sadie Scarlett Sophie Willow Alexandra Amelia Anastasia Beatrice Bethany Bridget Camila Cecilia Clara Daisy Daphne
+Delilah Eliza Eloise Esther Eva Fiona Florence Gabriella Georgia Gwendolyn Harriet Heidi Irene Isabel Jasmine
+Josephine Juliet Katie Lydia Mabel Madeline Margot Matilda Melanie Miranda Molly Nina Paula Phoebe Priscilla
+Rosalind Sabrina Serena Sylvia Tiffany Ursula Valerie Vanessa Wendy Yvonne Agnes Edith Ethel Gertrude Mildred Louise
+Lucille Marjorie Mariana Veronica Monica Sonia Tanya Tina Vera Wilma Rosemary Olga Natasha Svetlana Ingrid Greta
+Helga Brigitte Annika Astrid Freya Elsa Emilia Gabrielle Genevieve Isabelle Juliette Mathilde Sylvie Francesca
+Giulia Lucia Rosa Carmen Dolores Elena Gabriela Marisol Pilar Priya Aisha Fatima Leila Yasmin Anjali Deepika Ophelia
+Cordelia Rosalie Annabelle Arabella Adeline Alicia Allison Angelina Annette Antonia Bernadette Brianna Carla
+Cassandra Celeste Colleen Constance Crystal Deirdre Eileen Elaine Elise Ellen Emilie Erica Estelle Eunice Felicity
+Gina Hilda Imogen Iris Jane Jenna Jillian Joanna Jocelyn Josie Karina Katrina Kristen Lena Lorraine Louisa Lucinda
+Mandy Marcia Marina Maureen Nadia Nellie Noreen Pauline Peggy Rita Roberta Rosalyn Sally Selena Sheila Susanna
+Tamara Thelma Ulrika Vivienne Winifred Yolanda Zelda
 """.split()
 
-# Things that are clearly not animals: objects, plants, foods without meat, places, materials, weather.
-NOT_ANIMALS = """
-table chair lamp door window bed pillow blanket carpet mirror clock cup plate bowl spoon fork bottle jar kettle
-oven fridge sink towel bucket basket candle drawer hammer nail screw shovel rake ladder rope chain key bell
-button zipper needle thread ribbon sock shoe boot hat coat jacket shirt skirt glove belt necklace bracelet wallet
-umbrella pencil pen eraser ruler book notebook envelope poster painting camera phone computer keyboard cable
-printer guitar drum violin flute trumpet ticket coin gift balloon car truck bicycle train plane boat ship rocket
-wagon tractor helicopter engine wheel tire house school hospital hotel castle tower bridge road street garden
-park village island mountain river lake valley forest desert ocean planet cloud storm apple banana orange lemon
-grape pear plum melon carrot onion cookie cake pie bean pea noodle pancake muffin biscuit pickle rice bread
-soup salad pizza pasta potato tomato cucumber lettuce cabbage pumpkin garlic pepper mushroom
-tree flower rose tulip daisy oak pine maple cactus fern moss grass bush vine seed acorn sand stone rock brick
-glass metal iron gold silver copper wood paper plastic cotton rubber cement concrete steel
-rain snow wind thunder lightning fog ice fire smoke sun moon star sky rainbow volcano cave beach hill cliff
-sofa couch stool cushion curtain rug vase broom mop soap bag suitcase backpack tray mug pot teapot saucer
-cupboard toaster blender microwave heater fan lightbulb battery laptop tablet website email movie album
-stadium trophy medal tent cabin barn fence gate wall roof floor ceiling chimney garage kitchen bathroom closet
-desk elevator tunnel highway airport station harbor market bakery bank office museum theater cinema library
-temple palace cottage apartment skyscraper envelope receipt contract document folder magazine newspaper
-calendar diary map globe compass anchor sail canoe kayak raft yacht submarine ferry taxi van scooter motorcycle
-skateboard sled helmet sweater scarf sandal slipper sneaker necklace earring lipstick perfume toothbrush
-toothpaste shampoo comb razor scissors stapler calculator crayon chalk blackboard whistle trumpet piano harp
-cello saxophone clarinet accordion banjo umbrella puzzle dice chess domino marble yoyo frisbee hammock
-lantern flashlight candle torch matchbox bucket barrel crate carton parcel package ladder wheelbarrow
+MALE = """
+James Robert John Michael David William Richard Joseph Thomas Charles Christopher Daniel Matthew Anthony Mark Donald
+Steven Paul Andrew Joshua Kenneth Kevin Brian George Timothy Ronald Edward Jason Jeffrey Ryan Jacob Gary Nicholas
+Eric Jonathan Stephen Larry Justin Scott Brandon Benjamin Samuel Gregory Alexander Frank Patrick Raymond Jack Dennis
+Jerry Tyler Aaron Jose Adam Nathan Henry Douglas Zachary Peter Kyle Ethan Walter Noah Jeremy Christian Keith Roger
+Gerald Harold Sean Austin Carl Arthur Lawrence Dylan Jesse Bryan Billy Joe Bruce Gabriel Albert Alan Juan Wayne
+Elijah Randy Roy Vincent Ralph Eugene Russell Bobby Mason Philip Louis Liam Oliver Lucas Leo Oscar Hugo Felix Max
+Theodore Sebastian Isaac Owen Caleb Luke Wyatt Levi Isaiah Connor Adrian Julian Miles Jasper Silas Declan Finn Harry
+Archie Alfie Freddie Edgar Edmund Ernest Frederick Herbert Howard Hubert Leonard Martin Melvin Norman Oswald Percy
+Reginald Rupert Stanley Victor Wilbur Winston Barry Clive Colin Derek Desmond Duncan Gordon Graham Malcolm Neil
+Nigel Trevor Vernon Warren Wesley Xavier Zane Ahmed Mohammed Omar Tariq Hassan Rahul Arjun Vikram Ravi Hiroshi Kenji
+Takeshi Pierre Jacques Francois Hans Klaus Dieter Sven Lars Erik Olaf Ivan Dmitri Sergei Vladimir Boris Igor Carlos
+Diego Miguel Pedro Rafael Alejandro Fernando Javier Manuel Antonio Giovanni Giuseppe Marco Luca Matteo Lorenzo
+Francesco Paolo Stefano Abraham Alfred Ambrose Angus Anton Arnold Barnaby Bernard Bradley Calvin Cedric Chester
+Clarence Clifford Clyde Conrad Cornelius Curtis Cyril Damian Dominic Edwin Emmett Everett Ezra Floyd Fraser Garrett
+Geoffrey Gilbert Grant Gregor Gustav Harvey Hector Horace Ian Jeffery Jerome Julius Kurt Lance Lionel Luther Marcus
+Marvin Maxwell Nathaniel Neville Otto Preston Quentin Randall Reuben Roland Ross Rudolph Rufus Simon Solomon Spencer
+Stuart Thaddeus Tobias Todd Travis Troy Vaughn Wallace Wilfred Zachariah
 """.split()
+
+
+# Demonstrations for name_gender: the best of 30 random draws (4 girls, 4 boys, random order) from names outside
+# the test split, scored by the teacher's accuracy on training names; the order sets the model's girl/boy bias.
+NAME_DEMOS = ["Alfie", "Nora", "Silas", "Edith", "Aaron", "Wyatt", "Barbara", "Ava"]
 
 
 def plural(noun: str) -> str:
@@ -149,23 +150,23 @@ def make_plural(rng: random.Random) -> None:
                             "train": [doc(n) for n in train]})
 
 
-def make_is_animal(rng: random.Random) -> None:
-    """is_animal: balanced yes/no; demos alternate yes and no."""
-    yes, no = unique(ANIMALS), unique(NOT_ANIMALS)
-    assert not set(yes) & set(no), set(yes) & set(no)
-    rng.shuffle(yes)
-    rng.shuffle(no)
-    n = min(len(yes), len(no))
-    yes, no = yes[:n], no[:n]
-    doc = lambda w, a: {"question": w, "answer": a}  # noqa: E731
-    demos = [doc(w, a) for pair in zip(yes[:4], no[:4], strict=True) for w, a in zip(pair, ("yes", "no"), strict=True)]
-    test = [doc(w, "yes") for w in yes[4:84]] + [doc(w, "no") for w in no[4:84]]
-    train = [doc(w, "yes") for w in yes[84:]] + [doc(w, "no") for w in no[84:]]
+def make_name_gender(rng: random.Random) -> None:
+    """name_gender: balanced girl/boy; the test split does not depend on which names are the demos."""
+    girls, boys = unique(FEMALE), unique(MALE)
+    assert not set(girls) & set(boys), set(girls) & set(boys)
+    rng.shuffle(girls)
+    rng.shuffle(boys)
+    n = min(len(girls), len(boys))
+    girls, boys = girls[:n], boys[:n]
+    label = {**dict.fromkeys(girls, "girl"), **dict.fromkeys(boys, "boy")}
+    doc = lambda w: {"question": w, "answer": label[w]}  # noqa: E731
+    assert all(w in girls[80:] + boys[80:] for w in NAME_DEMOS), NAME_DEMOS
+    test = [doc(w) for w in girls[:80] + boys[:80]]
+    train = [doc(w) for w in girls[80:] + boys[80:] if w not in NAME_DEMOS]
     rng.shuffle(test)
     rng.shuffle(train)
-    write(HERE / "is_animal", {"demos": demos, "test": test, "train": train})
-
+    write(HERE / "name_gender", {"demos": [doc(w) for w in NAME_DEMOS], "test": test, "train": train})
 
 if __name__ == "__main__":
     make_plural(random.Random(SEED))
-    make_is_animal(random.Random(SEED))
+    make_name_gender(random.Random(SEED))
