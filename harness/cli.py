@@ -1,4 +1,4 @@
-"""`harness validate | run | report`: the user's commands.
+"""`harness validate | run | report | gap | ui`: the user's commands.
 
 Every expected failure (bad suite, missing model, bad task) ends as one line on
 stderr and a non-zero exit code; tracebacks are for bugs.
@@ -48,6 +48,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gap(args: argparse.Namespace) -> int:
+    suite = load_suite(args.suite)
+    from harness.trial import Workbench, context_gaps
+
+    rows = context_gaps(Workbench(suite))
+    print(f"suite '{suite.name}', task {suite.task.name}: teacher (full context c) vs. untrained model with c'")
+    print(f"{'context c′':<24} {'metric':<12} {'items':>5} {'teacher':>15} {'baseline':>15} {'gap (points)':>16}")
+    low = []
+    for r in rows:
+        print(f"{r['context']:<24} {r['metric']:<12} {r['items']:>5} "
+              f"{r['teacher']:>7.3f} ± {r['teacher_stderr']:.3f} {r['baseline']:>7.3f} ± {r['baseline_stderr']:.3f} "
+              f"{100 * r['gap']:>+8.1f} ± {100 * r['gap_stderr']:.1f}")
+        if 100 * r["gap"] < args.min_gap:
+            low.append(r["context"])
+    if low:
+        print(f"gap below {args.min_gap:g} points for: {', '.join(low)} — the context barely helps there, "
+              "so gap closure is noise; fix the task or the context", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     import shutil
@@ -88,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("suite")
     rep.add_argument("--out", default="results", help="results folder (default: results)")
     rep.set_defaults(fn=cmd_report)
+    g = sub.add_parser("gap", help="score teacher (c) and untrained model (each c'): is there a gap to close?")
+    g.add_argument("suite")
+    g.add_argument("--min-gap", type=float, default=15.0, help="exit 1 if a gap is below this many points (default 15)")
+    g.set_defaults(fn=cmd_gap)
     u = sub.add_parser("ui", help="start the MLflow UI on a suite's tracking store")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
     u.add_argument("--host", default="127.0.0.1")

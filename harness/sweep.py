@@ -41,7 +41,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage | str:
     next run instead of staying RUNNING forever and counting as unfinished."""
     if url.startswith(("sqlite", "postgresql", "mysql")):
         return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90,
-                                          failed_trial_callback=_mark_stale)
+                                          heartbeat_stale_trial_callback=_mark_stale)
     return url
 
 
@@ -84,8 +84,16 @@ def make_sampler(suite: Suite) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=suite.seed)
 
 
+def prunes(suite: Suite) -> bool:
+    """Pruning needs one objective; a grid is exhaustive, so by default its points all run to the end."""
+    sw = suite.sweep
+    if len(sw.objectives) > 1 or sw.pruner == "none":
+        return False
+    return sw.pruner == "median" or sw.sampler != "grid"
+
+
 def make_pruner(suite: Suite) -> optuna.pruners.BasePruner:
-    if suite.sweep.pruner == "none" or len(suite.sweep.objectives) > 1:
+    if not prunes(suite):
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
 
@@ -145,7 +153,7 @@ def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
 
 def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, base_tags: dict[str, str]) -> Any:
     maximize = suite.sweep.objectives[0] in MAXIMIZE
-    prune = len(suite.sweep.objectives) == 1 and suite.sweep.pruner != "none"
+    prune = prunes(suite)
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         cfg = suggest(trial, suite)
@@ -229,7 +237,8 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
 def _print_summary(study: optuna.Study) -> None:
     rows = []
     for t in study.get_trials(deepcopy=False):
-        vals = "" if t.values is None else ", ".join(f"{v:.3f}" for v in t.values)
+        done = t.values is not None and t.state == optuna.trial.TrialState.COMPLETE
+        vals = ", ".join(f"{v:.3f}" for v in t.values) if done else ""
         rows.append(f"  #{t.number:<3} {t.state.name:<8} {vals:<16} target={t.params.get('target')} "
                     f"context={t.params.get('context')} loss={t.params.get('loss')} "
                     f"{t.user_attrs.get('reason', '')}")

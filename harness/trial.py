@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from harness import intrinsic, models, scoring
@@ -280,6 +281,27 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
                             "arms": {"teacher": t_arm, "baseline": b_arm, "student": st_arm}}
     metrics["wall_time_s"] = time.perf_counter() - start
     return TrialResult(metrics=metrics, info=info)
+
+
+def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
+    """Teacher (c) against the untrained model under each c' of the suite: does the task measure distillation?
+
+    Uses the same cached arms as the trials, so checking a task first makes the sweep's first trial cheaper.
+    """
+    t_arm = bench.teacher_arm()
+    rows = []
+    for mod in bench.suite.axes.contexts:
+        ctx = bench.student_context(mod)
+        b_arm = bench.baseline_arm(ctx)
+        ids = sorted(set(t_arm.per_item) & set(b_arm.per_item))
+        diff = np.array([t_arm.per_item[i] - b_arm.per_item[i] for i in ids], dtype=float)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        rows.append({"context": mod.label, "metric": bench.metric, "items": len(ids),
+                     "teacher": t_arm.score, "teacher_stderr": t_arm.stderr,
+                     "baseline": b_arm.score, "baseline_stderr": b_arm.stderr,
+                     "gap": float(diff.mean()) if len(diff) else float("nan"), "gap_stderr": se,
+                     "teacher_s": t_arm.seconds, "baseline_s": b_arm.seconds})
+    return rows
 
 
 def per_item_table(result: TrialResult) -> list[dict[str, Any]]:

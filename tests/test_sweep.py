@@ -86,3 +86,40 @@ def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
 def test_sampler_choice(tmp_path, sampler, objectives, expected):
     suite = load_suite(write_suite(tmp_path, sweep={"sampler": sampler, "objectives": objectives}))
     assert isinstance(sweep.make_sampler(suite), expected)
+
+
+def test_pruned_trial_ends_killed_with_reason(tmp_path):
+    """The median pruner sees the held-out KL during training: a trial far worse than its peers stops early."""
+    path = write_suite(tmp_path, axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
+                                       "losses": [{"name": "forward_kl"}]},
+                       hyperparameters={"learning_rate": 1e-9, "epochs": 2, "batch_size": 4, "train_inputs": 8},
+                       training={"eval_every": 1},
+                       sweep={"sampler": "tpe", "pruner": "median", "n_trials": 3})
+    suite = load_suite(path)
+    study = optuna.create_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite),
+                                direction="maximize")
+    for _ in range(2):  # two earlier trials whose student matched the teacher (KL 0) at every step
+        study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={s: -0.0 for s in range(8)}))
+    assert sweep.run(suite, report=False) == 0
+    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    pruned = study.trials[2]
+    assert pruned.state == optuna.trial.TrialState.PRUNED
+    assert pruned.user_attrs["reason"].startswith("held-out KL ") and "at step 1 " in pruned.user_attrs["reason"]
+    _, children = _children(suite)
+    assert len(children) == 1
+    row = children.iloc[0]
+    assert row["status"] == "KILLED" and row["tags.optuna.trial_state"] == "PRUNED"
+    assert row["tags.harness.reason"].startswith("TrialPruned: held-out KL")
+
+
+@pytest.mark.parametrize(("sampler", "pruner", "objectives", "expected"), [
+    ("grid", "auto", ["gap_closure"], False),
+    ("grid", "median", ["gap_closure"], True),
+    ("tpe", "auto", ["gap_closure"], True),
+    ("tpe", "none", ["gap_closure"], False),
+    ("tpe", "median", ["gap_closure", "train_tokens"], False),
+])
+def test_pruner_choice(tmp_path, sampler, pruner, objectives, expected):
+    suite = load_suite(write_suite(tmp_path, sweep={"sampler": sampler, "pruner": pruner, "objectives": objectives}))
+    assert sweep.prunes(suite) is expected
+    assert isinstance(sweep.make_pruner(suite), optuna.pruners.MedianPruner if expected else optuna.pruners.NopPruner)

@@ -9,9 +9,10 @@ import pytest
 from conftest import write_suite
 
 from harness import scoring
+from harness.cli import main
 from harness.contexts import Context
 from harness.spec import load_suite
-from harness.trial import Workbench, fixed_config, per_item_table, run_trial
+from harness.trial import Workbench, context_gaps, fixed_config, per_item_table, run_trial
 
 TIMING = {"train_time_s", "teacher_time_s", "train_tokens_per_s", "eval_time_s", "wall_time_s", "peak_memory_mb"}
 
@@ -81,6 +82,22 @@ def test_rerun_reuses_caches_and_gives_identical_metrics(suite, first, caplog):
     assert again.info["arms"]["teacher"].cached and again.info["arms"]["baseline"].cached
     same = {k: v for k, v in again.metrics.items() if k not in TIMING}
     assert same == {k: v for k, v in result.metrics.items() if k not in TIMING}
+
+
+def test_context_gaps_reuse_the_trial_arms(suite, first, capsys):
+    bench, result = first
+    m = result.metrics
+    (row,) = context_gaps(bench)
+    assert row["context"] == "empty" and row["items"] == len(bench.task.eval_docs())
+    assert row["teacher"] == m["teacher_score"] and row["baseline"] == m["baseline_score"]
+    assert row["gap"] == pytest.approx(m["teacher_score"] - m["baseline_score"])
+    assert row["gap_stderr"] > 0
+    # the command prints the same figures; a threshold above the gap fails with exit 1
+    gap_points = 100 * row["gap"]
+    assert main(["gap", suite.source, "--min-gap", str(gap_points - 1)]) == 0
+    assert f"{gap_points:+8.1f}" in capsys.readouterr().out
+    assert main(["gap", suite.source, "--min-gap", str(gap_points + 1)]) == 1
+    assert "gap below" in capsys.readouterr().err
 
 
 def test_gap_closure_bootstrap_matches_formula():
