@@ -195,7 +195,7 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
     ends = pd.to_datetime(df["end_time"], utc=True).dropna() if "end_time" in df else pd.Series([])
     return {
         "suite": suite.name,
-        "suite_file": suite.source,
+        "suite_file": _portable(suite.source or ""),
         "suite_hash": suite.content_hash(),
         "study": study_name(suite),
         "task": suite.task.name,
