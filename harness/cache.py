@@ -43,9 +43,15 @@ class Store:
         key = content_hash(parts)
         path = self.path(kind, key)
         if path.exists():
-            self.hits += 1
-            log.info("teacher cache hit: %s %s (reused)", kind, key)
-            return torch.load(path, weights_only=True)
+            try:
+                value = torch.load(path, weights_only=True)
+            except Exception as e:  # written by an older version, or damaged: recompute rather than stop a study
+                log.warning("teacher cache entry %s %s unreadable (%s: %s); recomputing", kind, key,
+                            type(e).__name__, str(e).splitlines()[0][:120])
+            else:
+                self.hits += 1
+                log.info("teacher cache hit: %s %s (reused)", kind, key)
+                return value
         self.misses += 1
         log.info("teacher cache miss: %s %s (computing)", kind, key)
         value = compute()

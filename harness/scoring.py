@@ -40,8 +40,23 @@ class ArmScore:
     raw: dict[str, Any] = field(default_factory=dict)  # lm-eval's results block for the task
 
     def to_state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("arm", "metric", "score", "stderr", "per_item", "answers",
-                                               "references", "prompts", "seconds", "raw")}
+        """Plain Python values only: the cache loads with `weights_only=True`, which refuses numpy scalars."""
+        return _plain({k: getattr(self, k) for k in ("arm", "metric", "score", "stderr", "per_item", "answers",
+                                                      "references", "prompts", "seconds", "raw")})
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {_plain(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
 
 
 def _answer(sample: dict[str, Any]) -> str:

@@ -100,6 +100,25 @@ def test_context_gaps_reuse_the_trial_arms(suite, first, capsys):
     assert "gap below" in capsys.readouterr().err
 
 
+def test_arm_state_survives_the_cache(tmp_path):
+    """lm-eval hands back numpy scalars; a cached arm must still load (torch.load weights_only=True)."""
+    from harness.cache import Store, content_hash
+
+    arm = scoring.ArmScore("teacher", "exact_match", np.float64(0.75), np.float64(0.1),
+                           {np.int64(0): np.float64(1.0), 1: 0.5}, raw={"exact_match,none": np.float64(0.75),
+                                                                      "samples": (np.int32(2), "x")})
+    store = Store(tmp_path)
+    first = store.get_or_compute("scores", {"k": 1}, arm.to_state)
+    again = store.get_or_compute("scores", {"k": 1}, lambda: pytest.fail("recomputed"))
+    assert again == first and store.hits == 1
+    loaded = scoring.ArmScore(**again)
+    assert loaded.score == 0.75 and loaded.per_item == {0: 1.0, 1: 0.5}
+    assert loaded.raw == {"exact_match,none": 0.75, "samples": [2, "x"]}
+    store.path("scores", content_hash({"k": 1})).write_bytes(b"damaged")  # an unreadable entry is recomputed
+    assert store.get_or_compute("scores", {"k": 1}, lambda: {"fresh": 1}) == {"fresh": 1}
+    assert store.get_or_compute("scores", {"k": 1}, lambda: pytest.fail("recomputed")) == {"fresh": 1}
+
+
 def test_gap_closure_bootstrap_matches_formula():
     mk = lambda arm, vals: scoring.ArmScore(arm, "acc", float(np.mean(vals)), 0.0, dict(enumerate(vals)))  # noqa: E731
     t, b, s = mk("t", [1, 1, 1, 0] * 10), mk("b", [0, 0, 1, 0] * 10), mk("s", [1, 0, 1, 0] * 10)
