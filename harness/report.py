@@ -41,7 +41,8 @@ METRICS = (
     "student_score", "student_stderr", "heldout_kl", "untrained_heldout_kl", "greedy_agreement",
     "untrained_greedy_agreement", "context_tokens_saved", "train_tokens", "target_tokens", "train_steps",
     "final_train_loss", "train_time_s", "teacher_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb",
-    "train_tokens_per_s",
+    "train_tokens_per_s", "control_base_score", "control_base_stderr", "control_student_score",
+    "control_student_stderr", "control_forgetting", "control_forgetting_stderr",
 )
 TAGS = ("teacher", "student", "task", "machine", "device", "git.commit", "harness.suite", "harness.suite_hash",
         "harness.study")
@@ -578,10 +579,12 @@ def _trials_md(df: pd.DataFrame) -> list[str]:
     if fixed:
         out += ["Fixed hyperparameters: " + ", ".join(f"`{k.removeprefix('hp.')}` = {fmt_param(v)}"
                                                       for k, v in fixed.items()), ""]
+    control = "control_forgetting" in df and df["control_forgetting"].notna().any()
     headers = ["#", "state", *AXES, *(v.removeprefix("hp.") for v in vary), "gap closure", "student score",
-               "context tokens saved", "wall time (s)"]
+               *(["forgetting on the control task"] if control else []), "context tokens saved", "wall time (s)"]
     rows = [[fmt(r["trial"]), r["state"], *(r.get(a) for a in AXES), *(fmt_param(r[v]) for v in vary),
              pm(r.get("gap_closure"), r.get("gap_closure_stderr")), fmt(r.get("student_score")),
+             *([pm(r.get("control_forgetting"), r.get("control_forgetting_stderr"))] if control else []),
              fmt(r.get("context_tokens_saved"), 1), fmt(r.get("wall_time_s"), 1)] for _, r in df.iterrows()]
     out += [md_table(headers, rows), ""]
     bad = df[df["state"] != "COMPLETE"]

@@ -172,6 +172,16 @@ def cached_arm(store: Store, fingerprint: str, *args: Any, **kwargs: Any) -> Arm
     return score
 
 
+def paired_difference(a: ArmScore, b: ArmScore) -> tuple[float, float, int]:
+    """Mean of a − b over the items both scored, its paired stderr, and the item count."""
+    ids = sorted(set(a.per_item) & set(b.per_item))
+    diff = np.array([a.per_item[i] - b.per_item[i] for i in ids], dtype=float)
+    if not len(diff):
+        return float("nan"), float("nan"), 0
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    return float(diff.mean()), se, len(diff)
+
+
 def gap_closure(teacher: ArmScore, baseline: ArmScore, student: ArmScore, *, n_boot: int = 1000,
                 seed: int = 0) -> tuple[float, float]:
     """(student − baseline) / (teacher − baseline) and its paired-bootstrap stderr over items."""

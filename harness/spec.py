@@ -29,12 +29,23 @@ class Models(_Strict):
     device: str = "auto"
 
 
+class ControlTask(_Strict):
+    """An unrelated task scored for the base model and each student: did distillation cost other skills?"""
+
+    name: str = Field(description="lm-eval task name (local under `path`, or a registered lm-eval task)")
+    path: str | None = Field(None, description="folder holding the local task YAML, relative to the suite file")
+    metric: str | None = Field(None, description="main metric; default: the task's first metric")
+    eval_limit: int | None = Field(None, ge=1, description="items scored per model (None = all)")
+    demos: int = Field(0, ge=0, description="demonstrations from the control task's own few-shot split")
+    instruction: str | None = Field(None, description="system instruction for the control task")
+
+
 class Task(_Strict):
     name: str = Field(description="lm-eval task name (local under `path`, or a registered lm-eval task)")
     path: str | None = Field(None, description="folder holding the local task YAML, relative to the suite file")
     metric: str | None = Field(None, description="main metric; default: the task's first metric")
     eval_limit: int | None = Field(None, ge=1, description="held-out items scored per arm (None = all)")
-    control: str | None = Field(None, description="an unrelated lm-eval task scored to show forgetting")
+    control: ControlTask | None = Field(None, description="an unrelated task scored to show forgetting")
 
 
 class ContextSpec(_Strict):
@@ -195,6 +206,10 @@ class Suite(_Strict):
     def task_dir(self) -> Path | None:
         return (self.suite_dir / self.task.path).resolve() if self.task.path else None
 
+    def control_dir(self) -> Path | None:
+        c = self.task.control
+        return (self.suite_dir / c.path).resolve() if c and c.path else None
+
     def content_hash(self) -> str:
         """Hash of the resolved suite: two runs with the same hash asked for the same thing."""
         blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
@@ -234,4 +249,7 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{p}: {loc}: {msg}{more}") from None
     if suite.task.path and not (suite.task_dir() and suite.task_dir().is_dir()):
         raise SuiteError(f"{p}: task.path: folder {suite.task.path} not found next to the suite")
+    control = suite.task.control
+    if control and control.path and not (suite.control_dir() and suite.control_dir().is_dir()):
+        raise SuiteError(f"{p}: task.control.path: folder {control.path} not found next to the suite")
     return suite

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from harness import intrinsic, models, scoring
@@ -107,6 +106,11 @@ class Workbench:
         self.context = Context(suite.context.instruction, suite.context.demos)
         self.memo: dict[Any, Any] = {}
         self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
+        self.control: TaskBundle | None = None
+        if suite.task.control:
+            self.control = load_task(suite.task.control.name, suite.control_dir())
+            self.control_metric = scoring.main_metric(self.control.config, self.control.task,
+                                                      suite.task.control.metric)
 
     # --- prompts -----------------------------------------------------------------------------------
     def student_context(self, mod: AxisValue) -> Context:
@@ -157,18 +161,29 @@ class Workbench:
 
 
     # --- lm-eval arms ------------------------------------------------------------------------------
-    def arm(self, arm: str, model: torch.nn.Module, fingerprint: str | None, ctx: Context) -> scoring.ArmScore:
-        """Score a model under a context; fixed models (fingerprint given) are scored once per study and rerun."""
+    def arm(self, arm: str, model: torch.nn.Module, fingerprint: str | None, ctx: Context,
+            control: bool = False) -> scoring.ArmScore:
+        """Score a model under a context on the task (or the control task); fixed models (fingerprint
+        given) are scored once per study and rerun."""
         s = self.suite
-        args = (arm, model, self.tok, self.task.config, self.task.name, ctx)
-        kwargs = {"metric": self.metric, "limit": s.task.eval_limit, "batch_size": s.evaluation.batch_size,
-                  "seed": s.seed, "task_manager": task_manager(self.task.folder)}
+        task = self.control if control else self.task
+        assert task is not None
+        metric = self.control_metric if control else self.metric
+        limit = s.task.control.eval_limit if control and s.task.control else s.task.eval_limit
+        args = (arm, model, self.tok, task.config, task.name, ctx)
+        kwargs = {"metric": metric, "limit": limit, "batch_size": s.evaluation.batch_size,
+                  "seed": s.seed, "task_manager": task_manager(task.folder)}
         if fingerprint is None:
             return scoring.evaluate_arm(*args, **kwargs)
-        key = ("arm", fingerprint, ctx)
+        key = ("arm", fingerprint, ctx, task.name)
         if key not in self.memo:
             self.memo[key] = scoring.cached_arm(self.store, fingerprint, *args, **kwargs)
         return self.memo[key]
+
+    def control_context(self) -> Context:
+        c = self.suite.task.control
+        assert c is not None
+        return Context(c.instruction, c.demos)
 
     def teacher_arm(self) -> scoring.ArmScore:
         return self.arm("teacher", self.teacher.model, self.teacher.fingerprint, self.context)
@@ -274,13 +289,32 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         "gap_closure": gap, "gap_closure_stderr": gap_se,
         "eval_time_s": time.perf_counter() - eval_start,
     })
+    arms = {"teacher": t_arm, "baseline": b_arm, "student": st_arm}
+    if bench.control is not None:
+        arms.update(control_arms(bench, student))
+        metrics.update(control_metrics(arms["control_base"], arms["control_student"]))
     inputs = [{"input": str(bench.task.task.doc_to_text(d)), "reference": r,
                "teacher_target": bench.tok.decode(t, skip_special_tokens=True)}
               for d, r, t in zip(docs, refs, tgts, strict=True)]
-    info: dict[str, Any] = {"student_context": c_student, "inputs": inputs,
-                            "arms": {"teacher": t_arm, "baseline": b_arm, "student": st_arm}}
+    info: dict[str, Any] = {"student_context": c_student, "inputs": inputs, "arms": arms}
     metrics["wall_time_s"] = time.perf_counter() - start
     return TrialResult(metrics=metrics, info=info)
+
+
+def control_arms(bench: Workbench, student: torch.nn.Module) -> dict[str, scoring.ArmScore]:
+    """The control task for the untrained model (cached) and the trained student, same prompt."""
+    base = bench.student_base or bench.teacher
+    ctx = bench.control_context()
+    return {"control_base": bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
+            "control_student": bench.arm("control_student", student, None, ctx, control=True)}
+
+
+def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[str, float]:
+    """Forgetting = base − student on the control task (positive = the student lost skill), paired stderr."""
+    forgetting, se, _ = scoring.paired_difference(base, student)
+    return {"control_base_score": base.score, "control_base_stderr": base.stderr,
+            "control_student_score": student.score, "control_student_stderr": student.stderr,
+            "control_forgetting": forgetting, "control_forgetting_stderr": se}
 
 
 def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
@@ -293,13 +327,11 @@ def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
     for mod in bench.suite.axes.contexts:
         ctx = bench.student_context(mod)
         b_arm = bench.baseline_arm(ctx)
-        ids = sorted(set(t_arm.per_item) & set(b_arm.per_item))
-        diff = np.array([t_arm.per_item[i] - b_arm.per_item[i] for i in ids], dtype=float)
-        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-        rows.append({"context": mod.label, "metric": bench.metric, "items": len(ids),
+        gap, se, n = scoring.paired_difference(t_arm, b_arm)
+        rows.append({"context": mod.label, "metric": bench.metric, "items": n,
                      "teacher": t_arm.score, "teacher_stderr": t_arm.stderr,
                      "baseline": b_arm.score, "baseline_stderr": b_arm.stderr,
-                     "gap": float(diff.mean()) if len(diff) else float("nan"), "gap_stderr": se,
+                     "gap": gap, "gap_stderr": se,
                      "teacher_s": t_arm.seconds, "baseline_s": b_arm.seconds})
     return rows
 

@@ -32,6 +32,10 @@ BAD = [
      "hyperparameters.learning_rate"),
     ("name: x\ntask: {name: parity, path: tasks/parity}\nsweep: {sampler: bayes}\n", "sweep.sampler"),
     ("name: x\ntask: {name: parity, path: nowhere}\n", "task.path: folder nowhere not found"),
+    ("name: x\ntask: {name: parity, path: tasks/parity, control: {name: c, path: gone}}\n",
+     "task.control.path: folder gone not found"),
+    ("name: x\ntask: {name: parity, path: tasks/parity, control: {name: c, demos: -1}}\n",
+     "task.control.demos"),
     ("name: [x\n", "invalid YAML"),
     ("- just\n- a list\n", "a suite must be a mapping"),
 ]

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import write_suite
+from conftest import SUITES, write_suite
 
 from harness import scoring
 from harness.cli import main
@@ -126,3 +126,27 @@ def test_gap_closure_bootstrap_matches_formula():
     assert value == pytest.approx((0.5 - 0.25) / (0.75 - 0.25))
     assert 0 < se < 0.5
     assert np.isnan(scoring.gap_closure(b, b, s)[0])  # teacher == baseline: undefined, not a division error
+
+
+def test_control_task_scores_base_and_student(tmp_path):
+    """An unrelated task scored for the untrained model and the student: forgetting = base − student."""
+    control = {"name": "name_gender", "path": str(SUITES / "tasks" / "name_gender"), "eval_limit": 20}
+    path = write_suite(tmp_path, task={"control": control},
+                       axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
+                             "losses": [{"name": "forward_kl"}]})
+    suite = load_suite(path)
+    bench = Workbench(suite)
+    first = run_trial(bench, fixed_config(suite))
+    m = first.metrics
+    result = run_trial(bench, fixed_config(suite))  # second trial: the base model's control score is reused
+    arms = result.info["arms"]
+    base, student = arms["control_base"], arms["control_student"]
+    assert base is first.info["arms"]["control_base"]  # scored once per study
+    assert student is not first.info["arms"]["control_student"]  # each student is scored itself
+    assert len(base.per_item) == len(student.per_item) == 20 and base.metric == "acc"
+    assert result.metrics["control_base_score"] == pytest.approx(np.mean(list(base.per_item.values())))
+    assert result.metrics["control_forgetting"] == pytest.approx(
+        result.metrics["control_base_score"] - result.metrics["control_student_score"])
+    assert result.metrics["control_forgetting_stderr"] >= 0
+    assert m["control_forgetting"] == result.metrics["control_forgetting"]  # same config, same seed
+    assert base.prompts[0] == student.prompts[0]  # same prompt for both; only the weights differ
