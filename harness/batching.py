@@ -22,8 +22,9 @@ class Batch:
     mask: torch.Tensor  # [B, T] True on real target tokens
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.positions,
-                                              self.target_ids, self.mask)))
+        return Batch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.positions, self.target_ids, self.mask))
+        )
 
     @property
     def n_tokens(self) -> int:

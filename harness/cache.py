@@ -46,8 +46,13 @@ class Store:
             try:
                 value = torch.load(path, weights_only=True)
             except Exception as e:  # written by an older version, or damaged: recompute rather than stop a study
-                log.warning("teacher cache entry %s %s unreadable (%s: %s); recomputing", kind, key,
-                            type(e).__name__, str(e).splitlines()[0][:120])
+                log.warning(
+                    "teacher cache entry %s %s unreadable (%s: %s); recomputing",
+                    kind,
+                    key,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:120],
+                )
             else:
                 self.hits += 1
                 log.info("teacher cache hit: %s %s (reused)", kind, key)

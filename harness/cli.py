@@ -17,8 +17,11 @@ EXIT_BAD_INPUT = 2
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "lm_eval", "datasets", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -26,9 +29,11 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     ax = suite.axes
-    print(f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
-          f"{len(ax.targets)} target × {len(ax.contexts)} context × {len(ax.losses)} loss values, "
-          f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}")
+    print(
+        f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
+        f"{len(ax.targets)} target × {len(ax.contexts)} context × {len(ax.losses)} loss values, "
+        f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}"
+    )
     return 0
 
 
@@ -57,14 +62,19 @@ def cmd_gap(args: argparse.Namespace) -> int:
     print(f"{'context c′':<24} {'metric':<12} {'items':>5} {'teacher':>15} {'baseline':>15} {'gap (points)':>16}")
     low = []
     for r in rows:
-        print(f"{r['context']:<24} {r['metric']:<12} {r['items']:>5} "
-              f"{r['teacher']:>7.3f} ± {r['teacher_stderr']:.3f} {r['baseline']:>7.3f} ± {r['baseline_stderr']:.3f} "
-              f"{100 * r['gap']:>+8.1f} ± {100 * r['gap_stderr']:.1f}")
+        print(
+            f"{r['context']:<24} {r['metric']:<12} {r['items']:>5} "
+            f"{r['teacher']:>7.3f} ± {r['teacher_stderr']:.3f} {r['baseline']:>7.3f} ± {r['baseline_stderr']:.3f} "
+            f"{100 * r['gap']:>+8.1f} ± {100 * r['gap_stderr']:.1f}"
+        )
         if 100 * r["gap"] < args.min_gap:
             low.append(r["context"])
     if low:
-        print(f"gap below {args.min_gap:g} points for: {', '.join(low)} — the context barely helps there, "
-              "so gap closure is noise; fix the task or the context", file=sys.stderr)
+        print(
+            f"gap below {args.min_gap:g} points for: {', '.join(low)} — the context barely helps there, "
+            "so gap closure is noise; fix the task or the context",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -77,15 +87,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from harness import sweep, tracking
 
     uri = tracking.tracking_uri(suite)
-    print(f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
-          f"experiment harness/{suite.name}, Ctrl-C to stop")
+    print(
+        f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
+        f"experiment harness/{suite.name}, Ctrl-C to stop"
+    )
     if shutil.which("optuna-dashboard"):
         print(f"Optuna dashboard: optuna-dashboard {sweep.storage_url(suite)}")
     else:
-        print(f"Optuna dashboard (optional): pip install optuna-dashboard && "
-              f"optuna-dashboard {sweep.storage_url(suite)}")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
+        print(
+            f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {sweep.storage_url(suite)}"
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:

@@ -50,8 +50,9 @@ def greedy_answers(
     stop_strings: tuple[str, ...],
 ) -> list[list[int]]:
     """The model's greedy continuation of each prompt."""
-    outs = generation.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               stop_strings=stop_strings)
+    outs = generation.generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop_strings=stop_strings
+    )
     return [o[0] for o in outs]
 
 

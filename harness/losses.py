@@ -199,9 +199,7 @@ def _require_teacher(teacher: TeacherTopK | None, name: str) -> TeacherTopK:
     return teacher
 
 
-def _buckets(
-    student_logits: Tensor, mask: Tensor, teacher: TeacherTopK, temperature: float
-) -> tuple[Tensor, Tensor]:
+def _buckets(student_logits: Tensor, mask: Tensor, teacher: TeacherTopK, temperature: float) -> tuple[Tensor, Tensor]:
     """Teacher and student log-probs on the k+1 buckets (top-k tokens + tail), each [N, k+1].
 
     The student's tail is the logsumexp of its log-probs over every token outside the teacher's

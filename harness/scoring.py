@@ -41,8 +41,23 @@ class ArmScore:
 
     def to_state(self) -> dict[str, Any]:
         """Plain Python values only: the cache loads with `weights_only=True`, which refuses numpy scalars."""
-        return _plain({k: getattr(self, k) for k in ("arm", "metric", "score", "stderr", "per_item", "answers",
-                                                      "references", "prompts", "seconds", "raw")})
+        return _plain(
+            {
+                k: getattr(self, k)
+                for k in (
+                    "arm",
+                    "metric",
+                    "score",
+                    "stderr",
+                    "per_item",
+                    "answers",
+                    "references",
+                    "prompts",
+                    "seconds",
+                    "raw",
+                )
+            }
+        )
 
 
 def _plain(obj: Any) -> Any:
@@ -147,12 +162,21 @@ def evaluate_arm(
             prompts[i] = str(first[0] if isinstance(first, (list, tuple)) else first)
     vals = np.array(list(per_item.values()))
     stderr = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan")
-    score = ArmScore(arm=arm, metric=metric, score=float(vals.mean()) if len(vals) else float("nan"),
-                     stderr=stderr, per_item=per_item, answers=answers, references=refs, prompts=prompts,
-                     seconds=time.perf_counter() - start,
-                     raw={k: v for k, v in results.items() if isinstance(v, (int, float, str))})
-    log.info("%s: %s = %.3f ± %.3f (%d items, %.1f s)", arm, metric, score.score, score.stderr, len(vals),
-             score.seconds)
+    score = ArmScore(
+        arm=arm,
+        metric=metric,
+        score=float(vals.mean()) if len(vals) else float("nan"),
+        stderr=stderr,
+        per_item=per_item,
+        answers=answers,
+        references=refs,
+        prompts=prompts,
+        seconds=time.perf_counter() - start,
+        raw={k: v for k, v in results.items() if isinstance(v, (int, float, str))},
+    )
+    log.info(
+        "%s: %s = %.3f ± %.3f (%d items, %.1f s)", arm, metric, score.score, score.stderr, len(vals), score.seconds
+    )
     return score
 
 
@@ -161,9 +185,16 @@ def cached_arm(store: Store, fingerprint: str, *args: Any, **kwargs: Any) -> Arm
     arm, _model, _tok, task_config, task_name, ctx = args
     import lm_eval
 
-    parts = {"model": fingerprint, "task": task_config, "task_name": task_name, "context": [ctx.system, ctx.n_demos],
-             "metric": kwargs["metric"], "limit": kwargs["limit"], "seed": kwargs.get("seed", 0),
-             "lm_eval": lm_eval.__version__}
+    parts = {
+        "model": fingerprint,
+        "task": task_config,
+        "task_name": task_name,
+        "context": [ctx.system, ctx.n_demos],
+        "metric": kwargs["metric"],
+        "limit": kwargs["limit"],
+        "seed": kwargs.get("seed", 0),
+        "lm_eval": lm_eval.__version__,
+    }
     before = store.hits
     state = store.get_or_compute("scores", parts, lambda: evaluate_arm(*args, **kwargs).to_state())
     score = ArmScore(**state)
@@ -182,8 +213,9 @@ def paired_difference(a: ArmScore, b: ArmScore) -> tuple[float, float, int]:
     return float(diff.mean()), se, len(diff)
 
 
-def gap_closure(teacher: ArmScore, baseline: ArmScore, student: ArmScore, *, n_boot: int = 1000,
-                seed: int = 0) -> tuple[float, float]:
+def gap_closure(
+    teacher: ArmScore, baseline: ArmScore, student: ArmScore, *, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """(student − baseline) / (teacher − baseline) and its paired-bootstrap stderr over items."""
     ids = sorted(set(teacher.per_item) & set(baseline.per_item) & set(student.per_item))
     if not ids:

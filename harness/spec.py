@@ -169,8 +169,10 @@ class Sweep(_Strict):
         default_factory=lambda: ["gap_closure"], min_length=1, max_length=2
     )
     pruner: Literal["auto", "median", "none"] = Field(
-        "auto", description="median: stop trials whose held-out KL is worse than the median at the same step; "
-        "auto = median, except none for the grid sampler (an exhaustive grid wants every point finished)")
+        "auto",
+        description="median: stop trials whose held-out KL is worse than the median at the same step; "
+        "auto = median, except none for the grid sampler (an exhaustive grid wants every point finished)",
+    )
     storage: str | None = Field(None, description="Optuna storage URL; default SQLite under work_dir")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under work_dir")
 

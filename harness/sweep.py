@@ -40,8 +40,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage | str:
     """RDB storages get a heartbeat: a trial whose process died (kill, power loss) is marked FAIL on the
     next run instead of staying RUNNING forever and counting as unfinished."""
     if url.startswith(("sqlite", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90,
-                                          heartbeat_stale_trial_callback=_mark_stale)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=30, grace_period=90, heartbeat_stale_trial_callback=_mark_stale
+        )
     return url
 
 
@@ -111,8 +112,9 @@ def suggest(trial: optuna.Trial, suite: Suite) -> TrialConfig:
     for name, value in suite.hyperparameters:
         if isinstance(value, Range):
             if value.int_:
-                hp[name] = trial.suggest_int(name, int(value.low), int(value.high), log=value.log,
-                                             step=int(value.step or 1))
+                hp[name] = trial.suggest_int(
+                    name, int(value.low), int(value.high), log=value.log, step=int(value.step or 1)
+                )
             else:
                 hp[name] = trial.suggest_float(name, value.low, value.high, log=value.log, step=value.step)
         elif isinstance(value, Choices):
@@ -194,13 +196,19 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> Non
     s = bench.suite
     run.log_text(s.resolved_yaml(), "suite.yaml")
     run.log_table(per_item_table(result), "per_item.json")
-    run.log_inputs(result.info["inputs"], name=f"{bench.task.name}-train-{len(result.info['inputs'])}",
-                   context="training")
+    run.log_inputs(
+        result.info["inputs"], name=f"{bench.task.name}-train-{len(result.info['inputs'])}", context="training"
+    )
     arms = result.info["arms"]
     run.log_dict({arm: a.raw for arm, a in arms.items()}, "lm_eval_results.json")
     ctx = result.info["student_context"]
-    run.log_dict({"teacher_context": {"system": bench.context.system, "demos": bench.context.n_demos},
-                  "student_context": {"system": ctx.system, "demos": ctx.n_demos}}, "contexts.json")
+    run.log_dict(
+        {
+            "teacher_context": {"system": bench.context.system, "demos": bench.context.n_demos},
+            "student_context": {"system": ctx.system, "demos": ctx.n_demos},
+        },
+        "contexts.json",
+    )
 
 
 def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None, report: bool = True) -> int:
@@ -209,22 +217,40 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
     storage = storage_url(suite)
     name = study_name(suite)
-    study = optuna.create_study(study_name=name, storage=open_storage(storage), sampler=make_sampler(suite),
-                                pruner=make_pruner(suite), directions=directions, load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=open_storage(storage),
+        sampler=make_sampler(suite),
+        pruner=make_pruner(suite),
+        directions=directions,
+        load_if_exists=True,
+    )
     target = n_trials if n_trials is not None else suite.sweep.n_trials
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     todo = max(0, target - done)
     log.info("study %s in %s: %d finished, %d to run", name, storage, done, todo)
     exp_id = tracking.setup(suite)
-    base_tags = {"harness.suite": suite.name, "harness.suite_hash": suite.content_hash(),
-                 "harness.study": name, "git.commit": tracking.git_commit(),
-                 "teacher": suite.models.teacher, "student": suite.models.student, "task": suite.task.name,
-                 "machine": platform.platform(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    base_tags = {
+        "harness.suite": suite.name,
+        "harness.suite_hash": suite.content_hash(),
+        "harness.study": name,
+        "git.commit": tracking.git_commit(),
+        "teacher": suite.models.teacher,
+        "student": suite.models.student,
+        "task": suite.task.name,
+        "machine": platform.platform(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     parent = tracking.parent_run_id(exp_id, name, base_tags)
     if todo:
         bench = Workbench(suite)
-        study.optimize(make_objective(suite, bench, exp_id, parent, base_tags), n_trials=todo,
-                       timeout=timeout or suite.sweep.timeout, catch=EXPECTED_FAILURES, gc_after_trial=True)
+        study.optimize(
+            make_objective(suite, bench, exp_id, parent, base_tags),
+            n_trials=todo,
+            timeout=timeout or suite.sweep.timeout,
+            catch=EXPECTED_FAILURES,
+            gc_after_trial=True,
+        )
     _print_summary(study)
     if report:
         from harness import report as report_mod
@@ -239,8 +265,10 @@ def _print_summary(study: optuna.Study) -> None:
     for t in study.get_trials(deepcopy=False):
         done = t.values is not None and t.state == optuna.trial.TrialState.COMPLETE
         vals = ", ".join(f"{v:.3f}" for v in t.values) if done else ""
-        rows.append(f"  #{t.number:<3} {t.state.name:<8} {vals:<16} target={t.params.get('target')} "
-                    f"context={t.params.get('context')} loss={t.params.get('loss')} "
-                    f"{t.user_attrs.get('reason', '')}")
+        rows.append(
+            f"  #{t.number:<3} {t.state.name:<8} {vals:<16} target={t.params.get('target')} "
+            f"context={t.params.get('context')} loss={t.params.get('loss')} "
+            f"{t.user_attrs.get('reason', '')}"
+        )
     print(f"study {study.study_name}: {len(rows)} trials")
     print("\n".join(rows))

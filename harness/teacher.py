@@ -57,8 +57,16 @@ def targets(
 
     def compute() -> list[list[int]]:
         return target_registry.select_targets(
-            strategy, params, teacher.model, teacher.tokenizer, prompts, references,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, stop_strings=stop_strings,
+            strategy,
+            params,
+            teacher.model,
+            teacher.tokenizer,
+            prompts,
+            references,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+            stop_strings=stop_strings,
         )
 
     return store.get_or_compute("targets", parts, compute)
@@ -86,8 +94,9 @@ def score_topk(
         top = topk_with_tail(logits, k, temperature)
         for j, i in enumerate(r):
             n = len(target_seqs[i])
-            out.append(TopKSeq(top.indices[j, :n].to(torch.int32).cpu(), top.logprobs[j, :n].cpu(),
-                               top.tail[j, :n].cpu()))
+            out.append(
+                TopKSeq(top.indices[j, :n].to(torch.int32).cpu(), top.logprobs[j, :n].cpu(), top.tail[j, :n].cpu())
+            )
     return out
 
 
@@ -102,13 +111,30 @@ def topk(
     batch_size: int,
 ) -> list[TopKSeq]:
     """Cached `score_topk`: keyed by the teacher, the exact prompt/target ids, k and τ."""
-    parts = {"teacher": teacher.fingerprint, "prompts": prompts, "targets": target_seqs, "k": k,
-             "temperature": temperature}
-    raw = store.get_or_compute("topk", parts, lambda: [
-        (s.indices, s.logprobs, s.tail)
-        for s in score_topk(teacher.model, prompts, target_seqs, k=k, temperature=temperature,
-                            batch_size=batch_size, pad_id=teacher.tokenizer.pad_token_id, progress=True)
-    ])
+    parts = {
+        "teacher": teacher.fingerprint,
+        "prompts": prompts,
+        "targets": target_seqs,
+        "k": k,
+        "temperature": temperature,
+    }
+    raw = store.get_or_compute(
+        "topk",
+        parts,
+        lambda: [
+            (s.indices, s.logprobs, s.tail)
+            for s in score_topk(
+                teacher.model,
+                prompts,
+                target_seqs,
+                k=k,
+                temperature=temperature,
+                batch_size=batch_size,
+                pad_id=teacher.tokenizer.pad_token_id,
+                progress=True,
+            )
+        ],
+    )
     return [TopKSeq(*t) for t in raw]
 
 

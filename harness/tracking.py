@@ -69,12 +69,16 @@ def git_commit() -> str:
 def parent_run_id(experiment_id: str, study_name: str, tags: dict[str, str]) -> str:
     """The study's parent run, created on first use and found again on resume."""
     client = MlflowClient()
-    found = client.search_runs([experiment_id], filter_string=f"tags.`harness.study` = '{study_name}' "
-                               "and tags.`harness.kind` = 'study'", max_results=1)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`harness.study` = '{study_name}' and tags.`harness.kind` = 'study'",
+        max_results=1,
+    )
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=study_name,
-                            tags={**tags, "harness.study": study_name, "harness.kind": "study"})
+    run = client.create_run(
+        experiment_id, run_name=study_name, tags={**tags, "harness.study": study_name, "harness.kind": "study"}
+    )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -137,8 +141,9 @@ class TrialRun:
 def trial_run(experiment_id: str, parent_id: str, name: str, tags: dict[str, str]) -> Any:
     """Open a nested run; on an exception it is marked FAILED with the reason, and the exception goes on."""
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=name,
-                            tags={**tags, "mlflow.parentRunId": parent_id, "harness.kind": "trial"})
+    run = client.create_run(
+        experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id, "harness.kind": "trial"}
+    )
     tr = TrialRun(run.info.run_id)
     try:
         yield tr

@@ -84,8 +84,7 @@ def apply_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     """Wrap the student in LoRA adapters on every linear layer (rank > 0)."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
@@ -96,20 +95,35 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
-def _on_policy_batch(student: torch.nn.Module, items: list[Example], op: OnPolicy, seed: int,
-                     pad_id: int) -> tuple[list[list[int]], list[TopKSeq]]:
+def _on_policy_batch(
+    student: torch.nn.Module, items: list[Example], op: OnPolicy, seed: int, pad_id: int
+) -> tuple[list[list[int]], list[TopKSeq]]:
     """Student samples targets from (c', z); the teacher scores them with (c, z)."""
     was_training = student.training
     student.eval()
     samples = generation.generate(
-        student, op.tokenizer, [e.prompt for e in items], max_new_tokens=op.max_new_tokens,
-        batch_size=len(items), do_sample=True, temperature=1.0, top_p=1.0, seed=seed,
+        student,
+        op.tokenizer,
+        [e.prompt for e in items],
+        max_new_tokens=op.max_new_tokens,
+        batch_size=len(items),
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        seed=seed,
         stop_strings=op.stop_strings,
     )
     student.train(was_training)
     tgts = [s[0] if s and s[0] else [pad_id] for s in samples]
-    scored = score_topk(op.teacher, [e.teacher_prompt or [] for e in items], tgts, k=op.top_k,
-                        temperature=op.temperature, batch_size=len(items), pad_id=pad_id)
+    scored = score_topk(
+        op.teacher,
+        [e.teacher_prompt or [] for e in items],
+        tgts,
+        k=op.top_k,
+        temperature=op.temperature,
+        batch_size=len(items),
+        pad_id=pad_id,
+    )
     return tgts, scored
 
 
@@ -143,8 +157,12 @@ def train(
     opt = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_updates = max(1, math.ceil(per_epoch * settings.epochs / settings.grad_accum))
-    sched = get_scheduler(settings.scheduler, opt, num_warmup_steps=int(settings.warmup_ratio * total_updates),
-                          num_training_steps=total_updates)
+    sched = get_scheduler(
+        settings.scheduler,
+        opt,
+        num_warmup_steps=int(settings.warmup_ratio * total_updates),
+        num_training_steps=total_updates,
+    )
     eval_every = settings.eval_every or per_epoch
     result = TrainResult()
     start = time.perf_counter()
@@ -154,7 +172,7 @@ def train(
         order = list(range(len(examples)))
         rng.shuffle(order)
         for b in range(per_epoch):
-            items = [examples[i] for i in order[b * settings.batch_size:(b + 1) * settings.batch_size]]
+            items = [examples[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
             tgts = [e.target for e in items]
             teach = [e.teacher for e in items]
             if on_policy is not None and rng.random() < on_policy.mix:
@@ -166,16 +184,20 @@ def train(
                 if any(t is None for t in teach):
                     raise ValueError(f"loss '{loss_name}' needs the teacher's top-k log-probs")
                 teacher_dist = stack(teach, batch.target_ids.shape[1])
-                teacher_dist = type(teacher_dist)(*(t.to(device) for t in (teacher_dist.indices,
-                                                   teacher_dist.logprobs, teacher_dist.tail)))
+                teacher_dist = type(teacher_dist)(
+                    *(t.to(device) for t in (teacher_dist.indices, teacher_dist.logprobs, teacher_dist.tail))
+                )
             batch = batch.to(device)
             with _autocast(device, settings.dtype):
                 logits = target_logits(model, batch)
-            loss = compute_loss(loss_name, logits.float(), batch.target_ids, batch.mask, teacher_dist,
-                                temperature=temperature, **params)
+            loss = compute_loss(
+                loss_name, logits.float(), batch.target_ids, batch.mask, teacher_dist, temperature=temperature, **params
+            )
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at step {step} (learning rate "
-                                       f"{settings.learning_rate:g}); training diverged")
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {step} (learning rate "
+                    f"{settings.learning_rate:g}); training diverged"
+                )
             (loss / settings.grad_accum).backward()
             step += 1
             if step % settings.grad_accum == 0 or step == per_epoch * settings.epochs:

@@ -109,8 +109,7 @@ class Workbench:
         self.control: TaskBundle | None = None
         if suite.task.control:
             self.control = load_task(suite.task.control.name, suite.control_dir())
-            self.control_metric = scoring.main_metric(self.control.config, self.control.task,
-                                                      suite.task.control.metric)
+            self.control_metric = scoring.main_metric(self.control.config, self.control.task, suite.task.control.metric)
 
     # --- prompts -----------------------------------------------------------------------------------
     def student_context(self, mod: AxisValue) -> Context:
@@ -130,10 +129,26 @@ class Workbench:
             docs = self.task.eval_docs()[: s.evaluation.heldout_inputs]
             prompts = self.encode(docs, self.context)
             tgts = teacher_work.targets(
-                self.store, self.teacher, prompts, None, "greedy", {}, max_new_tokens=s.training.max_new_tokens,
-                batch_size=s.training.generation_batch_size, seed=s.seed, stop_strings=self.stop)
-            top = teacher_work.topk(self.store, self.teacher, prompts, tgts, k=s.training.top_k, temperature=1.0,
-                                    batch_size=s.evaluation.batch_size)
+                self.store,
+                self.teacher,
+                prompts,
+                None,
+                "greedy",
+                {},
+                max_new_tokens=s.training.max_new_tokens,
+                batch_size=s.training.generation_batch_size,
+                seed=s.seed,
+                stop_strings=self.stop,
+            )
+            top = teacher_work.topk(
+                self.store,
+                self.teacher,
+                prompts,
+                tgts,
+                k=s.training.top_k,
+                temperature=1.0,
+                batch_size=s.evaluation.batch_size,
+            )
             self.memo["heldout"] = {"docs": docs, "prompts": prompts, "targets": tgts, "topk": top}
         return self.memo["heldout"]
 
@@ -142,27 +157,40 @@ class Workbench:
         h = self.heldout()
         s = self.suite
         prompts = self.encode(h["docs"], ctx)
-        kl = intrinsic.heldout_kl(model, prompts, h["targets"], h["topk"], pad_id=self.pad_id,
-                                  batch_size=s.evaluation.batch_size)
-        answers = intrinsic.greedy_answers(model, self.tok, prompts, max_new_tokens=s.training.max_new_tokens,
-                                           batch_size=s.training.generation_batch_size, stop_strings=self.stop)
+        kl = intrinsic.heldout_kl(
+            model, prompts, h["targets"], h["topk"], pad_id=self.pad_id, batch_size=s.evaluation.batch_size
+        )
+        answers = intrinsic.greedy_answers(
+            model,
+            self.tok,
+            prompts,
+            max_new_tokens=s.training.max_new_tokens,
+            batch_size=s.training.generation_batch_size,
+            stop_strings=self.stop,
+        )
         return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h["targets"], self.tok)}
 
     def baseline_intrinsic(self, ctx: Context) -> dict[str, float]:
         """The untrained student's intrinsic metrics with c': the bar a trained student must clear."""
         key = ("baseline_intrinsic", ctx)
         if key not in self.memo:
-            parts = {"model": (self.student_base or self.teacher).fingerprint, "teacher": self.teacher.fingerprint,
-                     "context": [ctx.system, ctx.n_demos], "heldout": self.heldout()["prompts"],
-                     "max_new_tokens": self.suite.training.max_new_tokens, "stop": list(self.stop)}
+            parts = {
+                "model": (self.student_base or self.teacher).fingerprint,
+                "teacher": self.teacher.fingerprint,
+                "context": [ctx.system, ctx.n_demos],
+                "heldout": self.heldout()["prompts"],
+                "max_new_tokens": self.suite.training.max_new_tokens,
+                "stop": list(self.stop),
+            }
             self.memo[key] = self.store.get_or_compute(
-                "baseline_intrinsic", parts, lambda: self.intrinsic(self.base_model(), ctx))
+                "baseline_intrinsic", parts, lambda: self.intrinsic(self.base_model(), ctx)
+            )
         return self.memo[key]
 
-
     # --- lm-eval arms ------------------------------------------------------------------------------
-    def arm(self, arm: str, model: torch.nn.Module, fingerprint: str | None, ctx: Context,
-            control: bool = False) -> scoring.ArmScore:
+    def arm(
+        self, arm: str, model: torch.nn.Module, fingerprint: str | None, ctx: Context, control: bool = False
+    ) -> scoring.ArmScore:
         """Score a model under a context on the task (or the control task); fixed models (fingerprint
         given) are scored once per study and rerun."""
         s = self.suite
@@ -171,8 +199,13 @@ class Workbench:
         metric = self.control_metric if control else self.metric
         limit = s.task.control.eval_limit if control and s.task.control else s.task.eval_limit
         args = (arm, model, self.tok, task.config, task.name, ctx)
-        kwargs = {"metric": metric, "limit": limit, "batch_size": s.evaluation.batch_size,
-                  "seed": s.seed, "task_manager": task_manager(task.folder)}
+        kwargs = {
+            "metric": metric,
+            "limit": limit,
+            "batch_size": s.evaluation.batch_size,
+            "seed": s.seed,
+            "task_manager": task_manager(task.folder),
+        }
         if fingerprint is None:
             return scoring.evaluate_arm(*args, **kwargs)
         key = ("arm", fingerprint, ctx, task.name)
@@ -197,7 +230,8 @@ def _validate(cfg: TrialConfig) -> None:
     if TARGETS[cfg.target.name].uses_student and not LOSSES[cfg.loss.name].needs_teacher:
         raise InvalidCombination(
             f"target '{cfg.target.label}' samples from the student and needs a distribution loss "
-            f"(forward_kl, reverse_kl, jsd), not '{cfg.loss.label}'")
+            f"(forward_kl, reverse_kl, jsd), not '{cfg.loss.label}'"
+        )
 
 
 def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = None) -> TrialResult:
@@ -216,16 +250,25 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
 
     t0 = time.perf_counter()
     tgts = teacher_work.targets(
-        bench.store, bench.teacher, t_prompts, refs, cfg.target.name, cfg.target.params,
-        max_new_tokens=s.training.max_new_tokens, batch_size=s.training.generation_batch_size, seed=s.seed,
-        stop_strings=bench.stop)
+        bench.store,
+        bench.teacher,
+        t_prompts,
+        refs,
+        cfg.target.name,
+        cfg.target.params,
+        max_new_tokens=s.training.max_new_tokens,
+        batch_size=s.training.generation_batch_size,
+        seed=s.seed,
+        stop_strings=bench.stop,
+    )
     loss_params = cfg.loss.params
     k = int(loss_params.get("top_k") or s.training.top_k)
     tau = float(loss_params.get("temperature", 1.0))
     tops: list[Any] = [None] * len(docs)
     if LOSSES[cfg.loss.name].needs_teacher:
-        tops = teacher_work.topk(bench.store, bench.teacher, t_prompts, tgts, k=k, temperature=tau,
-                                 batch_size=s.evaluation.batch_size)
+        tops = teacher_work.topk(
+            bench.store, bench.teacher, t_prompts, tgts, k=k, temperature=tau, batch_size=s.evaluation.batch_size
+        )
     teacher_s = time.perf_counter() - t0
     examples = [Example(p, t, top, tp) for p, t, top, tp in zip(s_prompts, tgts, tops, t_prompts, strict=True)]
 
@@ -237,26 +280,54 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         student = apply_lora(student, int(hp["lora_rank"]))
     on_policy = None
     if TARGETS[cfg.target.name].uses_student:
-        on_policy = OnPolicy(mix=float(cfg.target.params.get("mix", 0.5)), teacher=bench.teacher.model,
-                             max_new_tokens=s.training.max_new_tokens, stop_strings=bench.stop, tokenizer=bench.tok,
-                             top_k=k, temperature=tau)
+        on_policy = OnPolicy(
+            mix=float(cfg.target.params.get("mix", 0.5)),
+            teacher=bench.teacher.model,
+            max_new_tokens=s.training.max_new_tokens,
+            stop_strings=bench.stop,
+            tokenizer=bench.tok,
+            top_k=k,
+            temperature=tau,
+        )
 
     def on_eval(step: int) -> None:
         h = bench.heldout()
-        kl = intrinsic.heldout_kl(student, bench.encode(h["docs"], c_student), h["targets"], h["topk"],
-                                  pad_id=bench.pad_id, batch_size=s.evaluation.batch_size)
+        kl = intrinsic.heldout_kl(
+            student,
+            bench.encode(h["docs"], c_student),
+            h["targets"],
+            h["topk"],
+            pad_id=bench.pad_id,
+            batch_size=s.evaluation.batch_size,
+        )
         if reporter:
             reporter.report(step, {"heldout/kl": kl})
 
     settings = TrainSettings(
-        learning_rate=float(hp["learning_rate"]), epochs=int(hp["epochs"]), batch_size=int(hp["batch_size"]),
-        lora_rank=int(hp["lora_rank"]), warmup_ratio=float(hp["warmup_ratio"]),
-        weight_decay=float(hp["weight_decay"]), grad_accum=s.training.grad_accum, scheduler=s.training.scheduler,
-        max_grad_norm=s.training.max_grad_norm, eval_every=s.training.eval_every, dtype=s.training.dtype,
-        seed=s.seed)
-    result = train(student, examples, cfg.loss.name, loss_params, settings, pad_id=bench.pad_id,
-                   on_policy=on_policy, on_eval=on_eval if reporter else None,
-                   on_step=reporter.log_step if reporter else None)
+        learning_rate=float(hp["learning_rate"]),
+        epochs=int(hp["epochs"]),
+        batch_size=int(hp["batch_size"]),
+        lora_rank=int(hp["lora_rank"]),
+        warmup_ratio=float(hp["warmup_ratio"]),
+        weight_decay=float(hp["weight_decay"]),
+        grad_accum=s.training.grad_accum,
+        scheduler=s.training.scheduler,
+        max_grad_norm=s.training.max_grad_norm,
+        eval_every=s.training.eval_every,
+        dtype=s.training.dtype,
+        seed=s.seed,
+    )
+    result = train(
+        student,
+        examples,
+        cfg.loss.name,
+        loss_params,
+        settings,
+        pad_id=bench.pad_id,
+        on_policy=on_policy,
+        on_eval=on_eval if reporter else None,
+        on_step=reporter.log_step if reporter else None,
+    )
     if int(hp["lora_rank"]) > 0:
         student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
     after = bench.intrinsic(student, c_student)
@@ -282,20 +353,31 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
     st_arm = bench.arm("student", student, None, c_student)
     gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
-    metrics.update({
-        "teacher_score": t_arm.score, "teacher_stderr": t_arm.stderr,
-        "baseline_score": b_arm.score, "baseline_stderr": b_arm.stderr,
-        "student_score": st_arm.score, "student_stderr": st_arm.stderr,
-        "gap_closure": gap, "gap_closure_stderr": gap_se,
-        "eval_time_s": time.perf_counter() - eval_start,
-    })
+    metrics.update(
+        {
+            "teacher_score": t_arm.score,
+            "teacher_stderr": t_arm.stderr,
+            "baseline_score": b_arm.score,
+            "baseline_stderr": b_arm.stderr,
+            "student_score": st_arm.score,
+            "student_stderr": st_arm.stderr,
+            "gap_closure": gap,
+            "gap_closure_stderr": gap_se,
+            "eval_time_s": time.perf_counter() - eval_start,
+        }
+    )
     arms = {"teacher": t_arm, "baseline": b_arm, "student": st_arm}
     if bench.control is not None:
         arms.update(control_arms(bench, student))
         metrics.update(control_metrics(arms["control_base"], arms["control_student"]))
-    inputs = [{"input": str(bench.task.task.doc_to_text(d)), "reference": r,
-               "teacher_target": bench.tok.decode(t, skip_special_tokens=True)}
-              for d, r, t in zip(docs, refs, tgts, strict=True)]
+    inputs = [
+        {
+            "input": str(bench.task.task.doc_to_text(d)),
+            "reference": r,
+            "teacher_target": bench.tok.decode(t, skip_special_tokens=True),
+        }
+        for d, r, t in zip(docs, refs, tgts, strict=True)
+    ]
     info: dict[str, Any] = {"student_context": c_student, "inputs": inputs, "arms": arms}
     metrics["wall_time_s"] = time.perf_counter() - start
     return TrialResult(metrics=metrics, info=info)
@@ -305,16 +387,23 @@ def control_arms(bench: Workbench, student: torch.nn.Module) -> dict[str, scorin
     """The control task for the untrained model (cached) and the trained student, same prompt."""
     base = bench.student_base or bench.teacher
     ctx = bench.control_context()
-    return {"control_base": bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
-            "control_student": bench.arm("control_student", student, None, ctx, control=True)}
+    return {
+        "control_base": bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
+        "control_student": bench.arm("control_student", student, None, ctx, control=True),
+    }
 
 
 def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[str, float]:
     """Forgetting = base − student on the control task (positive = the student lost skill), paired stderr."""
     forgetting, se, _ = scoring.paired_difference(base, student)
-    return {"control_base_score": base.score, "control_base_stderr": base.stderr,
-            "control_student_score": student.score, "control_student_stderr": student.stderr,
-            "control_forgetting": forgetting, "control_forgetting_stderr": se}
+    return {
+        "control_base_score": base.score,
+        "control_base_stderr": base.stderr,
+        "control_student_score": student.score,
+        "control_student_stderr": student.stderr,
+        "control_forgetting": forgetting,
+        "control_forgetting_stderr": se,
+    }
 
 
 def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
@@ -328,11 +417,21 @@ def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
         ctx = bench.student_context(mod)
         b_arm = bench.baseline_arm(ctx)
         gap, se, n = scoring.paired_difference(t_arm, b_arm)
-        rows.append({"context": mod.label, "metric": bench.metric, "items": n,
-                     "teacher": t_arm.score, "teacher_stderr": t_arm.stderr,
-                     "baseline": b_arm.score, "baseline_stderr": b_arm.stderr,
-                     "gap": gap, "gap_stderr": se,
-                     "teacher_s": t_arm.seconds, "baseline_s": b_arm.seconds})
+        rows.append(
+            {
+                "context": mod.label,
+                "metric": bench.metric,
+                "items": n,
+                "teacher": t_arm.score,
+                "teacher_stderr": t_arm.stderr,
+                "baseline": b_arm.score,
+                "baseline_stderr": b_arm.stderr,
+                "gap": gap,
+                "gap_stderr": se,
+                "teacher_s": t_arm.seconds,
+                "baseline_s": b_arm.seconds,
+            }
+        )
     return rows
 
 
@@ -342,8 +441,16 @@ def per_item_table(result: TrialResult) -> list[dict[str, Any]]:
     t, b, s = arms["teacher"], arms["baseline"], arms["student"]
     rows = []
     for i in sorted(s.per_item):
-        rows.append({"doc_id": i, "reference": s.references.get(i, ""),
-                     "teacher": t.answers.get(i, ""), "baseline": b.answers.get(i, ""), "student": s.answers.get(i, ""),
-                     "teacher_score": t.per_item.get(i), "baseline_score": b.per_item.get(i),
-                     "student_score": s.per_item.get(i)})
+        rows.append(
+            {
+                "doc_id": i,
+                "reference": s.references.get(i, ""),
+                "teacher": t.answers.get(i, ""),
+                "baseline": b.answers.get(i, ""),
+                "student": s.answers.get(i, ""),
+                "teacher_score": t.per_item.get(i),
+                "baseline_score": b.per_item.get(i),
+                "student_score": s.per_item.get(i),
+            }
+        )
     return rows

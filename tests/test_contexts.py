@@ -18,16 +18,19 @@ def test_registry_holds_the_issue_modifications():
     assert {"empty", "instruction_only", "demos_only", "fewer_demos", "truncate", "tag"} <= set(MODIFICATIONS)
 
 
-@pytest.mark.parametrize(("name", "params", "expected"), [
-    ("full", {}, C),
-    ("empty", {}, Context(None, 0)),
-    ("instruction_only", {}, Context(C.system, 0)),
-    ("demos_only", {}, Context(None, 4)),
-    ("fewer_demos", {"k": 1}, Context(C.system, 1)),
-    ("fewer_demos", {"k": 9}, C),
-    ("tag", {"text": "[parity]"}, Context("[parity]", 0)),
-    ("tag", {}, Context("Task: parity", 0)),
-])
+@pytest.mark.parametrize(
+    ("name", "params", "expected"),
+    [
+        ("full", {}, C),
+        ("empty", {}, Context(None, 0)),
+        ("instruction_only", {}, Context(C.system, 0)),
+        ("demos_only", {}, Context(None, 4)),
+        ("fewer_demos", {"k": 1}, Context(C.system, 1)),
+        ("fewer_demos", {"k": 9}, C),
+        ("tag", {"text": "[parity]"}, Context("[parity]", 0)),
+        ("tag", {}, Context("Task: parity", 0)),
+    ],
+)
 def test_modifications(env, name, params, expected):
     assert modify(name, C, env, params) == expected
 

@@ -52,8 +52,19 @@ def test_summary_csv_has_one_row_per_trial_run(study):
     assert set(df["run_id"]) == set(study["runs"]["run_id"])
     assert set(df["state"]) == {t.state.name for t in study["trials"]} == {"COMPLETE"}
     # params and metrics lose their MLflow prefixes; axis labels and hyperparameters are there
-    for col in ("target", "context", "loss", "context.name", "hp.learning_rate", "gap_closure", "student_score",
-                "context_tokens_saved", "train_tokens", "wall_time_s", "git.commit"):
+    for col in (
+        "target",
+        "context",
+        "loss",
+        "context.name",
+        "hp.learning_rate",
+        "gap_closure",
+        "student_score",
+        "context_tokens_saved",
+        "train_tokens",
+        "wall_time_s",
+        "git.commit",
+    ):
         assert col in df.columns, col
     assert not any(c.startswith(("params.", "metrics.")) for c in df.columns)
     assert set(df["context"]) == {"empty", "fewer_demos(k=1)"}
@@ -75,8 +86,14 @@ def test_summary_md_names_suite_hash_and_best_configuration(study):
     df = pd.read_csv(study["out"] / "summary.csv")
     best = df.loc[df["gap_closure"].idxmax()]
     assert f"Trial **#{best['trial']}**" in md
-    for section in ("## Reference scores", "### target", "### context", "### loss", "## All trials",
-                    "## Failed and pruned trials"):
+    for section in (
+        "## Reference scores",
+        "### target",
+        "### context",
+        "### loss",
+        "## All trials",
+        "## Failed and pruned trials",
+    ):
         assert section in md, section
     for name in report.PLOTS:
         assert f"]({name})" in md, name
@@ -109,8 +126,9 @@ def test_no_trials_is_a_one_line_suite_error(tmp_path, monkeypatch, capsys):
 def test_failed_trials_are_listed_and_plots_skipped(tmp_path, monkeypatch):
     """A study whose only trial fails still gets tables (with the reason) and notes instead of plots."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    path = write_suite(tmp_path, name="all-fail",
-                       axes={"targets": [{"name": "on_policy"}], "losses": [{"name": "self_target_nll"}]})
+    path = write_suite(
+        tmp_path, name="all-fail", axes={"targets": [{"name": "on_policy"}], "losses": [{"name": "self_target_nll"}]}
+    )
     suite = load_suite(path)
     sweep.run(suite, n_trials=1, report=False)
     out = report.write(suite, tmp_path / "results")

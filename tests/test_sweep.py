@@ -21,12 +21,21 @@ def _children(suite):
 
 
 def test_resume_runs_only_missing_trials(tmp_path, capsys):
-    path = write_suite(tmp_path, axes={"targets": [{"name": "greedy"}],
-                                       "contexts": [{"name": "empty"}, {"name": "fewer_demos", "k": 1}],
-                                       "losses": [{"name": "self_target_nll"}, {"name": "forward_kl"}]},
-                       hyperparameters={"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}, "epochs": 1,
-                                        "batch_size": 4, "train_inputs": 8},
-                       sweep={"sampler": "tpe", "n_trials": 4})
+    path = write_suite(
+        tmp_path,
+        axes={
+            "targets": [{"name": "greedy"}],
+            "contexts": [{"name": "empty"}, {"name": "fewer_demos", "k": 1}],
+            "losses": [{"name": "self_target_nll"}, {"name": "forward_kl"}],
+        },
+        hyperparameters={
+            "learning_rate": {"low": 1e-4, "high": 3e-3, "log": True},
+            "epochs": 1,
+            "batch_size": 4,
+            "train_inputs": 8,
+        },
+        sweep={"sampler": "tpe", "n_trials": 4},
+    )
     suite = load_suite(path)
     assert sweep.run(suite, report=False) == 0
     _, first = _children(suite)
@@ -41,10 +50,22 @@ def test_resume_runs_only_missing_trials(tmp_path, capsys):
     assert sorted(children["tags.optuna.trial_number"].astype(int)) == list(range(6))
     done = children[children.status == "FINISHED"]
     assert len(done) == 6
-    for col in ("params.target", "params.context", "params.loss", "params.hp.learning_rate",
-                "metrics.gap_closure", "metrics.student_score", "metrics.teacher_score", "metrics.baseline_score",
-                "metrics.greedy_agreement", "metrics.context_tokens_saved", "metrics.peak_memory_mb",
-                "tags.harness.suite_hash", "tags.git.commit", "tags.teacher"):
+    for col in (
+        "params.target",
+        "params.context",
+        "params.loss",
+        "params.hp.learning_rate",
+        "metrics.gap_closure",
+        "metrics.student_score",
+        "metrics.teacher_score",
+        "metrics.baseline_score",
+        "metrics.greedy_agreement",
+        "metrics.context_tokens_saved",
+        "metrics.peak_memory_mb",
+        "tags.harness.suite_hash",
+        "tags.git.commit",
+        "tags.teacher",
+    ):
         assert done[col].notna().all(), col
     run = mlflow.MlflowClient().get_run(done.iloc[0].run_id)
     assert run.inputs.dataset_inputs, "the distillation inputs are logged as an MLflow dataset"
@@ -56,11 +77,12 @@ def test_resume_runs_only_missing_trials(tmp_path, capsys):
 
 
 def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
-    path = write_suite(tmp_path, axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
-                                       "losses": [{"name": "forward_kl"}]},
-                       hyperparameters={"learning_rate": {"choices": [1e30, 1e-3]}, "epochs": 2, "batch_size": 4,
-                                        "train_inputs": 8},
-                       sweep={"sampler": "grid", "n_trials": 2})
+    path = write_suite(
+        tmp_path,
+        axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "forward_kl"}]},
+        hyperparameters={"learning_rate": {"choices": [1e30, 1e-3]}, "epochs": 2, "batch_size": 4, "train_inputs": 8},
+        sweep={"sampler": "grid", "n_trials": 2},
+    )
     suite = load_suite(path)
     assert sweep.run(suite, report=False) == 0
     study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
@@ -74,15 +96,20 @@ def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
     assert status == {bad.number: "FAILED", good.number: "FINISHED"}
     reason = children.set_index(children["tags.optuna.trial_number"].astype(int)).loc[bad.number, "tags.harness.reason"]
     assert "training diverged" in reason
-    assert children.set_index(children["tags.optuna.trial_number"].astype(int)).loc[
-        bad.number, "tags.optuna.trial_state"] == "FAIL"
+    assert (
+        children.set_index(children["tags.optuna.trial_number"].astype(int)).loc[bad.number, "tags.optuna.trial_state"]
+        == "FAIL"
+    )
 
 
-@pytest.mark.parametrize(("sampler", "objectives", "expected"), [
-    ("grid", ["gap_closure"], optuna.samplers.GridSampler),
-    ("tpe", ["gap_closure"], optuna.samplers.TPESampler),
-    ("tpe", ["gap_closure", "train_tokens"], optuna.samplers.NSGAIISampler),
-])
+@pytest.mark.parametrize(
+    ("sampler", "objectives", "expected"),
+    [
+        ("grid", ["gap_closure"], optuna.samplers.GridSampler),
+        ("tpe", ["gap_closure"], optuna.samplers.TPESampler),
+        ("tpe", ["gap_closure", "train_tokens"], optuna.samplers.NSGAIISampler),
+    ],
+)
 def test_sampler_choice(tmp_path, sampler, objectives, expected):
     suite = load_suite(write_suite(tmp_path, sweep={"sampler": sampler, "objectives": objectives}))
     assert isinstance(sweep.make_sampler(suite), expected)
@@ -90,14 +117,17 @@ def test_sampler_choice(tmp_path, sampler, objectives, expected):
 
 def test_pruned_trial_ends_killed_with_reason(tmp_path):
     """The median pruner sees the held-out KL during training: a trial far worse than its peers stops early."""
-    path = write_suite(tmp_path, axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
-                                       "losses": [{"name": "forward_kl"}]},
-                       hyperparameters={"learning_rate": 1e-9, "epochs": 2, "batch_size": 4, "train_inputs": 8},
-                       training={"eval_every": 1},
-                       sweep={"sampler": "tpe", "pruner": "median", "n_trials": 3})
+    path = write_suite(
+        tmp_path,
+        axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "forward_kl"}]},
+        hyperparameters={"learning_rate": 1e-9, "epochs": 2, "batch_size": 4, "train_inputs": 8},
+        training={"eval_every": 1},
+        sweep={"sampler": "tpe", "pruner": "median", "n_trials": 3},
+    )
     suite = load_suite(path)
-    study = optuna.create_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite),
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name=sweep.study_name(suite), storage=sweep.storage_url(suite), direction="maximize"
+    )
     for _ in range(2):  # two earlier trials whose student matched the teacher (KL 0) at every step
         study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={s: -0.0 for s in range(8)}))
     assert sweep.run(suite, report=False) == 0
@@ -112,13 +142,16 @@ def test_pruned_trial_ends_killed_with_reason(tmp_path):
     assert row["tags.harness.reason"].startswith("TrialPruned: held-out KL")
 
 
-@pytest.mark.parametrize(("sampler", "pruner", "objectives", "expected"), [
-    ("grid", "auto", ["gap_closure"], False),
-    ("grid", "median", ["gap_closure"], True),
-    ("tpe", "auto", ["gap_closure"], True),
-    ("tpe", "none", ["gap_closure"], False),
-    ("tpe", "median", ["gap_closure", "train_tokens"], False),
-])
+@pytest.mark.parametrize(
+    ("sampler", "pruner", "objectives", "expected"),
+    [
+        ("grid", "auto", ["gap_closure"], False),
+        ("grid", "median", ["gap_closure"], True),
+        ("tpe", "auto", ["gap_closure"], True),
+        ("tpe", "none", ["gap_closure"], False),
+        ("tpe", "median", ["gap_closure", "train_tokens"], False),
+    ],
+)
 def test_pruner_choice(tmp_path, sampler, pruner, objectives, expected):
     suite = load_suite(write_suite(tmp_path, sweep={"sampler": sampler, "pruner": pruner, "objectives": objectives}))
     assert sweep.prunes(suite) is expected

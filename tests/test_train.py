@@ -29,10 +29,21 @@ def setup(tiny, parity):
 
 def _examples(tiny, setup, strategy: str, params: dict) -> list[Example]:
     t_prompts, s_prompts, refs = setup
-    tgts = targets.select_targets(strategy, params, tiny.model, tiny.tokenizer, t_prompts, refs, max_new_tokens=6,
-                                  batch_size=N, seed=0, stop_strings=("\n",))
-    tops = teacher.score_topk(tiny.model, t_prompts, tgts, k=16, temperature=1.0, batch_size=N,
-                              pad_id=tiny.tokenizer.pad_token_id)
+    tgts = targets.select_targets(
+        strategy,
+        params,
+        tiny.model,
+        tiny.tokenizer,
+        t_prompts,
+        refs,
+        max_new_tokens=6,
+        batch_size=N,
+        seed=0,
+        stop_strings=("\n",),
+    )
+    tops = teacher.score_topk(
+        tiny.model, t_prompts, tgts, k=16, temperature=1.0, batch_size=N, pad_id=tiny.tokenizer.pad_token_id
+    )
     return [Example(p, t, top, tp) for p, t, top, tp in zip(s_prompts, tgts, tops, t_prompts, strict=True)]
 
 
@@ -40,8 +51,9 @@ def _examples(tiny, setup, strategy: str, params: dict) -> list[Example]:
 def _loss(model, examples: list[Example], loss: str, pad_id: int) -> float:
     batch = make_batch([e.prompt for e in examples], [e.target for e in examples], pad_id)
     dist = teacher.stack([e.teacher for e in examples], batch.target_ids.shape[1])
-    return float(compute_loss(loss, target_logits(model, batch).float(), batch.target_ids, batch.mask, dist,
-                              temperature=1.0))
+    return float(
+        compute_loss(loss, target_logits(model, batch).float(), batch.target_ids, batch.mask, dist, temperature=1.0)
+    )
 
 
 def _train_and_check(tiny, examples, loss: str, *, lora: int = 0, on_policy: OnPolicy | None = None) -> None:
@@ -50,8 +62,14 @@ def _train_and_check(tiny, examples, loss: str, *, lora: int = 0, on_policy: OnP
     before = _loss(student, examples, loss, pad)
     if lora:
         student = apply_lora(student, lora)
-    settings = TrainSettings(learning_rate=3e-3 if not lora else 1e-2, epochs=6, batch_size=4, warmup_ratio=0.0,
-                             scheduler="constant_with_warmup", lora_rank=lora)
+    settings = TrainSettings(
+        learning_rate=3e-3 if not lora else 1e-2,
+        epochs=6,
+        batch_size=4,
+        warmup_ratio=0.0,
+        scheduler="constant_with_warmup",
+        lora_rank=lora,
+    )
     result = train(student, examples, loss, {}, settings, pad_id=pad, on_policy=on_policy)
     assert result.steps == 12 and result.train_tokens > 0 and len(result.losses) == 12
     after = _loss(student, examples, loss, pad)
@@ -72,8 +90,9 @@ def test_each_target_strategy_trains(tiny, setup, strategy):
     loss = "self_target_nll"
     if spec.uses_student:
         loss = "forward_kl"
-        on_policy = OnPolicy(mix=0.5, teacher=tiny.model, max_new_tokens=6, stop_strings=("\n",),
-                             tokenizer=tiny.tokenizer, top_k=16)
+        on_policy = OnPolicy(
+            mix=0.5, teacher=tiny.model, max_new_tokens=6, stop_strings=("\n",), tokenizer=tiny.tokenizer, top_k=16
+        )
     _train_and_check(tiny, examples, loss, on_policy=on_policy)
 
 
@@ -85,7 +104,8 @@ def test_lora_trains_only_adapters(tiny, setup):
 def test_divergence_is_reported(tiny, setup):
     examples = _examples(tiny, setup, "greedy", {})
     student = copy.deepcopy(tiny.model)
-    settings = TrainSettings(learning_rate=1e30, epochs=3, batch_size=4, warmup_ratio=0.0,
-                             scheduler="constant_with_warmup")
+    settings = TrainSettings(
+        learning_rate=1e30, epochs=3, batch_size=4, warmup_ratio=0.0, scheduler="constant_with_warmup"
+    )
     with pytest.raises(TrainingDiverged, match="training diverged"):
         train(student, examples, "forward_kl", {}, settings, pad_id=tiny.tokenizer.pad_token_id)

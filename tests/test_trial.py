@@ -20,8 +20,14 @@ TIMING = {"train_time_s", "teacher_time_s", "train_tokens_per_s", "eval_time_s",
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trial")
-    path = write_suite(folder, axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
-                                     "losses": [{"name": "self_target_nll"}]})
+    path = write_suite(
+        folder,
+        axes={
+            "targets": [{"name": "greedy"}],
+            "contexts": [{"name": "empty"}],
+            "losses": [{"name": "self_target_nll"}],
+        },
+    )
     return load_suite(path)
 
 
@@ -64,8 +70,9 @@ def test_training_context_is_the_evaluation_context(first):
         assert arms["baseline"].prompts[i] == arms["student"].prompts[i]
     # and the training prompts are built by that same render call
     train_doc = bench.task.train_docs(1)[0]
-    assert bench.encode([train_doc], c)[0] == bench.tok.encode(bench.task.render(train_doc, c, bench.tok),
-                                                               add_special_tokens=False)
+    assert bench.encode([train_doc], c)[0] == bench.tok.encode(
+        bench.task.render(train_doc, c, bench.tok), add_special_tokens=False
+    )
     assert "<|im_start|>system\nAnswer E" in arms["teacher"].prompts[0]
     assert arms["teacher"].prompts[0].count("<|im_start|>assistant\n") == 5  # 4 demos as turns + the query
 
@@ -104,9 +111,14 @@ def test_arm_state_survives_the_cache(tmp_path):
     """lm-eval hands back numpy scalars; a cached arm must still load (torch.load weights_only=True)."""
     from harness.cache import Store, content_hash
 
-    arm = scoring.ArmScore("teacher", "exact_match", np.float64(0.75), np.float64(0.1),
-                           {np.int64(0): np.float64(1.0), 1: 0.5}, raw={"exact_match,none": np.float64(0.75),
-                                                                      "samples": (np.int32(2), "x")})
+    arm = scoring.ArmScore(
+        "teacher",
+        "exact_match",
+        np.float64(0.75),
+        np.float64(0.1),
+        {np.int64(0): np.float64(1.0), 1: 0.5},
+        raw={"exact_match,none": np.float64(0.75), "samples": (np.int32(2), "x")},
+    )
     store = Store(tmp_path)
     first = store.get_or_compute("scores", {"k": 1}, arm.to_state)
     again = store.get_or_compute("scores", {"k": 1}, lambda: pytest.fail("recomputed"))
@@ -131,9 +143,11 @@ def test_gap_closure_bootstrap_matches_formula():
 def test_control_task_scores_base_and_student(tmp_path):
     """An unrelated task scored for the untrained model and the student: forgetting = base − student."""
     control = {"name": "name_gender", "path": str(SUITES / "tasks" / "name_gender"), "eval_limit": 20}
-    path = write_suite(tmp_path, task={"control": control},
-                       axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}],
-                             "losses": [{"name": "forward_kl"}]})
+    path = write_suite(
+        tmp_path,
+        task={"control": control},
+        axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "forward_kl"}]},
+    )
     suite = load_suite(path)
     bench = Workbench(suite)
     first = run_trial(bench, fixed_config(suite))
@@ -146,7 +160,8 @@ def test_control_task_scores_base_and_student(tmp_path):
     assert len(base.per_item) == len(student.per_item) == 20 and base.metric == "acc"
     assert result.metrics["control_base_score"] == pytest.approx(np.mean(list(base.per_item.values())))
     assert result.metrics["control_forgetting"] == pytest.approx(
-        result.metrics["control_base_score"] - result.metrics["control_student_score"])
+        result.metrics["control_base_score"] - result.metrics["control_student_score"]
+    )
     assert result.metrics["control_forgetting_stderr"] >= 0
     assert m["control_forgetting"] == result.metrics["control_forgetting"]  # same config, same seed
     assert base.prompts[0] == student.prompts[0]  # same prompt for both; only the weights differ

@@ -56,10 +56,26 @@ bucket spade trowel hose sprinkler seed plant flower tree bush vine root stem pe
 
 # Nouns with an irregular plural (checked by hand).
 IRREGULAR = {
-    "man": "men", "woman": "women", "child": "children", "tooth": "teeth", "foot": "feet", "goose": "geese",
-    "knife": "knives", "wife": "wives", "wolf": "wolves", "half": "halves", "loaf": "loaves", "shelf": "shelves",
-    "thief": "thieves", "calf": "calves", "potato": "potatoes", "tomato": "tomatoes", "hero": "heroes",
-    "echo": "echoes", "person": "people", "scarf": "scarves",
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "tooth": "teeth",
+    "foot": "feet",
+    "goose": "geese",
+    "knife": "knives",
+    "wife": "wives",
+    "wolf": "wolves",
+    "half": "halves",
+    "loaf": "loaves",
+    "shelf": "shelves",
+    "thief": "thieves",
+    "calf": "calves",
+    "potato": "potatoes",
+    "tomato": "tomatoes",
+    "hero": "heroes",
+    "echo": "echoes",
+    "person": "people",
+    "scarf": "scarves",
 }
 
 # Common first names with a clear gender (names used for both, such as "Jordan" or "Morgan", are left out).
@@ -146,8 +162,10 @@ def make_plural(rng: random.Random) -> None:
     rng.shuffle(nouns)
     test, train = nouns[:160], nouns[160:]
     doc = lambda n: {"question": n, "answer": plural(n)}  # noqa: E731
-    write(HERE / "plural", {"demos": [doc(n) for n in demos], "test": [doc(n) for n in test],
-                            "train": [doc(n) for n in train]})
+    write(
+        HERE / "plural",
+        {"demos": [doc(n) for n in demos], "test": [doc(n) for n in test], "train": [doc(n) for n in train]},
+    )
 
 
 def make_name_gender(rng: random.Random) -> None:
@@ -166,6 +184,7 @@ def make_name_gender(rng: random.Random) -> None:
     rng.shuffle(test)
     rng.shuffle(train)
     write(HERE / "name_gender", {"demos": [doc(w) for w in NAME_DEMOS], "test": test, "train": train})
+
 
 if __name__ == "__main__":
     make_plural(random.Random(SEED))
