@@ -8,9 +8,13 @@ cost for short targets after a long context).
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,12 +61,27 @@ def make_batch(prompts: list[list[int]], targets: list[list[int]], pad_id: int) 
 
 
 def target_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits [B, T, V] at the positions predicting each target token (padding rows are junk, masked later)."""
-    decoder = model.get_decoder()
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-    idx = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
-    picked = torch.gather(hidden, 1, idx)
-    return model.get_output_embeddings()(picked)
+    """Logits [B, T, V] at the positions predicting each target token (padding rows are junk, masked later).
+
+    The model's own forward computes them, so every family's final step after the LM head (Gemma-2's
+    soft-cap, Granite's logits_scaling, Cohere's logit_scale) applies exactly as in generation and lm-eval.
+    `logits_to_keep` as a [B, T] position tensor keeps the LM head on the target positions only.
+    """
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    if _accepts_logits_to_keep(model):
+        logits = model(**kwargs, logits_to_keep=batch.positions).logits
+        if logits.shape[:2] == batch.positions.shape:
+            return logits
+        log.warning("%s ignores per-row logits_to_keep; computing full logits", type(model).__name__)
+    logits = model(**kwargs).logits  # full [B, L, V]: slower, still the model's own logits
+    idx = batch.positions.unsqueeze(-1).expand(-1, -1, logits.size(-1))
+    return torch.gather(logits, 1, idx)
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (possibly PEFT-wrapped) model's forward takes `logits_to_keep`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def chunks(n: int, size: int) -> list[range]:

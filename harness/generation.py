@@ -161,6 +161,7 @@ def generate(
     top_p: float = 1.0,
     num_beams: int = 1,
     num_return_sequences: int = 1,
+    length_penalty: float = 0.0,
     seed: int = 0,
     stop_strings: tuple[str, ...] = (),
     progress: bool = False,
@@ -170,7 +171,8 @@ def generate(
 
     Each continuation ends right after the first eos (kept) or at a stop string (replaced by eos), or
     runs to `max_new_tokens` without eos. Prompts are sorted by length into batches to cut padding and
-    answers come back in the original order. Sampling is seeded per batch from `seed`.
+    answers come back in the original order. Sampling is seeded per batch from `seed`. Beam search
+    ranks beams by summed log-prob (`length_penalty` 0; HF's default 1.0 ranks by the mean).
     """
     if not prompts:
         return []
@@ -190,6 +192,8 @@ def generate(
         pad_token_id=pad_id,
         use_cache=True,
     )
+    if num_beams > 1:
+        gen_kwargs["length_penalty"] = length_penalty
     if do_sample:  # top_k=0: only temperature and top_p shape the distribution, as the suite says
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     config = GenerationConfig(**gen_kwargs)

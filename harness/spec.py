@@ -145,7 +145,11 @@ class Hyperparameters(_Strict):
 
 class Training(_Strict):
     max_new_tokens: int = Field(24, ge=1, description="teacher target length limit")
-    stop_strings: list[str] = Field(default_factory=lambda: ["\n"])
+    stop_strings: list[str] | None = Field(
+        None,
+        description="where teacher targets and greedy answers end; None = the task's own generation_kwargs.until "
+        "(what lm-eval generates to); a list overrides it",
+    )
     top_k: int = Field(64, ge=1, description="teacher log-probs kept per position in the cache")
     grad_accum: int = Field(1, ge=1)
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"

@@ -149,8 +149,13 @@ def greedy(req: TargetRequest) -> list[list[int]]:
 
 @register("beam", n_beams=4)
 def beam(req: TargetRequest, n_beams: int) -> list[list[int]]:
-    """Top beam of a beam search: a wider search for the sequence argmax than greedy."""
-    return [outs[0] for outs in _generate(req, num_beams=n_beams)]
+    """The most likely of the beams: a wider search for the sequence argmax than greedy.
+
+    Every beam comes back and the teacher's summed log-prob picks one: HF ranks beams by a length-
+    normalised score, and a stop string cuts beams after that ranking, so its top beam need not be the
+    most likely finished sequence.
+    """
+    return _most_likely(req, _generate(req, num_beams=n_beams, num_return_sequences=n_beams))
 
 
 @register("sample", temperature=1.0, top_p=0.95)
@@ -163,13 +168,18 @@ def sample(req: TargetRequest, temperature: float, top_p: float) -> list[list[in
 def best_of(req: TargetRequest, n: int, temperature: float, top_p: float) -> list[list[int]]:
     """n samples re-ranked by the teacher's own sequence log-prob: a better argmax than one sample."""
     candidates = _generate(req, do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n)
+    return _most_likely(req, candidates)
+
+
+def _most_likely(req: TargetRequest, candidates: list[list[list[int]]]) -> list[list[int]]:
+    """Per prompt, the candidate with the highest summed log-prob under the teacher (first of equal maxima)."""
     flat_prompts = [p for p, outs in zip(req.prompts, candidates, strict=True) for _ in outs]
     flat = [c for outs in candidates for c in outs]
     scores = generation.sequence_logprobs(req.model, flat_prompts, flat, batch_size=req.batch_size)
     picked, k = [], 0
     for outs in candidates:
         own = scores[k : k + len(outs)]
-        picked.append(outs[max(range(len(outs)), key=own.__getitem__)])  # first of equal maxima
+        picked.append(outs[max(range(len(outs)), key=own.__getitem__)])
         k += len(outs)
     return picked
 

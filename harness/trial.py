@@ -102,7 +102,8 @@ class Workbench:
         self.tok = self.teacher.tokenizer
         self.pad_id = self.tok.pad_token_id
         self.task: TaskBundle = load_task(suite.task.name, suite.task_dir())
-        self.stop = tuple(suite.training.stop_strings) or self.task.stop_strings()
+        stops = suite.training.stop_strings
+        self.stop = self.task.stop_strings() if stops is None else tuple(stops)
         self.context = Context(suite.context.instruction, suite.context.demos)
         self.memo: dict[Any, Any] = {}
         self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
@@ -181,6 +182,7 @@ class Workbench:
                 "heldout": self.heldout()["prompts"],
                 "max_new_tokens": self.suite.training.max_new_tokens,
                 "stop": list(self.stop),
+                "top_k": self.suite.training.top_k,
             }
             self.memo[key] = self.store.get_or_compute(
                 "baseline_intrinsic", parts, lambda: self.intrinsic(self.base_model(), ctx)
@@ -277,6 +279,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         reporter.log_step(0, {"heldout/kl": before["heldout_kl"]})
     student = copy.deepcopy(bench.base_model())
     if int(hp["lora_rank"]) > 0:
+        torch.manual_seed(s.seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
         student = apply_lora(student, int(hp["lora_rank"]))
     on_policy = None
     if TARGETS[cfg.target.name].uses_student:
