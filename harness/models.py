@@ -160,23 +160,62 @@ def resolve(name: str) -> str:
 
 
 def fingerprint(path: str) -> str:
-    """Content id of a model folder: config plus sampled weight bytes; cheap, and changes when weights do."""
-    h = hashlib.sha256()
+    """Content id of a model: a local folder's files hashed in full, a hub id's resolved commit.
+
+    Caches are keyed by it, so it must change whenever any weight does: sampling parts of the weight
+    file, or keying a hub model by its name, would serve stale teacher work after an update.
+    """
     p = Path(path)
-    if not p.is_dir():
-        h.update(path.encode())
-        return h.hexdigest()[:16]
-    for f in sorted(p.iterdir()):
-        if f.suffix in {".json", ".jinja"}:
-            h.update(f.name.encode() + f.read_bytes())
-        elif f.suffix in {".safetensors", ".bin"}:
-            size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with f.open("rb") as fh:
-                h.update(fh.read(1 << 20))
-                fh.seek(max(0, size - (1 << 20)))
-                h.update(fh.read(1 << 20))
+    if p.is_dir():
+        return _folder_fingerprint(p)
+    return _hub_fingerprint(path)
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Hash of every (non-hidden) file `from_pretrained` may read from the folder, byte for byte."""
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            h.update(f"{f.name}\0{_file_digest(f)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _hub_fingerprint(repo_id: str) -> str:
+    """A hub id's snapshot in the local HF cache is named by its commit: that commit is the content id."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:  # not cached, or not a valid repo id
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"model '{repo_id}': no snapshot in the Hugging Face cache to fingerprint ({why})") from e
+    return hashlib.sha256(f"hub:{repo_id}@{snapshot.name}".encode()).hexdigest()[:16]
+
+
+_MEMO_ABOVE = 1 << 20  # files larger than this get their digest remembered
+
+
+def _file_digest(f: Path) -> str:
+    """sha256 of a file's bytes; for large files remembered by (path, size, mtime_ns) so reloads are instant."""
+    st = f.stat()
+    if st.st_size <= _MEMO_ABOVE:
+        return hashlib.sha256(f.read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    memo = cache_root() / "digests" / key
+    if memo.is_file():
+        digest = memo.read_text().strip()
+        if len(digest) == 64:
+            return digest
+    with f.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{key}.tmp{os.getpid()}")
+        tmp.write_text(digest)
+        tmp.replace(memo)  # atomic: parallel workers never read half a digest
+    except OSError as e:  # a read-only cache only costs the hash next time
+        log.debug("cannot remember the digest of %s: %s", f, e)
+    return digest
 
 
 def load(name: str, device: str = "auto") -> LoadedModel:

@@ -4,7 +4,8 @@ All three arms go through `lm_eval.simple_evaluate` with HFLM wrapping the
 in-memory model (no reload per arm), the chat template and demonstrations as
 turns, so the prompts are the very strings the student was trained on.
 Teacher and baseline scores do not depend on the trial: they are cached by
-(model fingerprint, task, context, limit) and reused across trials and reruns.
+(model fingerprint, task, a hash of its documents, context, limit) and reused across
+trials and reruns.
 """
 
 from __future__ import annotations
@@ -180,8 +181,12 @@ def evaluate_arm(
     return score
 
 
-def cached_arm(store: Store, fingerprint: str, *args: Any, **kwargs: Any) -> ArmScore:
-    """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once."""
+def cached_arm(store: Store, fingerprint: str, *args: Any, data: str, **kwargs: Any) -> ArmScore:
+    """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once.
+
+    `data` is the task's `TaskBundle.data_fingerprint`: the key holds what the documents are, not
+    only where they were read from.
+    """
     arm, _model, _tok, task_config, task_name, ctx = args
     import lm_eval
 
@@ -189,6 +194,7 @@ def cached_arm(store: Store, fingerprint: str, *args: Any, **kwargs: Any) -> Arm
         "model": fingerprint,
         "task": task_config,
         "task_name": task_name,
+        "data": data,
         "context": [ctx.system, ctx.n_demos],
         "metric": kwargs["metric"],
         "limit": kwargs["limit"],

@@ -8,6 +8,8 @@ template callable that lm-eval's HFLM uses.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,21 @@ class TaskBundle:
     def eval_docs(self) -> list[dict[str, Any]]:
         """Held-out documents, exactly what lm-eval scores (test split, else validation)."""
         return list(self.task.eval_docs)
+
+    @functools.cached_property
+    def data_fingerprint(self) -> str:
+        """Hash of the documents a score depends on (scored items and the demonstrations' source).
+
+        Cached scores are keyed by it: a key holding only the data-file paths would pair old per-item
+        scores with a fresh student after the data changed.
+        """
+        h = hashlib.sha256()
+        for part in (self.task.eval_docs, self.task.fewshot_docs() or []):
+            for doc in part:
+                h.update(json.dumps(doc, sort_keys=True, default=str, ensure_ascii=False).encode())
+                h.update(b"\n")
+            h.update(b"\0")
+        return h.hexdigest()[:20]
 
     def demo_pairs(self, n: int) -> tuple[tuple[str, str], ...]:
         """The first n demonstrations as (input, answer) texts."""

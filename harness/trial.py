@@ -212,7 +212,7 @@ class Workbench:
             return scoring.evaluate_arm(*args, **kwargs)
         key = ("arm", fingerprint, ctx, task.name)
         if key not in self.memo:
-            self.memo[key] = scoring.cached_arm(self.store, fingerprint, *args, **kwargs)
+            self.memo[key] = scoring.cached_arm(self.store, fingerprint, *args, data=task.data_fingerprint, **kwargs)
         return self.memo[key]
 
     def control_context(self) -> Context:

@@ -127,7 +127,9 @@ def test_target_logits_of_a_lora_wrapped_model():
 
 def test_beam_target_is_the_most_likely_returned_beam(tiny, parity):
     tok = tiny.tokenizer
-    prompts = [tok.encode(parity.render(d, Context(None, 0), tok), add_special_tokens=False) for d in parity.train_docs()]
+    prompts = [
+        tok.encode(parity.render(d, Context(None, 0), tok), add_special_tokens=False) for d in parity.train_docs()
+    ]
     kw = dict(max_new_tokens=8, batch_size=16, stop_strings=(" ",))  # a stop string cuts beams to unequal lengths
     picked = targets.select_targets("beam", {"n_beams": 4}, tiny.model, tok, prompts, None, seed=0, **kw)
     beams = generation.generate(tiny.model, tok, prompts, num_beams=4, num_return_sequences=4, **kw)
