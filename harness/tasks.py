@@ -61,6 +61,19 @@ def chat_template_fn(tokenizer: Any) -> Any:
     return functools.partial(HFLM.apply_chat_template, shim)
 
 
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a rendered prompt exactly as lm-eval's HFLM (as `scoring.evaluate_arm` builds it) feeds them.
+
+    HFLM.tok_encode lets the tokenizer add its special tokens (a BOS for many models) unless the string
+    already starts with BOS; training must see the same ids, so this calls that very method.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    prefix = HFLM.prefix_token_id.fget(SimpleNamespace(custom_prefix_token_id=None, tokenizer=tokenizer))
+    shim = SimpleNamespace(tokenizer=tokenizer, add_bos_token=None, prefix_token_id=prefix)
+    return list(HFLM.tok_encode(shim, prompt))
+
+
 @dataclass
 class TaskBundle:
     """One lm-eval task, loaded once, with the splits a trial needs."""

@@ -26,7 +26,7 @@ from harness.contexts import Context, modify
 from harness.losses import LOSSES
 from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
-from harness.tasks import TaskBundle, load_task, task_manager
+from harness.tasks import TaskBundle, encode_prompt, load_task, task_manager
 from harness.train import Example, OnPolicy, TrainSettings, apply_lora, train
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ class Workbench:
         return modify(mod.name, self.context, self.task.env(self.context, self.tok), mod.params)
 
     def encode(self, docs: list[dict[str, Any]], ctx: Context) -> list[list[int]]:
-        return [self.tok.encode(self.task.render(d, ctx, self.tok), add_special_tokens=False) for d in docs]
+        """Prompt ids of (ctx, doc), the ids lm-eval feeds the model for the same item (BOS included)."""
+        return [encode_prompt(self.tok, self.task.render(d, ctx, self.tok)) for d in docs]
 
     def base_model(self) -> torch.nn.Module:
         """The student's starting weights: the teacher itself for self-distillation."""
