@@ -236,25 +236,28 @@ def _accepts(model: torch.nn.Module, arg: str) -> bool:
 
 
 @torch.no_grad()
-def sequence_logprobs(
+def continuation_logits(
     model: torch.nn.Module,
     prompts: list[list[int]],
     continuations: list[list[int]],
     batch_size: int = 16,
     *,
     reuse_prefix: bool = True,
-) -> list[float]:
-    """Σ log Pr(continuation | prompt) per pair, batched; used to re-rank samples (best_of).
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(row indices, logits [B, C, V]) per batch: the model's logits predicting each continuation token.
 
-    Only the continuation positions are projected to the vocabulary (`logits_to_keep`), so long prompts
-    do not cost a [batch, length, vocab] tensor; a shared prompt prefix is prefilled once.
+    Continuations are right-aligned: row r's tokens sit in the last len(continuations[r]) of the C
+    columns (the rest is junk). The shared prompt prefix is prefilled once and its KV cache reused for
+    every batch, and only the C + 1 last positions reach the LM head (`logits_to_keep`), so neither
+    the shared context nor the vocabulary projection is recomputed per row. Batches with no
+    continuation token are skipped.
     """
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
     if any(len(p) == 0 for p in prompts):
-        raise ValueError("sequence_logprobs: every prompt needs at least one token")
+        raise ValueError("every prompt needs at least one token")
     if not prompts:
-        return []
+        return
     device = model.device
     pad_id = 0
     prefix_len = _usable_prefix(prompts, reuse_prefix)
@@ -263,7 +266,6 @@ def sequence_logprobs(
 
     full = [list(p) + list(c) for p, c in zip(prompts, continuations, strict=True)]
     order = sorted(range(len(full)), key=lambda i: -len(full[i]))
-    scores = [0.0] * len(full)
     for idx in _batches(order, batch_size):
         max_cont = max(len(continuations[i]) for i in idx)
         if max_cont == 0:
@@ -276,8 +278,27 @@ def sequence_logprobs(
         if keep_arg:
             kwargs["logits_to_keep"] = max_cont + 1
         logits = model(input_ids=ids[:, prefix_len:], position_ids=positions[:, prefix_len:], **kwargs).logits
-        logits = logits[:, -(max_cont + 1) : -1].float()  # position t predicts token t + 1
-        targets = ids[:, -max_cont:]
+        yield idx, logits[:, -(max_cont + 1) : -1]  # position t predicts token t + 1
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    continuations: list[list[int]],
+    batch_size: int = 16,
+    *,
+    reuse_prefix: bool = True,
+) -> list[float]:
+    """Σ log Pr(continuation | prompt) per pair, batched; used to re-rank samples (best_of)."""
+    scores = [0.0] * len(prompts)
+    for idx, raw in continuation_logits(model, prompts, continuations, batch_size, reuse_prefix=reuse_prefix):
+        logits = raw.float()
+        max_cont = logits.shape[1]
+        device = logits.device
+        targets = torch.tensor(
+            [[0] * (max_cont - len(continuations[i])) + list(continuations[i]) for i in idx], device=device
+        )
         token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         lengths = torch.tensor([len(continuations[i]) for i in idx], device=device)
         cols = torch.arange(max_cont, device=device)

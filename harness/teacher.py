@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from harness import generation
 from harness import targets as target_registry
 from harness.batching import chunks, make_batch, target_logits
 from harness.cache import Store
@@ -83,20 +84,62 @@ def score_topk(
     batch_size: int,
     pad_id: int,
     progress: bool = False,
+    reuse_prefix: bool = True,
 ) -> list[TopKSeq]:
-    """The teacher's top-k (+ tail) log-probs at every target position, computed in batches."""
+    """The teacher's top-k (+ tail) log-probs at every target position, computed in batches.
+
+    Teacher prompts share the context c: with `reuse_prefix` its KV cache is computed once and reused
+    for every batch (`generation.continuation_logits`), as generation does; without it, each row
+    runs its whole prompt (the path training uses for the student, `batching.target_logits`).
+    """
+    if len(prompts) != len(target_seqs):
+        raise ValueError(f"{len(prompts)} prompts but {len(target_seqs)} targets")
+    if not reuse_prefix:
+        return _score_topk_plain(model, prompts, target_seqs, k, temperature, batch_size, pad_id, progress)
+    out: list[TopKSeq | None] = [None] * len(prompts)
+    kk = _k(model, k)
+    bar = tqdm(total=len(prompts), desc="teacher top-k", disable=None if progress else True, leave=False)
+    for idx, logits in generation.continuation_logits(model, prompts, target_seqs, batch_size):
+        top = topk_with_tail(logits.float(), k, temperature)
+        kk, width = top.indices.shape[-1], logits.shape[1]
+        for j, i in enumerate(idx):
+            s = width - len(target_seqs[i])  # targets are right-aligned
+            out[i] = _seq(top, j, slice(s, width))
+        bar.update(len(idx))
+    bar.close()
+    empty = TopKSeq(torch.zeros((0, kk), dtype=torch.int32), torch.zeros((0, kk)), torch.zeros((0,)))
+    return [o if o is not None else empty for o in out]  # rows with an empty target
+
+
+def _k(model: torch.nn.Module, k: int | None) -> int:
+    vocab = int(model.config.vocab_size)
+    return vocab if k is None else min(k, vocab)
+
+
+def _seq(top: TeacherTopK, row: int, cols: slice) -> TopKSeq:
+    return TopKSeq(
+        top.indices[row, cols].to(torch.int32).cpu(), top.logprobs[row, cols].cpu(), top.tail[row, cols].cpu()
+    )
+
+
+def _score_topk_plain(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    target_seqs: list[list[int]],
+    k: int | None,
+    temperature: float,
+    batch_size: int,
+    pad_id: int,
+    progress: bool,
+) -> list[TopKSeq]:
+    """Every row runs its whole prompt: right-padded batches through `target_logits`."""
     out: list[TopKSeq] = []
     device = next(model.parameters()).device
     ranges = chunks(len(prompts), batch_size)
-    for r in tqdm(ranges, desc="teacher top-k", disable=not progress, leave=False):
+    for r in tqdm(ranges, desc="teacher top-k", disable=None if progress else True, leave=False):
         batch = make_batch([prompts[i] for i in r], [target_seqs[i] for i in r], pad_id).to(device)
-        logits = target_logits(model, batch).float()
-        top = topk_with_tail(logits, k, temperature)
-        for j, i in enumerate(r):
-            n = len(target_seqs[i])
-            out.append(
-                TopKSeq(top.indices[j, :n].to(torch.int32).cpu(), top.logprobs[j, :n].cpu(), top.tail[j, :n].cpu())
-            )
+        top = topk_with_tail(target_logits(model, batch).float(), k, temperature)
+        out += [_seq(top, j, slice(0, len(target_seqs[i]))) for j, i in enumerate(r)]
     return out
 
 

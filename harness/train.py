@@ -95,6 +95,11 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
+def _fused_ok(params: list[torch.Tensor]) -> bool:
+    """Fused AdamW (one kernel over all tensors) where torch has it: the unfused update is a fifth of a CPU step."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def _on_policy_batch(
     student: torch.nn.Module, items: list[Example], op: OnPolicy, seed: int, pad_id: int
 ) -> tuple[list[list[int]], list[TopKSeq]]:
@@ -154,7 +159,9 @@ def train(
     rng = random.Random(settings.seed)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    opt = torch.optim.AdamW(
+        trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=_fused_ok(trainable)
+    )
     per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_updates = max(1, math.ceil(per_epoch * settings.epochs / settings.grad_accum))
     sched = get_scheduler(
@@ -166,7 +173,7 @@ def train(
     eval_every = settings.eval_every or per_epoch
     result = TrainResult()
     start = time.perf_counter()
-    bar = tqdm(total=per_epoch * settings.epochs, desc=f"train {loss_name}", leave=False)
+    bar = tqdm(total=per_epoch * settings.epochs, desc=f"train {loss_name}", leave=False, disable=None)
     step = 0
     for _epoch in range(settings.epochs):
         order = list(range(len(examples)))

@@ -1,0 +1,121 @@
+"""The speed paths give the same numbers as the plain ones (tiny random model, CPU).
+
+- teacher top-k with the shared context's KV cache reused = every row running its whole prompt;
+- the student's forward projects only the target positions onto the vocabulary.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import generation, models, teacher
+from harness.batching import make_batch, target_logits
+from harness.train import TrainSettings, _fused_ok, train
+
+QUERIES = ["Germany", "Italy", "Spain and Portugal", "UK", "Peru", "a", "Chile", "Mali and Niger"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny model with larger random weights, so distributions are far from uniform."""
+    m = models.load("tiny-random", device="cpu")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    context = [{"role": "system", "content": "Answer with the capital city only."}]
+    for a, b in [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi")]:
+        context += [{"role": "user", "content": a}, {"role": "assistant", "content": b}]
+    return [
+        list(
+            tiny.tokenizer.apply_chat_template(
+                context + [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for q in QUERIES
+    ]
+
+
+def test_prompts_exercise_the_reuse(prompts):
+    assert generation._usable_prefix(prompts, True) >= generation.MIN_SHARED_PREFIX
+    assert len({len(p) for p in prompts}) > 1
+
+
+@pytest.mark.parametrize("k", [5, None])
+def test_topk_with_prefix_reuse_equals_plain(tiny, prompts, k):
+    gen = torch.Generator().manual_seed(0)
+    vocab = tiny.model.config.vocab_size
+    lengths = [3, 1, 6, 0, 4, 2, 5, 3]  # an empty target, and batches whose widths differ
+    tgts = [torch.randint(4, vocab, (n,), generator=gen).tolist() for n in lengths]
+    kw = dict(k=k, temperature=1.5, batch_size=3, pad_id=tiny.tokenizer.pad_token_id)
+    plain = teacher.score_topk(tiny.model, prompts, tgts, reuse_prefix=False, **kw)
+    reused = teacher.score_topk(tiny.model, prompts, tgts, reuse_prefix=True, **kw)
+    for n, a, b in zip(lengths, plain, reused, strict=True):
+        assert a.indices.shape == b.indices.shape == (n, vocab if k is None else k)
+        assert b.indices.dtype == torch.int32
+        if k is not None:
+            assert torch.equal(a.indices, b.indices)
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.tail, b.tail, atol=1e-5, rtol=0)
+    assert reused[0].logprobs[0, 0] > reused[0].logprobs[0, -1]  # sorted, not a constant
+
+
+def test_topk_matches_one_prompt_at_a_time(tiny, prompts):
+    """Batching and padding change nothing: each row equals its own unbatched, unpadded forward."""
+    tgts = [[7, 9, 11][: 1 + i % 3] for i in range(len(prompts))]
+    got = teacher.score_topk(tiny.model, prompts, tgts, k=4, temperature=1.0, batch_size=4, pad_id=0)
+    for p, t, g in zip(prompts, tgts, got, strict=True):
+        with torch.no_grad():
+            logits = tiny.model(input_ids=torch.tensor([p + t])).logits[0, len(p) - 1 : len(p) - 1 + len(t)]
+        lp = torch.log_softmax(logits.float(), -1)
+        top = lp.topk(4, -1)
+        assert torch.equal(g.indices.long(), top.indices)
+        torch.testing.assert_close(g.logprobs, top.values, atol=1e-5, rtol=0)
+
+
+def test_student_lm_head_sees_target_positions_only(tiny, prompts):
+    """`logits_to_keep` as [B, T] positions: the vocabulary projection runs on B×T rows, not B×L."""
+    tgts = [[5, 6, 7][: 1 + i % 3] for i in range(len(prompts))]
+    batch = make_batch(prompts, tgts, pad_id=0)
+    seen: list[tuple[int, ...]] = []
+    hook = tiny.model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    try:
+        logits = target_logits(tiny.model, batch)
+    finally:
+        hook.remove()
+    B, T = batch.positions.shape
+    assert seen == [(B, T, tiny.model.config.hidden_size)]
+    assert batch.input_ids.shape[1] > 4 * T  # the check would fail with full logits
+    with torch.no_grad():
+        full = tiny.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    want = torch.gather(full, 1, batch.positions.unsqueeze(-1).expand(-1, -1, full.size(-1)))
+    torch.testing.assert_close(logits.detach(), want, atol=1e-5, rtol=0)
+
+
+def test_training_uses_fused_adamw_and_still_learns(tiny, prompts, monkeypatch):
+    import copy
+
+    from harness.train import Example
+
+    made: list[dict] = []
+    real = torch.optim.AdamW
+
+    def spy(params, **kw):
+        made.append(kw)
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    student = copy.deepcopy(tiny.model)
+    ex = [Example(p, [5, 6, 7]) for p in prompts]
+    settings = TrainSettings(learning_rate=1e-3, epochs=4, batch_size=4, warmup_ratio=0.0)
+    res = train(student, ex, "self_target_nll", {}, settings, pad_id=0)
+    assert [kw.get("fused") for kw in made] == [True]
+    assert res.losses[-1] < res.losses[0]
+    assert not _fused_ok([torch.zeros(2, dtype=torch.long)])  # integer tensors: torch's own loop
