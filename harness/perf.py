@@ -1,15 +1,19 @@
 """`python -m harness.perf`: side-by-side speed benchmark (a benchmark, not a test; `nox -s perf`).
 
 Every figure is a ratio of two arms measured in the same process, interleaved (arm order rotates every
-repeat), with the min and median of several repeats: the machines are shared and noisy, so absolute
-seconds say little and ratios taken minutes apart say less.
+repeat), reported as the median of the per-repeat ratios with its min and max: the machines are shared
+and noisy, so absolute seconds say little and ratios taken minutes apart say less.
 
-Parts:
-- train: one optimizer step of the harness per loss (self_target_nll, forward_kl, reverse_kl, jsd) against
-  TRL's GKDTrainer loss (lmbda=0, beta=0: forward KL, teacher full-vocabulary forward every step) on the same
-  batches, same model, same optimizer.
-- generate: teacher target generation with the shared-context KV reuse against plain batched `generate`
-  with left padding, same prompts, greedy, identical tokens asserted; at several context lengths.
+Parts (`--parts`):
+- train: seconds per optimizer step in steady state (the optimizer already has its state) of the real
+  `train` loop per loss, against TRL's GKDTrainer step (lmbda=0, beta=0: forward KL, teacher
+  full-vocabulary forward every step, its own default optimizer) on the same batch; plus a phase
+  breakdown and a torch.profiler table of one step of each (where the time goes).
+- topk: the teacher's top-k along its targets with the shared context's KV cache reused, against every
+  row running its whole prompt; identical top-k asserted (1e-5).
+- generate: teacher targets with the shared-context KV reuse against plain batched `generate` with
+  left padding, same prompts, greedy, identical tokens asserted.
+Each at several context lengths (`--demos`).
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ import argparse
 import copy
 import json
 import logging
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness import generation, models, teacher
-from harness.batching import make_batch
+from harness.batching import make_batch, target_logits
+from harness.losses import compute_loss
 from harness.train import Example, TrainSettings, train
 
 log = logging.getLogger(__name__)
@@ -39,14 +46,17 @@ NOUNS = (
     "apple bird chair desk engine forest garden house island jacket kettle lamp mountain notebook orange pencil "
     "river spoon table umbrella village window yard zebra bottle candle dragon feather guitar helmet ladder mirror"
 ).split()
+KL_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+LOSS_PARAMS: dict[str, dict[str, float]] = {"jsd": {"beta": 0.5}}
 
 
+# --------------------------------------------------------------------------------------------- timing
 @dataclass
 class Timing:
     """Seconds per unit of work for one arm over several interleaved repeats."""
 
     arm: str
-    seconds: list[float]
+    seconds: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -60,13 +70,71 @@ class Timing:
 def interleaved(arms: dict[str, Callable[[], float]], repeats: int) -> dict[str, Timing]:
     """Run each arm once per repeat, rotating the order, and keep each call's seconds."""
     names = list(arms)
-    out = {n: Timing(n, []) for n in names}
+    out = {n: Timing(n) for n in names}
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             out[n].seconds.append(arms[n]())
-            log.info("repeat %d/%d %-18s %.3f s", r + 1, repeats, n, out[n].seconds[-1])
+            log.info("repeat %d/%d  %-28s %.3f s", r + 1, repeats, n, out[n].seconds[-1])
     return out
+
+
+def ratio(num: Timing, den: Timing) -> tuple[float, float, float]:
+    """Median, min and max over repeats of num/den, each repeat's pair measured back to back."""
+    rs = [a / b for a, b in zip(num.seconds, den.seconds, strict=True)]
+    return statistics.median(rs), min(rs), max(rs)
+
+
+def row(part: str, arm: Timing, setting: str, unit: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "part": part,
+        "arm": arm.arm,
+        "setting": setting,
+        "unit": unit,
+        "repeats": len(arm.seconds),
+        "min_s": arm.min,
+        "median_s": arm.median,
+        **extra,
+    }
+
+
+@dataclass
+class Goal:
+    """One ratio the issue asks for, as measured."""
+
+    name: str
+    value: float
+    low: float
+    high: float
+    target: str
+    met: bool
+    repeats: int
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "goal": self.name,
+            "ratio (median)": self.value,
+            "min": self.low,
+            "max": self.high,
+            "target": self.target,
+            "met": "yes" if self.met else "NO",
+            "repeats": self.repeats,
+        }
+
+
+def goal(
+    name: str,
+    r: tuple[float, float, float],
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    repeats: int,
+) -> Goal:
+    value, low, high = r
+    if at_least is not None:
+        return Goal(name, value, low, high, f"≥ {at_least:g}", value >= at_least, repeats)
+    assert at_most is not None
+    return Goal(name, value, low, high, f"≤ {at_most:g}", value <= at_most, repeats)
 
 
 # --------------------------------------------------------------------------------------------- prompts
@@ -81,13 +149,18 @@ def chat_prompt(tok: Any, n_demos: int, query: str, system: str | None = INSTRUC
     return tok.encode(text, add_special_tokens=False)
 
 
+def queries(n: int) -> list[str]:
+    """n distinct inputs z (suffixes of different lengths, so padding is exercised)."""
+    return [NOUNS[(i * 7) % len(NOUNS)] + ("" if i < len(NOUNS) else str(i // len(NOUNS))) for i in range(n)]
+
+
 # --------------------------------------------------------------------------------------------- training
-def _train_examples(m: models.LoadedModel, n: int, demos: int, top_k: int) -> list[Example]:
+def train_examples(m: models.LoadedModel, n: int, demos: int, top_k: int) -> list[Example]:
     """n distillation examples: student prompt with no context, teacher targets and top-k with the full one."""
     tok = m.tokenizer
-    queries = [NOUNS[i % len(NOUNS)] for i in range(n)]
-    t_prompts = [chat_prompt(tok, demos, q) for q in queries]
-    s_prompts = [chat_prompt(tok, 0, q, system=None) for q in queries]
+    qs = queries(n)
+    t_prompts = [chat_prompt(tok, demos, q) for q in qs]
+    s_prompts = [chat_prompt(tok, 0, q, system=None) for q in qs]
     outs = generation.generate(m.model, tok, t_prompts, max_new_tokens=8, batch_size=16, stop_strings=("\n",))
     tgts = [o[0] for o in outs]
     tops = teacher.score_topk(
@@ -96,165 +169,390 @@ def _train_examples(m: models.LoadedModel, n: int, demos: int, top_k: int) -> li
     return [Example(p, t, top, tp) for p, t, top, tp in zip(s_prompts, tgts, tops, t_prompts, strict=True)]
 
 
-def _harness_step(student: torch.nn.Module, batch: list[Example], loss: str, pad_id: int) -> Callable[[], float]:
-    """One harness optimizer step on `batch` (the real `train` loop, one epoch of one batch)."""
-    settings = TrainSettings(learning_rate=1e-5, epochs=1, batch_size=len(batch), warmup_ratio=0.0)
-    params = {"beta": 0.5} if loss == "jsd" else {}
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        train(student, batch, loss, params, settings, pad_id=pad_id)
-        return time.perf_counter() - t0
-
-    return step
-
-
-def _trl_step(
-    student: torch.nn.Module, teacher_model: torch.nn.Module, tok: Any, batch: list[Example]
+def harness_step(
+    student: torch.nn.Module, batch: list[Example], loss: str, pad_id: int, steps: int, hook: Callable | None = None
 ) -> Callable[[], float]:
-    """One step of TRL's GKDTrainer loss (forward KL) + backward + AdamW on the same token sequences."""
-    from datasets import Dataset
-    from trl.experimental.gkd import GKDConfig, GKDTrainer
+    """Median seconds per optimizer step of the real `train` loop, over `steps` steps after a first one.
 
-    args = GKDConfig(
-        output_dir="/tmp/harness-perf-trl",
-        lmbda=0.0,
-        beta=0.0,
-        temperature=1.0,
-        report_to=[],
-        per_device_train_batch_size=len(batch),
-        use_cpu=not torch.cuda.is_available(),
-        learning_rate=1e-5,
-        max_grad_norm=1.0,
-        disable_tqdm=True,
+    The first step is left out: it allocates the optimizer's state, which a run of many steps pays once.
+    """
+    settings = TrainSettings(
+        learning_rate=1e-6, epochs=steps + 1, batch_size=len(batch), warmup_ratio=0.0, scheduler="constant"
     )
-    dummy = Dataset.from_list([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
-    trainer = GKDTrainer(
-        model=student, teacher_model=teacher_model, args=args, train_dataset=dummy, processing_class=tok
-    )
-    pad = tok.pad_token_id
-    seqs = [e.prompt + e.target for e in batch]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, e in enumerate(batch):
-        s = e.prompt + e.target
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        labels[i, len(e.prompt) : len(s)] = torch.tensor(e.target)
+
+    def run() -> float:
+        stamps: list[float] = []
+
+        def on_step(step: int, _m: dict[str, float]) -> None:
+            stamps.append(time.perf_counter())
+            if hook:
+                hook()
+
+        train(student, batch, loss, LOSS_PARAMS.get(loss, {}), settings, pad_id=pad_id, on_step=on_step)
+        return statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+
+    return run
+
+
+class TRLStep:
+    """TRL GKDTrainer's own training step (compute_loss + backward) and its own default optimizer."""
+
+    def __init__(
+        self, student: torch.nn.Module, teacher_model: torch.nn.Module, tok: Any, batch: list[Example], *, bf16: bool
+    ) -> None:
+        """`bf16`: TRL's default (bf16 autocast, also on CPU); False runs fp32 like the harness on CPU.
+
+        Give it its own copies of the models: accelerate wraps their `forward` (autocast) in place.
+        """
+        from datasets import Dataset
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        args = GKDConfig(
+            output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "harness-perf-trl"),
+            lmbda=0.0,
+            beta=0.0,
+            temperature=1.0,
+            report_to=[],
+            per_device_train_batch_size=len(batch),
+            use_cpu=not torch.cuda.is_available(),
+            learning_rate=1e-6,
+            max_grad_norm=1.0,
+            disable_tqdm=True,
+            save_strategy="no",
+            bf16=bf16,
+        )
+        msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+        self.trainer = GKDTrainer(
+            model=student,
+            teacher_model=teacher_model,
+            args=args,
+            train_dataset=Dataset.from_list([{"messages": msgs}]),
+            processing_class=tok,
+        )
+        self.trainer.create_optimizer()
+        self.trainer.current_gradient_accumulation_steps = 1  # what `Trainer.train` sets for each step
+        self.optim_name = str(args.optim)
+        pad = tok.pad_token_id
+        seqs = [e.prompt + e.target for e in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for i, e in enumerate(batch):
+            s = e.prompt + e.target
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+            labels[i, len(e.prompt) : len(s)] = torch.tensor(e.target)
+        device = next(student.parameters()).device
+        self.inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+    def step(self) -> None:
+        """One inner-loop step as `Trainer.train` does it (no gradient accumulation)."""
+        tr = self.trainer
+        tr.training_step(tr.model, dict(self.inputs))
+        tr.accelerator.clip_grad_norm_(tr.model.parameters(), tr.args.max_grad_norm)
+        tr.optimizer.step()
+        tr.model.zero_grad()
+
+    def timed(self, steps: int) -> Callable[[], float]:
+        def run() -> float:
+            out = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                self.step()
+                out.append(time.perf_counter() - t0)
+            return statistics.median(out)
+
+        return run
+
+
+def _phases_harness(student: torch.nn.Module, opt: torch.optim.Optimizer, batch: list[Example], loss: str, pad: int):
+    """One step of `train` cut into phases (same calls, same order), seconds per phase."""
     device = next(student.parameters()).device
-    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    t = [time.perf_counter()]
+    b = make_batch([e.prompt for e in batch], [e.target for e in batch], pad)
+    dist = None
+    if loss != "self_target_nll":
+        d = teacher.stack([e.teacher for e in batch], b.target_ids.shape[1])
+        dist = type(d)(*(x.to(device) for x in (d.indices, d.logprobs, d.tail)))
+    b = b.to(device)
+    t.append(time.perf_counter())
+    logits = target_logits(student, b)
+    t.append(time.perf_counter())
+    value = compute_loss(loss, logits.float(), b.target_ids, b.mask, dist, **LOSS_PARAMS.get(loss, {}))
+    t.append(time.perf_counter())
+    value.backward()
+    t.append(time.perf_counter())
+    torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t.append(time.perf_counter())
+    names = ("batch", "student forward (LM head on targets)", "loss", "backward", "clip + optimizer")
+    return dict(zip(names, (b - a for a, b in zip(t, t[1:], strict=False)), strict=True))
 
-    def step() -> float:
-        t0 = time.perf_counter()
-        student.train()
-        loss = trainer.compute_loss(student, dict(inputs))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
 
-    return step
+def _phases_trl(trl: TRLStep) -> dict[str, float]:
+    """TRL's compute_loss cut into phases (same calls as GKDTrainer.compute_loss), then its optimizer step."""
+    tr, inputs = trl.trainer, trl.inputs
+    model = tr.model
+    model.train()
+    t = [time.perf_counter()]
+    s_out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    t.append(time.perf_counter())
+    tr.teacher_model.eval()
+    with torch.no_grad():
+        t_out = tr.teacher_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    t.append(time.perf_counter())
+    loss = tr.generalized_jsd_loss(
+        student_logits=s_out.logits[:, :-1, :],
+        teacher_logits=t_out.logits[:, :-1, :],
+        labels=inputs["labels"][:, 1:],
+        beta=tr.beta,
+    )
+    t.append(time.perf_counter())
+    loss.backward()
+    t.append(time.perf_counter())
+    tr.accelerator.clip_grad_norm_(model.parameters(), tr.args.max_grad_norm)
+    tr.optimizer.step()
+    model.zero_grad()
+    t.append(time.perf_counter())
+    names = ("student forward (LM head on all positions)", "teacher forward", "loss", "backward", "clip + optimizer")
+    return dict(zip(names, (b - a for a, b in zip(t, t[1:], strict=False)), strict=True))
 
 
-def bench_train(m: models.LoadedModel, *, repeats: int, batch_size: int, demos: int, top_k: int) -> list[dict]:
-    """Seconds per optimizer step: harness losses against TRL GKD, interleaved."""
-    examples = _train_examples(m, batch_size, demos, top_k)
+def _profile(fn: Callable[[Callable[[], None]], None], title: str) -> str:
+    """torch.profiler table (self time) of one steady-state step; `fn(step)` runs ≥ 2 steps calling `step`."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts, schedule=schedule(wait=1, warmup=0, active=1, repeat=1)) as prof:
+        fn(prof.step)
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return f"## {title}\n\n```\n{prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60)}\n```\n"
+
+
+@dataclass
+class TrainReport:
+    rows: list[dict[str, Any]]
+    goals: list[Goal]
+    phases: dict[str, dict[str, float]]
+    profile: str
+    tokens: int
+
+
+def bench_train(
+    m: models.LoadedModel,
+    *,
+    repeats: int,
+    batch_size: int,
+    demos: int,
+    top_k: int,
+    steps: int = 2,
+    trl_default: bool = True,
+) -> TrainReport:
+    """Seconds per optimizer step: harness losses against TRL GKD, interleaved; phases and a profile."""
+    examples = train_examples(m, batch_size, demos, top_k)
     pad = m.tokenizer.pad_token_id
     tokens = make_batch([e.prompt for e in examples], [e.target for e in examples], pad).n_tokens
-    arms: dict[str, Callable[[], float]] = {}
-    for loss in ("self_target_nll", "forward_kl", "reverse_kl", "jsd"):
-        arms[f"harness {loss}"] = _harness_step(copy.deepcopy(m.model), examples, loss, pad)
+    setting = f"batch {batch_size}, {tokens} tokens, {sum(len(e.target) for e in examples)} target tokens"
+    student = copy.deepcopy(m.model)  # the harness arms share it: each call trains it with its own fresh AdamW
+    arms: dict[str, Callable[[], float]] = {
+        f"harness {loss}": harness_step(student, examples, loss, pad, steps)
+        for loss in ("self_target_nll",) + KL_LOSSES
+    }
+    trl = None
     try:
-        arms["trl gkd forward_kl"] = _trl_step(copy.deepcopy(m.model), copy.deepcopy(m.model), m.tokenizer, examples)
+        trl = TRLStep(copy.deepcopy(m.model), copy.deepcopy(m.model), m.tokenizer, examples, bf16=False)
+        arms["trl gkd forward_kl"] = trl.timed(steps)
+        if trl_default:
+            default = TRLStep(copy.deepcopy(m.model), copy.deepcopy(m.model), m.tokenizer, examples, bf16=True)
+            arms["trl gkd forward_kl, TRL default bf16 autocast"] = default.timed(steps)
     except ImportError as e:
         log.warning("TRL not installed (%s): pip install trl==1.16.0; TRL arm skipped", e)
     for f in arms.values():  # warm-up: first calls allocate
         f()
     timings = interleaved(arms, repeats)
-    nll = timings["harness self_target_nll"].median
-    rows = []
-    for name, t in timings.items():
-        rows.append(
-            {
-                "part": "train",
-                "arm": name,
-                "setting": f"batch {batch_size}, {tokens} tokens",
-                "repeats": repeats,
-                "min_s": t.min,
-                "median_s": t.median,
-                "ratio_vs_nll": t.median / nll,
-            }
+    nll = timings["harness self_target_nll"]
+    rows = [row("train", t, setting, "s/step") for t in timings.values()]
+    goals = [
+        goal(
+            f"train: {loss} step / self_target_nll step",
+            ratio(timings[f"harness {loss}"], nll),
+            at_most=1.15,
+            repeats=repeats,
         )
-    if "trl gkd forward_kl" in timings:
-        fkl = timings["harness forward_kl"].median
-        rows.append(
-            {
-                "part": "train",
-                "arm": "trl / harness forward_kl",
-                "setting": "",
-                "repeats": repeats,
-                "min_s": None,
-                "median_s": None,
-                "ratio": timings["trl gkd forward_kl"].median / fkl,
-            }
+        for loss in KL_LOSSES
+    ]
+    if trl is not None:
+        r = ratio(timings["trl gkd forward_kl"], timings["harness forward_kl"])
+        goals.append(goal("train: TRL GKD step / harness forward_kl step", r, at_least=1.5, repeats=repeats))
+
+    # where the time goes: phases of one step (interleaved), and the profiler's table of one step each
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-6, fused=True)
+    phase_arms: dict[str, Callable[[], dict[str, float]]] = {
+        f"harness {loss}": (lambda loss=loss: _phases_harness(student, opt, examples, loss, pad))
+        for loss in ("self_target_nll", "forward_kl")
+    }
+    if trl is not None:
+        phase_arms["trl gkd forward_kl"] = lambda: _phases_trl(trl)
+    for f in phase_arms.values():
+        f()
+    samples: dict[str, list[dict[str, float]]] = {n: [] for n in phase_arms}
+    for r in range(max(3, repeats)):
+        names = list(phase_arms)
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            samples[n].append(phase_arms[n]())
+    phases = {n: {k: statistics.median(s[k] for s in v) for k in v[0]} for n, v in samples.items()}
+
+    profile = ""
+    for loss in ("self_target_nll", "forward_kl"):
+        profile += _profile(
+            lambda step, loss=loss: harness_step(student, examples, loss, pad, 2, hook=step)(), f"harness {loss}"
         )
-    return rows
+    if trl is not None:
+
+        def trl_steps(step: Callable[[], None]) -> None:
+            for _ in range(2):
+                trl.step()
+                step()
+
+        profile += _profile(trl_steps, f"TRL GKDTrainer forward_kl ({trl.optim_name})")
+    return TrainReport(rows, goals, phases, profile, tokens)
 
 
-# --------------------------------------------------------------------------------------------- generation
-def bench_generate(
-    m: models.LoadedModel, *, repeats: int, demo_counts: list[int], n_prompts: int, batch_size: int
-) -> list[dict]:
-    """Teacher targets with shared-prefix KV reuse vs plain left-padded batched generate: same tokens."""
-    rows = []
+# --------------------------------------------------------------------------------------------- teacher work
+def teacher_prompts(m: models.LoadedModel, demos: int, n: int) -> list[list[int]]:
+    return [chat_prompt(m.tokenizer, demos, q) for q in queries(n)]
+
+
+def topk_equal(a: teacher.TopKSeq, b: teacher.TopKSeq, tol: float) -> bool:
+    """Same top-k to `tol` (torch.allclose, rtol = atol = tol): log-probs and tails agree, and a token may
+    differ only where two log-probs tie to `tol` at the k-th place."""
+    if a.logprobs.shape != b.logprobs.shape:
+        return False
+    if not (
+        torch.allclose(a.logprobs, b.logprobs, rtol=tol, atol=tol)
+        and torch.allclose(a.tail, b.tail, rtol=tol, atol=tol)
+    ):
+        return False
+    for t in range(a.indices.shape[0]):
+        if torch.equal(a.indices[t], b.indices[t]):
+            continue
+        differ = set(a.indices[t].tolist()) ^ set(b.indices[t].tolist())
+        kth = float(a.logprobs[t, -1])
+        lp = {int(i): float(v) for i, v in zip(a.indices[t], a.logprobs[t], strict=True)}
+        lp.update({int(i): float(v) for i, v in zip(b.indices[t], b.logprobs[t], strict=True)})
+        if any(abs(lp[i] - kth) > tol * (1 + abs(kth)) for i in differ):
+            return False
+    return True
+
+
+def max_diff(a: list[teacher.TopKSeq], b: list[teacher.TopKSeq]) -> float:
+    diffs = [float((x.logprobs - y.logprobs).abs().max()) for x, y in zip(a, b, strict=True) if x.logprobs.numel()]
+    return max(diffs, default=0.0)
+
+
+def _gen_arm(m: models.LoadedModel, prompts: list[list[int]], batch_size: int, reuse: bool, sink: list) -> Callable:
+    """Greedy teacher targets for `prompts`; the tokens go to `sink` (kept for the identity check)."""
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        out = generation.generate(
+            m.model,
+            m.tokenizer,
+            prompts,
+            max_new_tokens=8,
+            batch_size=batch_size,
+            stop_strings=("\n",),
+            reuse_prefix=reuse,
+        )
+        sink[:] = out
+        return time.perf_counter() - t0
+
+    return run
+
+
+def _topk_arm(
+    m: models.LoadedModel,
+    prompts: list[list[int]],
+    tgts: list[list[int]],
+    batch_size: int,
+    k: int,
+    reuse: bool,
+    sink: list,
+) -> Callable:
+    def run() -> float:
+        t0 = time.perf_counter()
+        sink[:] = teacher.score_topk(
+            m.model,
+            prompts,
+            tgts,
+            k=k,
+            temperature=1.0,
+            batch_size=batch_size,
+            pad_id=m.tokenizer.pad_token_id,
+            reuse_prefix=reuse,
+        )
+        return time.perf_counter() - t0
+
+    return run
+
+
+def bench_teacher(
+    m: models.LoadedModel,
+    *,
+    repeats: int,
+    demo_counts: list[int],
+    n_prompts: int,
+    batch_size: int,
+    top_k: int,
+    parts: list[str],
+) -> tuple[list[dict[str, Any]], list[Goal]]:
+    """Top-k scoring and target generation with the shared context's KV cache reused vs not, per |c|."""
+    rows: list[dict[str, Any]] = []
+    goals: list[Goal] = []
     for demos in demo_counts:
-        prompts = [
-            chat_prompt(m.tokenizer, demos, NOUNS[(i * 7) % len(NOUNS)] + "x" * (i % 3)) for i in range(n_prompts)
-        ]
-        results: dict[str, Any] = {}
-
-        def arm(
-            reuse: bool, key: str, prompts: list[list[int]] = prompts, results: dict = results
-        ) -> Callable[[], float]:
-            def run() -> float:
-                t0 = time.perf_counter()
-                results[key] = generation.generate(
-                    m.model,
-                    m.tokenizer,
-                    prompts,
-                    max_new_tokens=8,
-                    batch_size=batch_size,
-                    stop_strings=("\n",),
-                    reuse_prefix=reuse,
-                )
-                return time.perf_counter() - t0
-
-            return run
-
-        timings = interleaved(
-            {"plain generate": arm(False, "plain"), "harness prefix reuse": arm(True, "reuse")}, repeats
-        )
-        if results["plain"] != results["reuse"]:
-            raise AssertionError(f"prefix reuse changed the generated tokens at {demos} demonstrations")
-        ctx_tokens = generation.common_prefix_length(prompts)
-        ratio = timings["plain generate"].median / timings["harness prefix reuse"].median
-        for name, t in timings.items():
-            rows.append(
+        prompts = teacher_prompts(m, demos, n_prompts)
+        shared = generation.common_prefix_length(prompts)
+        setting = f"{demos} demos, {shared} shared tokens, {n_prompts} prompts, batch {batch_size}"
+        plain: list = []
+        reused: list = []
+        if "generate" in parts:
+            t = interleaved(
                 {
-                    "part": "generate",
-                    "arm": name,
-                    "setting": f"{demos} demos, {ctx_tokens} shared tokens, {n_prompts} prompts",
-                    "repeats": repeats,
-                    "min_s": t.min,
-                    "median_s": t.median,
-                    "ratio": ratio if name == "harness prefix reuse" else None,
-                }
+                    "generate: plain": _gen_arm(m, prompts, batch_size, False, plain),
+                    "generate: prefix reuse": _gen_arm(m, prompts, batch_size, True, reused),
+                },
+                repeats,
             )
-    return rows
+            if plain != reused:
+                raise AssertionError(f"prefix reuse changed the generated tokens at {demos} demonstrations")
+            r = ratio(t["generate: plain"], t["generate: prefix reuse"])
+            rows += [row("generate", x, setting, "s/study", identical="tokens") for x in t.values()]
+            rows[-1]["ratio"] = r[0]
+            goals.append(goal(f"generate: plain / prefix reuse, {shared} ctx tokens", r, at_least=3.0, repeats=repeats))
+        if "topk" in parts:
+            if not reused:
+                _gen_arm(m, prompts, batch_size, True, reused)()
+            tgts = [o[0] for o in reused]
+            tp: list = []
+            tr: list = []
+            t = interleaved(
+                {
+                    "top-k: plain": _topk_arm(m, prompts, tgts, batch_size, top_k, False, tp),
+                    "top-k: prefix reuse": _topk_arm(m, prompts, tgts, batch_size, top_k, True, tr),
+                },
+                repeats,
+            )
+            bad = [i for i, (a, b) in enumerate(zip(tp, tr, strict=True)) if not topk_equal(a, b, 1e-5)]
+            if bad:
+                raise AssertionError(f"prefix reuse changed the top-{top_k} of rows {bad} at {demos} demonstrations")
+            r = ratio(t["top-k: plain"], t["top-k: prefix reuse"])
+            same = f"top-k to 1e-5 (max |Δ log p| {max_diff(tp, tr):.1e})"
+            rows += [row("topk", x, setting + f", k {top_k}", "s/study", identical=same) for x in t.values()]
+            rows[-1]["ratio"] = r[0]
+            goals.append(goal(f"top-k: plain / prefix reuse, {shared} ctx tokens", r, at_least=3.0, repeats=repeats))
+    return rows, goals
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -270,57 +568,201 @@ def machine() -> dict[str, str]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {
         "cpu": cpu,
-        "cores": str(torch.get_num_threads()),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
         "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
 
 
-def write(rows: list[dict], out: Path, command: str) -> None:
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def _plots(out: Path, goals: list[Goal], rows: list[dict[str, Any]], phases: dict[str, dict[str, float]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    if goals:
+        fig, ax = plt.subplots(figsize=(9, 0.45 * len(goals) + 1.2))
+        ys = range(len(goals))
+        ax.barh(list(ys), [g.value for g in goals], color=["tab:green" if g.met else "tab:red" for g in goals])
+        ax.errorbar(
+            [g.value for g in goals],
+            list(ys),
+            xerr=[[g.value - g.low for g in goals], [g.high - g.value for g in goals]],
+            fmt="none",
+            ecolor="black",
+            capsize=3,
+        )
+        for y, g in zip(ys, goals, strict=True):
+            ax.plot([float(g.target.split()[-1])] * 2, [y - 0.4, y + 0.4], color="black", linestyle="--")
+        ax.set_yticks(list(ys), [g.name for g in goals], fontsize=8)
+        ax.set_xlabel("ratio (median of interleaved repeats; bar: min–max; dashed: goal)")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(out / "ratios.png", dpi=120)
+        plt.close(fig)
+        made.append("ratios.png")
+    if phases:
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        names = list(phases)
+        left = [0.0] * len(names)
+        keys: list[str] = []
+        for p in phases.values():
+            keys += [k for k in p if k not in keys]
+        for k in keys:
+            vals = [phases[n].get(k, 0.0) for n in names]
+            ax.barh(names, vals, left=left, label=k)
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+        ax.set_xlabel("seconds per step (median phase times)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        fig.savefig(out / "train_phases.png", dpi=120)
+        plt.close(fig)
+        made.append("train_phases.png")
+    teacher_rows = [r for r in rows if r["part"] in ("generate", "topk")]
+    if teacher_rows:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for arm in dict.fromkeys(r["arm"] for r in teacher_rows):
+            pts = [
+                (int(r["setting"].split(", ")[1].split()[0]), r["median_s"]) for r in teacher_rows if r["arm"] == arm
+            ]
+            ax.plot(*zip(*pts, strict=True), marker="o", label=arm)
+        ax.set_xlabel("shared context tokens")
+        ax.set_ylabel("seconds (median)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "teacher_vs_context.png", dpi=120)
+        plt.close(fig)
+        made.append("teacher_vs_context.png")
+    return made
+
+
+def write(
+    out: Path,
+    *,
+    command: str,
+    rows: list[dict[str, Any]],
+    goals: list[Goal],
+    train_report: TrainReport | None,
+    loads: tuple[str, str],
+    started: float,
+    notes: list[str],
+) -> None:
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "perf.csv", index=False)
-    m = machine()
+    pd.DataFrame(rows).to_csv(out / "perf.csv", index=False)
+    pd.DataFrame([g.as_row() for g in goals]).to_csv(out / "ratios.csv", index=False)
+    mach = machine()
+    (out / "machine.json").write_text(json.dumps(mach, indent=1) + "\n")
+    phases = train_report.phases if train_report else {}
+    plots = _plots(out, goals, rows, phases)
     lines = [
-        f"# Performance ({m['cpu']}, {m['cores']} threads, GPU {m['gpu']}, torch {m['torch']})",
+        "# Performance: the harness against what a user would otherwise run",
         "",
-        f"Command: `{command}`",
+        f"- Command: `{command}`",
+        f"- Machine: {mach['cpu']}, {mach['cpu_count']} cores ({mach['torch_threads']} torch threads), "
+        f"GPU {mach['gpu']}, torch {mach['torch']}, Python {mach['python']}",
+        f"- Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}"
+        + (" (other processes were running on the machine during the measurement)" if _busy(loads, mach) else ""),
+        f"- Wall time: {(time.time() - started) / 60:.1f} min",
+        "- Each arm runs once per repeat, arm order rotating; a ratio is the median over repeats of the"
+        " ratio of two arms measured back to back (min and max beside it).",
         "",
-        df.to_markdown(index=False, floatfmt=".3f"),
+        "## Goals",
+        "",
+        pd.DataFrame([g.as_row() for g in goals]).to_markdown(index=False, floatfmt=".2f") if goals else "(none run)",
+        "",
+        *notes,
+        "## Every arm",
+        "",
+        pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") if rows else "",
         "",
     ]
+    if train_report:
+        lines += [
+            "## Where a training step's time goes",
+            "",
+            "Median seconds per phase over interleaved steps (same calls as the loops; `train_phases.png`).",
+            "",
+            pd.DataFrame(phases).T.assign(total=lambda d: d.sum(axis=1)).to_markdown(floatfmt=".3f"),
+            "",
+            "The torch.profiler tables of one steady-state step of each are in `profile_train.md`.",
+            "",
+        ]
+        (out / "profile_train.md").write_text(
+            "# One training step, torch.profiler (self time)\n\n" + train_report.profile
+        )
+    lines += ["## Files", "", *[f"- `{p}`" for p in ["perf.csv", "ratios.csv", "machine.json", *plots]], ""]
     (out / "perf.md").write_text("\n".join(lines))
-    (out / "machine.json").write_text(json.dumps(m, indent=1))
+
+
+def _busy(loads: tuple[str, str], mach: dict[str, str]) -> bool:
+    try:
+        return max(float(x.split()[0]) for x in loads) > 0.5 * float(mach["cpu_count"])
+    except (ValueError, IndexError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.perf", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=models.EMBEDDED)
-    p.add_argument("--parts", default="train,generate")
+    p.add_argument("--parts", default="train,topk,generate")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--teacher-repeats", type=int, default=3, help="repeats for the topk and generate parts")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--demos", type=int, nargs="+", default=[8, 64, 256])
     p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--out", default="results/perf")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    started, load_before = time.time(), load_average()
+    command = "python -m harness.perf " + " ".join(sys.argv[1:] if argv is None else argv)
     torch.manual_seed(0)
     m = models.load(args.model)
-    rows: list[dict] = []
     parts = args.parts.split(",")
+    rows: list[dict[str, Any]] = []
+    goals: list[Goal] = []
+    report = None
     if "train" in parts:
-        rows += bench_train(m, repeats=args.repeats, batch_size=args.batch_size, demos=8, top_k=64)
-    if "generate" in parts:
-        rows += bench_generate(
-            m, repeats=args.repeats, demo_counts=args.demos, n_prompts=args.prompts, batch_size=args.batch_size
+        report = bench_train(m, repeats=args.repeats, batch_size=args.batch_size, demos=8, top_k=args.top_k)
+        rows += report.rows
+        goals += report.goals
+    if "topk" in parts or "generate" in parts:
+        r, g = bench_teacher(
+            m,
+            repeats=args.teacher_repeats,
+            demo_counts=args.demos,
+            n_prompts=args.prompts,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            parts=parts,
         )
-    import sys
-
-    write(rows, Path(args.out), "python -m harness.perf " + " ".join(sys.argv[1:] if argv is None else argv))
-    print((Path(args.out) / "perf.md").read_text())
+        rows += r
+        goals += g
+    out = Path(args.out)
+    write(
+        out,
+        command=command,
+        rows=rows,
+        goals=goals,
+        train_report=report,
+        loads=(load_before, load_average()),
+        started=started,
+        notes=[],
+    )
+    print((out / "perf.md").read_text())
     return 0
 
 
