@@ -112,15 +112,22 @@ def evaluate_arm(
     batch_size: int,
     seed: int = 0,
     task_manager: Any = None,
+    reuse_prefix: bool = True,
 ) -> ArmScore:
-    """Score one model under one context with real lm-eval."""
+    """Score one model under one context with real lm-eval.
+
+    `reuse_prefix`: lm-eval's HFLM with the shared few-shot prefix computed once (`harness.lm`; same
+    per-item outputs); False runs plain HFLM.
+    """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    from harness.lm import PrefixReuseLM
     from harness.tasks import task_manager as default_manager
 
     start = time.perf_counter()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm_class = PrefixReuseLM if reuse_prefix else HFLM
+    lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=[task_config],

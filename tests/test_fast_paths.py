@@ -119,3 +119,73 @@ def test_training_uses_fused_adamw_and_still_learns(tiny, prompts, monkeypatch):
     assert [kw.get("fused") for kw in made] == [True]
     assert res.losses[-1] < res.losses[0]
     assert not _fused_ok([torch.zeros(2, dtype=torch.long)])  # integer tensors: torch's own loop
+
+
+# --------------------------------------------------------------------------- lm-eval with prefix reuse
+
+
+@pytest.fixture(scope="module")
+def counted_prefills():
+    """Count prefix prefills (the reuse path ran) without changing what they compute."""
+    calls = []
+    real = generation._prefill
+
+    def counting(model, prefix):
+        calls.append(len(prefix))
+        return real(model, prefix)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(generation, "_prefill", counting)
+    yield calls
+    mp.undo()
+
+
+@pytest.mark.parametrize(
+    "task, metric, demos",
+    [("plural", "exact_match", 8), ("name_gender", "acc", 6), ("parity", "acc", 4)],
+)
+def test_lm_eval_arm_with_prefix_reuse_equals_plain_hflm(tiny, counted_prefills, task, metric, demos):
+    """Same lm-eval per-item outputs (answers and metric) with and without the shared-prefix reuse."""
+    from conftest import SUITES
+
+    from harness import scoring
+    from harness.contexts import Context
+    from harness.tasks import load_task, task_manager
+
+    bundle = load_task(task, SUITES / "tasks" / task)
+    ctx = Context("Answer the question in one word, exactly as in the examples.", demos)
+    kw = dict(metric=metric, limit=12, batch_size=5, task_manager=task_manager(bundle.folder))
+    args = ("teacher", tiny.model, tiny.tokenizer, bundle.config, bundle.name, ctx)
+    counted_prefills.clear()
+    plain = scoring.evaluate_arm(*args, reuse_prefix=False, **kw)
+    assert counted_prefills == []
+    reused = scoring.evaluate_arm(*args, reuse_prefix=True, **kw)
+    assert counted_prefills and min(counted_prefills) >= generation.MIN_SHARED_PREFIX
+    assert len(plain.per_item) == 12
+    assert reused.per_item == plain.per_item
+    assert reused.answers == plain.answers
+    assert reused.prompts == plain.prompts
+    if task == "plural":
+        assert len(set(plain.answers.values())) > 1  # the generations differ per item: not vacuous
+
+
+def test_loglikelihoods_with_prefix_reuse_match_hflm(tiny, prompts):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.lm import PrefixReuseLM
+
+    tok = tiny.tokenizer
+    contexts = [tok.decode(p) for p in prompts]
+    reqs = [
+        Instance("loglikelihood", {}, (c, cont), idx=i)
+        for i, (c, cont) in enumerate((c, cont) for c in contexts for cont in ("Paris", "B", "Rome x"))
+    ]
+    plain = HFLM(pretrained=tiny.model, tokenizer=tok, batch_size=4).loglikelihood(reqs, disable_tqdm=True)
+    lm = PrefixReuseLM(pretrained=tiny.model, tokenizer=tok, batch_size=4)
+    reused = lm.loglikelihood(reqs, disable_tqdm=True)
+    assert lm.prefix_hits >= len(reqs) // 4
+    assert [g for _, g in reused] == [g for _, g in plain]
+    np_plain = torch.tensor([v for v, _ in plain])
+    torch.testing.assert_close(torch.tensor([v for v, _ in reused]), np_plain, atol=1e-4, rtol=1e-6)
+    assert np_plain.std() > 0.1  # different requests, different numbers
