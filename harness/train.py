@@ -8,11 +8,12 @@ small enough to read in one sitting.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -86,6 +87,35 @@ def apply_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
 
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
+
+
+@contextlib.contextmanager
+def student_of(
+    base: torch.nn.Module, lora_rank: int, *, share_base: bool = True
+) -> Iterator[tuple[torch.nn.Module, Callable[[], contextlib.AbstractContextManager]]]:
+    """The student to train from `base`, and a context manager under which `base` is the teacher again.
+
+    Full fine-tuning trains a deep copy in float32 (fp32 master weights even when the frozen base is
+    bf16). LoRA with `share_base` injects the adapters into `base` itself, no copy: the teacher is the
+    same modules with the adapters disabled, and leaving the block removes them (`unload`, no merge),
+    so `base`'s weights are untouched. Inside the block, run teacher work under the returned context.
+    """
+    if lora_rank > 0 and share_base:
+        flags = [p.requires_grad for p in base.parameters()]
+        student = apply_lora(base, lora_rank)
+        try:
+            yield student, student.disable_adapter
+        finally:
+            student.unload()
+            for p, flag in zip(base.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+        return
+    student = copy.deepcopy(base).float()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    if lora_rank > 0:
+        student = apply_lora(student, lora_rank)
+    yield student, contextlib.nullcontext
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:

@@ -189,3 +189,48 @@ def test_loglikelihoods_with_prefix_reuse_match_hflm(tiny, prompts):
     np_plain = torch.tensor([v for v, _ in plain])
     torch.testing.assert_close(torch.tensor([v for v, _ in reused]), np_plain, atol=1e-4, rtol=1e-6)
     assert np_plain.std() > 0.1  # different requests, different numbers
+
+
+# --------------------------------------------------------------------------- LoRA without a copy of the base
+
+
+def test_lora_student_shares_the_base_and_leaves_it_untouched(tiny, prompts):
+    from harness.train import Example, student_of
+
+    base = models.load("tiny-random", "cpu").model
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    ptrs = {k: v.data_ptr() for k, v in base.state_dict().items()}
+    types = [type(m) for m in base.modules()]
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        want = base(input_ids=ids).logits
+    ex = [Example(p, [5, 6, 7]) for p in prompts]
+    settings = TrainSettings(learning_rate=5e-2, epochs=2, batch_size=4, warmup_ratio=0.0, lora_rank=4)
+    with student_of(base, 4, share_base=True) as (student, as_teacher):
+        shared = {p.data_ptr() for p in student.parameters()}
+        assert set(ptrs.values()) <= shared  # the base's own tensors, not a copy
+        assert all(not p.requires_grad for n, p in student.named_parameters() if "lora_" not in n)
+        train(student, ex, "self_target_nll", {}, settings, pad_id=0)
+        with torch.no_grad():
+            moved = student(input_ids=ids).logits
+            with as_teacher():
+                teacher_view = base(input_ids=ids).logits
+        assert not torch.allclose(moved, want, atol=1e-3)  # the adapters trained
+        torch.testing.assert_close(teacher_view, want, atol=0, rtol=0)  # adapters off: the teacher exactly
+    assert [type(m) for m in base.modules()] == types  # adapters removed
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
+    assert all(p.requires_grad for p in base.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(base(input_ids=ids).logits, want, atol=0, rtol=0)
+
+
+def test_full_finetune_student_is_an_fp32_copy(tiny):
+    from harness.train import student_of
+
+    base = models.load("tiny-random", "cpu").model.to(torch.bfloat16)
+    with student_of(base, 0) as (student, as_teacher):
+        assert student is not base and next(student.parameters()).dtype == torch.float32
+        assert all(p.requires_grad for p in student.parameters())
+        with as_teacher():
+            pass
+    assert next(base.parameters()).dtype == torch.bfloat16
