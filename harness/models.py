@@ -218,21 +218,29 @@ def _file_digest(f: Path) -> str:
     return digest
 
 
-def load(name: str, device: str = "auto") -> LoadedModel:
-    """Load a causal LM in float32 (training keeps fp32 master weights; bf16 comes from autocast)."""
+def load(name: str, device: str = "auto", frozen_bf16: bool = False) -> LoadedModel:
+    """Load a causal LM in float32 (training keeps fp32 master weights; bf16 comes from autocast).
+
+    `frozen_bf16`: on CUDA, keep the weights in bfloat16 (a frozen teacher / LoRA base: half the
+    memory; a full fine-tune trains an fp32 copy). The fingerprint says so: caches keyed by it must
+    not mix bf16 and fp32 teacher outputs. Ignored on CPU.
+    """
     path = resolve(name)
+    target = pick_device(device)
+    dtype = torch.bfloat16 if frozen_bf16 and target.type == "cuda" else torch.float32
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as e:
         raise ModelError(f"cannot load model '{name}': {str(e).splitlines()[0]}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         raise ModelError(f"model '{name}' has no chat template; the harness renders contexts as chat turns")
-    model.to(pick_device(device))
+    model.to(target)
     model.eval()
-    return LoadedModel(name=name, model=model, tokenizer=tok, fingerprint=fingerprint(path))
+    fp = fingerprint(path) + ("+bf16" if dtype == torch.bfloat16 else "")
+    return LoadedModel(name=name, model=model, tokenizer=tok, fingerprint=fp)
 
 
 def check_same_tokenizer(teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase) -> None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -348,7 +350,7 @@ def bench_train(
     demos: int,
     top_k: int,
     steps: int = 2,
-    trl_default: bool = True,
+    trl_default: bool = False,
 ) -> TrainReport:
     """Seconds per optimizer step: harness losses against TRL GKD, interleaved; phases and a profile."""
     examples = train_examples(m, batch_size, demos, top_k)
@@ -555,6 +557,223 @@ def bench_teacher(
     return rows, goals
 
 
+# --------------------------------------------------------------------------------------------- lm-eval arms
+def bench_lmeval(
+    m: models.LoadedModel, suite_path: str, *, repeats: int, limit: int | None
+) -> tuple[list[dict[str, Any]], list[Goal]]:
+    """The suite's teacher arm (c = instruction + demos) through plain HFLM vs `hf-prefix-reuse`, same items."""
+    from harness import scoring
+    from harness.contexts import Context
+    from harness.spec import load_suite
+    from harness.tasks import load_task, task_manager
+
+    suite = load_suite(suite_path)
+    bundle = load_task(suite.task.name, suite.task_dir())
+    ctx = Context(suite.context.instruction, suite.context.demos)
+    metric = scoring.main_metric(bundle.config, bundle.task, suite.task.metric)
+    scores: dict[bool, scoring.ArmScore] = {}
+
+    def arm(reuse: bool) -> Callable[[], float]:
+        def run() -> float:
+            t0 = time.perf_counter()
+            scores[reuse] = scoring.evaluate_arm(
+                "teacher",
+                m.model,
+                m.tokenizer,
+                bundle.config,
+                bundle.name,
+                ctx,
+                metric=metric,
+                limit=limit,
+                batch_size=suite.evaluation.batch_size,
+                seed=suite.seed,
+                task_manager=task_manager(bundle.folder),
+                reuse_prefix=reuse,
+            )
+            return time.perf_counter() - t0
+
+        return run
+
+    t = interleaved(
+        {"lm-eval teacher arm: HFLM": arm(False), "lm-eval teacher arm: hf-prefix-reuse": arm(True)}, repeats
+    )
+    plain, reused = scores[False], scores[True]
+    if plain.per_item != reused.per_item or plain.answers != reused.answers:
+        raise AssertionError("hf-prefix-reuse changed lm-eval's per-item outputs")
+    n = len(plain.per_item)
+    setting = (
+        f"{suite.name}: task {bundle.name}, {suite.context.demos} demos + instruction, {n} items, "
+        f"batch {suite.evaluation.batch_size}, {metric} {plain.score:.3f}"
+    )
+    rows = [row("lm-eval", x, setting, "s/arm", identical="per-item answers and scores") for x in t.values()]
+    r = ratio(t["lm-eval teacher arm: HFLM"], t["lm-eval teacher arm: hf-prefix-reuse"])
+    rows[-1]["ratio"] = r[0]
+    return rows, [
+        goal(f"lm-eval teacher arm ({suite.name}, {n} items): HFLM / hf-prefix-reuse", r, at_least=2.0, repeats=repeats)
+    ]
+
+
+# --------------------------------------------------------------------------------------------- memory
+MEMORY_MODES = {
+    "full fine-tune": (0, False),
+    "LoRA r=16 on a deep copy (before)": (16, False),
+    "LoRA r=16 on the shared base (teacher = adapters off)": (16, True),
+}
+
+
+def memory_probe(model: str, mode: str, batch_size: int) -> dict[str, float]:
+    """In a fresh process: load the base (bf16 on CUDA), build the teacher's work, train 2 steps; peak memory."""
+    import resource
+
+    from harness.train import student_of
+
+    rank, share = MEMORY_MODES[mode]
+    m = models.load(model, frozen_bf16=True)
+    device = next(m.model.parameters()).device
+    examples = train_examples(m, batch_size, 8, 64)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base_mb = torch.cuda.memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    settings = TrainSettings(learning_rate=1e-5, epochs=2, batch_size=batch_size, lora_rank=rank, warmup_ratio=0.0)
+    with student_of(m.model, rank, share_base=share) as (student, _as_teacher):
+        train(student, examples, "forward_kl", {}, settings, pad_id=m.tokenizer.pad_token_id)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        kind = "CUDA max_memory_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        kind = "process peak RSS"
+    return {"peak_mb": peak, "before_trial_mb": base_mb, "kind": kind}  # type: ignore[dict-item]
+
+
+def bench_memory(model: str, batch_size: int) -> list[dict[str, Any]]:
+    """Peak memory of one trial's training per student kind, each in its own process (peaks do not reset)."""
+    import subprocess
+
+    rows = []
+    for mode in MEMORY_MODES:
+        cmd = [sys.executable, "-m", "harness.perf", "--probe-memory", mode, "--model", model]
+        cmd += ["--batch-size", str(batch_size)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory probe '{mode}' failed: {done.stderr.strip().splitlines()[-1:]}")
+        res = json.loads(done.stdout.strip().splitlines()[-1])
+        log.info("memory %-55s peak %.0f MB", mode, res["peak_mb"])
+        rows.append(
+            {
+                "student": mode,
+                "peak MB": res["peak_mb"],
+                "before training MB": res["before_trial_mb"],
+                "training adds MB": res["peak_mb"] - res["before_trial_mb"],
+                "measured as": res["kind"],
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- scaling
+def _teacher_work(m: models.LoadedModel, prompts: list[list[int]], batch: int, top_k: int) -> list[list[int]]:
+    outs = generation.generate(m.model, m.tokenizer, prompts, max_new_tokens=8, batch_size=batch, stop_strings=("\n",))
+    tgts = [o[0] for o in outs]
+    teacher.score_topk(
+        m.model, prompts, tgts, k=top_k, temperature=1.0, batch_size=batch, pad_id=m.tokenizer.pad_token_id
+    )
+    return tgts
+
+
+def _student_epoch(m: models.LoadedModel, examples: list[Example], batch_size: int) -> list[float]:
+    """One epoch of forward_kl training on a fresh copy; cumulative seconds after each step."""
+    student = copy.deepcopy(m.model)
+    settings = TrainSettings(learning_rate=1e-5, epochs=1, batch_size=batch_size, warmup_ratio=0.0)
+    t0 = time.perf_counter()
+    stamps: list[float] = []
+    train(
+        student,
+        examples,
+        "forward_kl",
+        {},
+        settings,
+        pad_id=m.tokenizer.pad_token_id,
+        on_step=lambda _s, _m: stamps.append(time.perf_counter() - t0),
+    )
+    return stamps
+
+
+def _examples(m: models.LoadedModel, qs: list[str], demos: int, tgts: list[list[int]], top_k: int) -> list[Example]:
+    s_prompts = [chat_prompt(m.tokenizer, 0, q, system=None) for q in qs]
+    t_prompts = [chat_prompt(m.tokenizer, demos, q) for q in qs]
+    tops = teacher.score_topk(
+        m.model, t_prompts, tgts, k=top_k, temperature=1.0, batch_size=32, pad_id=m.tokenizer.pad_token_id
+    )
+    return [Example(p, t, top) for p, t, top in zip(s_prompts, tgts, tops, strict=True)]
+
+
+def bench_scaling(
+    m: models.LoadedModel,
+    *,
+    demo_counts: list[int],
+    inputs: list[int],
+    batch_size: int,
+    teacher_batch: int,
+    top_k: int,
+) -> list[dict[str, Any]]:
+    """Cost of a trial's two halves: the teacher's work (once per study) and the student's training (per trial).
+
+    Against |c| (demos) at the smallest N, and against N (train inputs) at the smallest |c|. The N sweep is one
+    run over max(N) inputs read as cumulative time at each N: the teacher's work in chunks (gcd of the N values;
+    each chunk prefills the context again, a slight overestimate) and one training epoch.
+    """
+    rows: list[dict[str, Any]] = []
+    n0, chunk = min(inputs), functools.reduce(math.gcd, inputs)
+    for demos in demo_counts:
+        qs = queries(n0)
+        prompts = [chat_prompt(m.tokenizer, demos, q) for q in qs]
+        t0 = time.perf_counter()
+        tgts = _teacher_work(m, prompts, teacher_batch, top_k)
+        teacher_s = time.perf_counter() - t0
+        stamps = _student_epoch(m, _examples(m, qs, demos, tgts, top_k), batch_size)
+        ctx_tokens = generation.common_prefix_length(prompts)
+        rows.append(
+            {
+                "sweep": "context",
+                "demos": demos,
+                "context tokens": ctx_tokens,
+                "train inputs": n0,
+                "teacher s (once per study)": teacher_s,
+                "student training s (per trial, 1 epoch)": stamps[-1],
+            }
+        )
+        log.info("scaling |c| %d demos: teacher %.1f s, student %.1f s", demos, teacher_s, stamps[-1])
+    d0 = min(demo_counts)
+    qs = queries(max(inputs))
+    prompts = [chat_prompt(m.tokenizer, d0, q) for q in qs]
+    cumulative, tgts, done = {}, [], 0.0
+    for i in range(0, len(prompts), chunk):
+        t0 = time.perf_counter()
+        tgts += _teacher_work(m, prompts[i : i + chunk], teacher_batch, top_k)
+        done += time.perf_counter() - t0
+        cumulative[i + chunk] = done
+    stamps = _student_epoch(m, _examples(m, qs, d0, tgts, top_k), batch_size)
+    ctx_tokens = generation.common_prefix_length(prompts)
+    for n in inputs:
+        steps = -(-n // batch_size)
+        rows.append(
+            {
+                "sweep": "train inputs",
+                "demos": d0,
+                "context tokens": ctx_tokens,
+                "train inputs": n,
+                "teacher s (once per study)": cumulative[n],
+                "student training s (per trial, 1 epoch)": stamps[steps - 1],
+            }
+        )
+        log.info("scaling N %d: teacher %.1f s, student %.1f s", n, cumulative[n], stamps[steps - 1])
+    return rows
+
+
 # --------------------------------------------------------------------------------------------- output
 def machine() -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
@@ -654,6 +873,8 @@ def write(
     rows: list[dict[str, Any]],
     goals: list[Goal],
     train_report: TrainReport | None,
+    memory: list[dict[str, Any]],
+    scaling: list[dict[str, Any]],
     loads: tuple[str, str],
     started: float,
     notes: list[str],
@@ -703,8 +924,55 @@ def write(
         (out / "profile_train.md").write_text(
             "# One training step, torch.profiler (self time)\n\n" + train_report.profile
         )
+    if memory:
+        pd.DataFrame(memory).to_csv(out / "memory.csv", index=False)
+        lines += [
+            "## Peak memory of one trial's training (item 5)",
+            "",
+            "Each in its own process (2 steps of forward_kl, batch as above); on CUDA the frozen base is bf16.",
+            "",
+            pd.DataFrame(memory).to_markdown(index=False, floatfmt=".0f"),
+            "",
+        ]
+        plots.append("memory.csv")
+    if scaling:
+        pd.DataFrame(scaling).to_csv(out / "scaling.csv", index=False)
+        plots.append(_scaling_plot(out, scaling))
+        lines += [
+            "## How a trial's cost grows (item 6)",
+            "",
+            "The teacher's work (targets + top-k along them) is done once per study and cached; the student's"
+            " training is paid by every trial. Student prompts carry c' = empty, so its cost must not follow |c|."
+            " The train-inputs sweep reads cumulative times from one run over the largest N (`scaling.png`).",
+            "",
+            pd.DataFrame(scaling).to_markdown(index=False, floatfmt=".1f"),
+            "",
+        ]
+        plots.append("scaling.csv")
     lines += ["## Files", "", *[f"- `{p}`" for p in ["perf.csv", "ratios.csv", "machine.json", *plots]], ""]
     (out / "perf.md").write_text("\n".join(lines))
+
+
+def _scaling_plot(out: Path, scaling: list[dict[str, Any]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, sweep, x in ((axes[0], "context", "context tokens"), (axes[1], "train inputs", "train inputs")):
+        pts = [r for r in scaling if r["sweep"] == sweep]
+        for key, style in (("teacher s (once per study)", "o-"), ("student training s (per trial, 1 epoch)", "s-")):
+            ax.plot([r[x] for r in pts], [r[key] for r in pts], style, label=key)
+        ax.set_xlabel(
+            x + (f" ({pts[0]['train inputs']} inputs)" if sweep == "context" else f" ({pts[0]['demos']} demos)")
+        )
+        ax.set_ylabel("seconds")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    plt.close(fig)
+    return "scaling.png"
 
 
 def _busy(loads: tuple[str, str], mach: dict[str, str]) -> bool:
@@ -714,43 +982,86 @@ def _busy(loads: tuple[str, str], mach: dict[str, str]) -> bool:
         return False
 
 
+PARTS = ("memory", "train", "topk", "generate", "lmeval", "scaling")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.perf", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=models.EMBEDDED)
-    p.add_argument("--parts", default="train,topk,generate")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--teacher-repeats", type=int, default=3, help="repeats for the topk and generate parts")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
+    p.add_argument("--repeats", type=int, default=5, help="repeats of the train part")
+    p.add_argument("--teacher-repeats", type=int, nargs="+", default=[3, 3, 2], help="topk/generate, per --demos")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--demos", type=int, nargs="+", default=[8, 64, 256])
-    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--demos", type=int, nargs="+", default=[8, 64, 256], help="demonstrations in c (topk, generate)")
+    p.add_argument("--prompts", type=int, nargs="+", default=[16, 16, 8], help="teacher prompts, per --demos")
     p.add_argument("--top-k", type=int, default=64)
+    p.add_argument("--trl-bf16", action="store_true", help="also time TRL with its default bf16 autocast")
+    p.add_argument("--suite", default="suites/quickstart.yaml", help="the lm-eval part scores its teacher arm")
+    p.add_argument("--lmeval-limit", type=int, default=64, help="held-out items in the lm-eval part")
+    p.add_argument("--lmeval-repeats", type=int, default=2)
+    p.add_argument("--scaling-demos", type=int, nargs="+", default=[8, 32, 128])
+    p.add_argument("--scaling-inputs", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--out", default="results/perf")
+    p.add_argument("--probe-memory", choices=list(MEMORY_MODES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.probe_memory:  # internal: one memory measurement in a fresh process
+        print(json.dumps(memory_probe(args.model, args.probe_memory, args.batch_size)))
+        return 0
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"--parts: unknown {', '.join(unknown)} (choose from {', '.join(PARTS)})")
+
+    def per_demo(values: list[int], name: str) -> list[int]:
+        if len(values) == 1:
+            return values * len(args.demos)
+        if len(values) != len(args.demos):
+            p.error(f"{name}: give one value or one per --demos ({len(args.demos)})")
+        return values
+
+    prompts, teacher_repeats = per_demo(args.prompts, "--prompts"), per_demo(args.teacher_repeats, "--teacher-repeats")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started, load_before = time.time(), load_average()
     command = "python -m harness.perf " + " ".join(sys.argv[1:] if argv is None else argv)
+    memory = bench_memory(args.model, args.batch_size) if "memory" in parts else []
     torch.manual_seed(0)
     m = models.load(args.model)
-    parts = args.parts.split(",")
     rows: list[dict[str, Any]] = []
     goals: list[Goal] = []
     report = None
     if "train" in parts:
-        report = bench_train(m, repeats=args.repeats, batch_size=args.batch_size, demos=8, top_k=args.top_k)
+        report = bench_train(
+            m, repeats=args.repeats, batch_size=args.batch_size, demos=8, top_k=args.top_k, trl_default=args.trl_bf16
+        )
         rows += report.rows
         goals += report.goals
     if "topk" in parts or "generate" in parts:
-        r, g = bench_teacher(
-            m,
-            repeats=args.teacher_repeats,
-            demo_counts=args.demos,
-            n_prompts=args.prompts,
-            batch_size=args.batch_size,
-            top_k=args.top_k,
-            parts=parts,
-        )
+        for demos, n, reps in zip(args.demos, prompts, teacher_repeats, strict=True):
+            r, g = bench_teacher(
+                m,
+                repeats=reps,
+                demo_counts=[demos],
+                n_prompts=n,
+                batch_size=args.batch_size,
+                top_k=args.top_k,
+                parts=parts,
+            )
+            rows += r
+            goals += g
+    if "lmeval" in parts:
+        r, g = bench_lmeval(m, args.suite, repeats=args.lmeval_repeats, limit=args.lmeval_limit)
         rows += r
         goals += g
+    scaling = []
+    if "scaling" in parts:
+        scaling = bench_scaling(
+            m,
+            demo_counts=args.scaling_demos,
+            inputs=args.scaling_inputs,
+            batch_size=args.batch_size,
+            teacher_batch=32,
+            top_k=args.top_k,
+        )
     out = Path(args.out)
     write(
         out,
@@ -758,6 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
         rows=rows,
         goals=goals,
         train_report=report,
+        memory=memory,
+        scaling=scaling,
         loads=(load_before, load_average()),
         started=started,
         notes=[],
