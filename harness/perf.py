@@ -568,6 +568,7 @@ def bench_lmeval(
     from harness.tasks import load_task, task_manager
 
     suite = load_suite(suite_path)
+    limit = limit if limit is not None else suite.task.eval_limit
     bundle = load_task(suite.task.name, suite.task_dir())
     ctx = Context(suite.context.instruction, suite.context.demos)
     metric = scoring.main_metric(bundle.config, bundle.task, suite.task.metric)
@@ -675,13 +676,14 @@ def bench_memory(model: str, batch_size: int) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------- scaling
-def _teacher_work(m: models.LoadedModel, prompts: list[list[int]], batch: int, top_k: int) -> list[list[int]]:
+def _teacher_work(
+    m: models.LoadedModel, prompts: list[list[int]], batch: int, top_k: int
+) -> tuple[list[list[int]], list[teacher.TopKSeq]]:
+    """What a study computes once: greedy targets and the teacher's top-k along them."""
     outs = generation.generate(m.model, m.tokenizer, prompts, max_new_tokens=8, batch_size=batch, stop_strings=("\n",))
     tgts = [o[0] for o in outs]
-    teacher.score_topk(
-        m.model, prompts, tgts, k=top_k, temperature=1.0, batch_size=batch, pad_id=m.tokenizer.pad_token_id
-    )
-    return tgts
+    pad = m.tokenizer.pad_token_id
+    return tgts, teacher.score_topk(m.model, prompts, tgts, k=top_k, temperature=1.0, batch_size=batch, pad_id=pad)
 
 
 def _student_epoch(m: models.LoadedModel, examples: list[Example], batch_size: int) -> list[float]:
@@ -702,12 +704,10 @@ def _student_epoch(m: models.LoadedModel, examples: list[Example], batch_size: i
     return stamps
 
 
-def _examples(m: models.LoadedModel, qs: list[str], demos: int, tgts: list[list[int]], top_k: int) -> list[Example]:
+def _examples(
+    m: models.LoadedModel, qs: list[str], tgts: list[list[int]], tops: list[teacher.TopKSeq]
+) -> list[Example]:
     s_prompts = [chat_prompt(m.tokenizer, 0, q, system=None) for q in qs]
-    t_prompts = [chat_prompt(m.tokenizer, demos, q) for q in qs]
-    tops = teacher.score_topk(
-        m.model, t_prompts, tgts, k=top_k, temperature=1.0, batch_size=32, pad_id=m.tokenizer.pad_token_id
-    )
     return [Example(p, t, top) for p, t, top in zip(s_prompts, tgts, tops, strict=True)]
 
 
@@ -732,9 +732,9 @@ def bench_scaling(
         qs = queries(n0)
         prompts = [chat_prompt(m.tokenizer, demos, q) for q in qs]
         t0 = time.perf_counter()
-        tgts = _teacher_work(m, prompts, teacher_batch, top_k)
+        tgts, tops = _teacher_work(m, prompts, teacher_batch, top_k)
         teacher_s = time.perf_counter() - t0
-        stamps = _student_epoch(m, _examples(m, qs, demos, tgts, top_k), batch_size)
+        stamps = _student_epoch(m, _examples(m, qs, tgts, tops), batch_size)
         ctx_tokens = generation.common_prefix_length(prompts)
         rows.append(
             {
@@ -750,13 +750,17 @@ def bench_scaling(
     d0 = min(demo_counts)
     qs = queries(max(inputs))
     prompts = [chat_prompt(m.tokenizer, d0, q) for q in qs]
-    cumulative, tgts, done = {}, [], 0.0
+    cumulative: dict[int, float] = {}
+    tgts: list[list[int]] = []
+    tops: list[teacher.TopKSeq] = []
+    done = 0.0
     for i in range(0, len(prompts), chunk):
         t0 = time.perf_counter()
-        tgts += _teacher_work(m, prompts[i : i + chunk], teacher_batch, top_k)
+        t, k = _teacher_work(m, prompts[i : i + chunk], teacher_batch, top_k)
         done += time.perf_counter() - t0
+        tgts, tops = tgts + t, tops + k
         cumulative[i + chunk] = done
-    stamps = _student_epoch(m, _examples(m, qs, d0, tgts, top_k), batch_size)
+    stamps = _student_epoch(m, _examples(m, qs, tgts, tops), batch_size)
     ctx_tokens = generation.common_prefix_length(prompts)
     for n in inputs:
         steps = -(-n // batch_size)
@@ -986,6 +990,18 @@ PARTS = ("memory", "train", "topk", "generate", "lmeval", "scaling")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad input (suite, model, task) or a fast path that changed an output: one line, exit 1."""
+    from harness.spec import SuiteError
+    from harness.tasks import TaskError
+
+    try:
+        return _main(argv)
+    except (SuiteError, TaskError, models.ModelError, AssertionError) as e:
+        print(f"harness.perf: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.perf", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=models.EMBEDDED)
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
@@ -997,8 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--trl-bf16", action="store_true", help="also time TRL with its default bf16 autocast")
     p.add_argument("--suite", default="suites/quickstart.yaml", help="the lm-eval part scores its teacher arm")
-    p.add_argument("--lmeval-limit", type=int, default=64, help="held-out items in the lm-eval part")
-    p.add_argument("--lmeval-repeats", type=int, default=2)
+    p.add_argument("--lmeval-limit", type=int, default=None, help="held-out items (default: the suite's own)")
+    p.add_argument("--lmeval-repeats", type=int, default=3)
     p.add_argument("--scaling-demos", type=int, nargs="+", default=[8, 32, 128])
     p.add_argument("--scaling-inputs", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--out", default="results/perf")
@@ -1020,6 +1036,10 @@ def main(argv: list[str] | None = None) -> int:
         return values
 
     prompts, teacher_repeats = per_demo(args.prompts, "--prompts"), per_demo(args.teacher_repeats, "--teacher-repeats")
+    if "lmeval" in parts:  # a bad suite fails now, not after twenty minutes
+        from harness.spec import load_suite
+
+        load_suite(args.suite)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started, load_before = time.time(), load_average()
     command = "python -m harness.perf " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,51 @@
+"""`python -m harness.perf` on the tiny model: the benchmark runs end to end and its checks can fail."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from conftest import SUITES
+
+from harness import perf
+from harness.teacher import TopKSeq
+
+
+def _seq(idx, lp):
+    return TopKSeq(torch.tensor([idx], dtype=torch.int32), torch.tensor([lp]), torch.tensor([-3.0]))
+
+
+def test_topk_equal_accepts_only_ties_at_the_kth_place():
+    a = _seq([4, 7, 9], [-0.5, -1.0, -2.0])
+    assert perf.topk_equal(a, _seq([4, 7, 9], [-0.5, -1.0 + 5e-6, -2.0]), 1e-5)
+    assert not perf.topk_equal(a, _seq([4, 7, 9], [-0.5, -1.001, -2.0]), 1e-5)
+    assert perf.topk_equal(a, _seq([4, 7, 11], [-0.5, -1.0, -2.0]), 1e-5)  # 9 and 11 tie at the k-th place
+    assert not perf.topk_equal(a, _seq([4, 11, 9], [-0.5, -1.0, -2.0]), 1e-5)  # a different token, no tie
+
+
+def test_ratio_is_paired_per_repeat():
+    num, den = perf.Timing("a", [2.0, 30.0, 4.0]), perf.Timing("b", [1.0, 10.0, 1.0])
+    assert perf.ratio(num, den) == (3.0, 2.0, 4.0)
+
+
+def test_perf_cli_on_the_tiny_model(tmp_path):
+    out = tmp_path / "perf"
+    argv = ["--model", "tiny-random", "--parts", "topk,generate,lmeval", "--demos", "8", "--prompts", "4"]
+    argv += ["--teacher-repeats", "2", "--lmeval-limit", "6", "--lmeval-repeats", "1", "--out", str(out)]
+    argv += ["--suite", str(SUITES / "quickstart.yaml")]
+    assert perf.main(argv) == 0
+    goals = pd.read_csv(out / "ratios.csv")
+    assert len(goals) == 3 and set(goals["met"]) <= {"yes", "NO"}
+    assert (goals["repeats"] >= 1).all() and (goals["ratio (median)"] > 0).all()
+    arms = pd.read_csv(out / "perf.csv")
+    assert {"generate: plain", "generate: prefix reuse", "top-k: plain", "top-k: prefix reuse"} <= set(arms["arm"])
+    text = (out / "perf.md").read_text()
+    assert "Command: `python -m harness.perf --model tiny-random" in text and "Load average" in text
+    assert (out / "ratios.png").stat().st_size > 1000
+
+
+def test_perf_cli_bad_suite_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    code = perf.main(["--model", "tiny-random", "--parts", "lmeval", "--suite", str(bad), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("harness.perf: error:") and "\n" not in err
