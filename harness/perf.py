@@ -28,6 +28,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,10 +82,11 @@ def interleaved(arms: dict[str, Callable[[], float]], repeats: int) -> dict[str,
     return out
 
 
-def ratio(num: Timing, den: Timing) -> tuple[float, float, float]:
-    """Median, min and max over repeats of num/den, each repeat's pair measured back to back."""
+def ratio(num: Timing, den: Timing) -> tuple[float, float, float, float]:
+    """Median, min and max over repeats of num/den (each repeat's pair measured in the same round), and
+    the ratio of the two arms' fastest times (noise on a shared machine only ever adds time)."""
     rs = [a / b for a, b in zip(num.seconds, den.seconds, strict=True)]
-    return statistics.median(rs), min(rs), max(rs)
+    return statistics.median(rs), min(rs), max(rs), num.min / den.min
 
 
 def row(part: str, arm: Timing, setting: str, unit: str, **extra: Any) -> dict[str, Any]:
@@ -108,6 +110,7 @@ class Goal:
     value: float
     low: float
     high: float
+    of_mins: float
     target: str
     met: bool
     repeats: int
@@ -118,8 +121,9 @@ class Goal:
             "ratio (median)": self.value,
             "min": self.low,
             "max": self.high,
+            "ratio of mins": self.of_mins,
             "target": self.target,
-            "met": "yes" if self.met else "NO",
+            "met": "—" if self.target == "(info)" else "yes" if self.met else "NO",
             "repeats": self.repeats,
         }
 
@@ -132,11 +136,13 @@ def goal(
     at_most: float | None = None,
     repeats: int,
 ) -> Goal:
-    value, low, high = r
+    value, low, high, of_mins = r
+    if at_least is None and at_most is None:  # a figure the issue asks for, with no goal attached
+        return Goal(name, value, low, high, of_mins, "(info)", True, repeats)
     if at_least is not None:
-        return Goal(name, value, low, high, f"≥ {at_least:g}", value >= at_least, repeats)
+        return Goal(name, value, low, high, of_mins, f"≥ {at_least:g}", value >= at_least, repeats)
     assert at_most is not None
-    return Goal(name, value, low, high, f"≤ {at_most:g}", value <= at_most, repeats)
+    return Goal(name, value, low, high, of_mins, f"≤ {at_most:g}", value <= at_most, repeats)
 
 
 # --------------------------------------------------------------------------------------------- prompts
@@ -194,6 +200,54 @@ def harness_step(
         return statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
     return run
+
+
+class SteppedTrain:
+    """The real `train` loop in a thread of its own, advanced one optimizer step per `step()` call.
+
+    One `train` call per arm for the whole benchmark (its optimizer keeps its state, as in a trial of
+    many steps), yet arms interleave step by step: the loop waits in its `on_step` callback until the
+    next `step()`. Only one arm runs at a time.
+    """
+
+    def __init__(self, student: torch.nn.Module, batch: list[Example], loss: str, pad_id: int, total: int) -> None:
+        self.total, self.done_steps = total, 0
+        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
+        self._times: list[float] = []
+        self._error: BaseException | None = None
+        self._t0 = 0.0
+        settings = TrainSettings(
+            learning_rate=1e-6, epochs=total, batch_size=len(batch), warmup_ratio=0.0, scheduler="constant"
+        )
+
+        def on_step(step: int, _m: dict[str, float]) -> None:
+            self._times.append(time.perf_counter() - self._t0)
+            self._done.release()
+            if step < total:
+                self._go.acquire()
+                self._t0 = time.perf_counter()
+
+        def body() -> None:
+            self._go.acquire()
+            self._t0 = time.perf_counter()
+            try:
+                train(student, batch, loss, LOSS_PARAMS.get(loss, {}), settings, pad_id=pad_id, on_step=on_step)
+            except BaseException as e:  # handed to the caller of step()
+                self._error = e
+                self._done.release()
+
+        threading.Thread(target=body, daemon=True, name=f"train {loss}").start()
+
+    def step(self) -> float:
+        """Seconds of the next optimizer step (one full loop iteration)."""
+        if self.done_steps >= self.total:
+            raise RuntimeError("no steps left")
+        self._go.release()
+        self._done.acquire()
+        if self._error is not None:
+            raise self._error
+        self.done_steps += 1
+        return self._times[-1]
 
 
 class TRLStep:
@@ -256,16 +310,10 @@ class TRLStep:
         tr.optimizer.step()
         tr.model.zero_grad()
 
-    def timed(self, steps: int) -> Callable[[], float]:
-        def run() -> float:
-            out = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                self.step()
-                out.append(time.perf_counter() - t0)
-            return statistics.median(out)
-
-        return run
+    def timed(self) -> float:
+        t0 = time.perf_counter()
+        self.step()
+        return time.perf_counter() - t0
 
 
 def _phases_harness(student: torch.nn.Module, opt: torch.optim.Optimizer, batch: list[Example], loss: str, pad: int):
@@ -340,6 +388,7 @@ class TrainReport:
     phases: dict[str, dict[str, float]]
     profile: str
     tokens: int
+    targets: int
 
 
 def bench_train(
@@ -349,30 +398,35 @@ def bench_train(
     batch_size: int,
     demos: int,
     top_k: int,
-    steps: int = 2,
+    warmup: int = 2,
     trl_default: bool = False,
 ) -> TrainReport:
-    """Seconds per optimizer step: harness losses against TRL GKD, interleaved; phases and a profile."""
+    """Seconds per optimizer step: harness losses against TRL GKD, interleaved step by step after `warmup`
+    steps each (the first allocates the optimizer's state); then phases and a profile of one step."""
     examples = train_examples(m, batch_size, demos, top_k)
     pad = m.tokenizer.pad_token_id
     tokens = make_batch([e.prompt for e in examples], [e.target for e in examples], pad).n_tokens
     setting = f"batch {batch_size}, {tokens} tokens, {sum(len(e.target) for e in examples)} target tokens"
-    student = copy.deepcopy(m.model)  # the harness arms share it: each call trains it with its own fresh AdamW
+    # The harness arms share one student (they run one at a time; each step ends with zero_grad), each
+    # with its own `train` call and so its own AdamW state.
+    student = copy.deepcopy(m.model)
+    total = warmup + repeats
     arms: dict[str, Callable[[], float]] = {
-        f"harness {loss}": harness_step(student, examples, loss, pad, steps)
+        f"harness {loss}": SteppedTrain(student, examples, loss, pad, total).step
         for loss in ("self_target_nll",) + KL_LOSSES
     }
     trl = None
     try:
         trl = TRLStep(copy.deepcopy(m.model), copy.deepcopy(m.model), m.tokenizer, examples, bf16=False)
-        arms["trl gkd forward_kl"] = trl.timed(steps)
+        arms["trl gkd forward_kl"] = trl.timed
         if trl_default:
             default = TRLStep(copy.deepcopy(m.model), copy.deepcopy(m.model), m.tokenizer, examples, bf16=True)
-            arms["trl gkd forward_kl, TRL default bf16 autocast"] = default.timed(steps)
+            arms["trl gkd forward_kl, TRL default bf16 autocast"] = default.timed
     except ImportError as e:
         log.warning("TRL not installed (%s): pip install trl==1.16.0; TRL arm skipped", e)
-    for f in arms.values():  # warm-up: first calls allocate
-        f()
+    for _ in range(warmup):
+        for f in arms.values():
+            f()
     timings = interleaved(arms, repeats)
     nll = timings["harness self_target_nll"]
     rows = [row("train", t, setting, "s/step") for t in timings.values()]
@@ -419,7 +473,7 @@ def bench_train(
                 step()
 
         profile += _profile(trl_steps, f"TRL GKDTrainer forward_kl ({trl.optim_name})")
-    return TrainReport(rows, goals, phases, profile, tokens)
+    return TrainReport(rows, goals, phases, profile, tokens, sum(len(e.target) for e in examples))
 
 
 # --------------------------------------------------------------------------------------------- teacher work
@@ -500,6 +554,11 @@ def _topk_arm(
     return run
 
 
+def _at_1k(shared_tokens: int, target: float) -> float | None:
+    """The issue sets the teacher goals at a ~1k-token shared context; other lengths are reported only."""
+    return target if 600 <= shared_tokens <= 1600 else None
+
+
 def bench_teacher(
     m: models.LoadedModel,
     *,
@@ -532,7 +591,14 @@ def bench_teacher(
             r = ratio(t["generate: plain"], t["generate: prefix reuse"])
             rows += [row("generate", x, setting, "s/study", identical="tokens") for x in t.values()]
             rows[-1]["ratio"] = r[0]
-            goals.append(goal(f"generate: plain / prefix reuse, {shared} ctx tokens", r, at_least=3.0, repeats=repeats))
+            goals.append(
+                goal(
+                    f"generate: plain / prefix reuse, {shared} ctx tokens",
+                    r,
+                    at_least=_at_1k(shared, 3.0),
+                    repeats=repeats,
+                )
+            )
         if "topk" in parts:
             if not reused:
                 _gen_arm(m, prompts, batch_size, True, reused)()
@@ -553,7 +619,14 @@ def bench_teacher(
             same = f"top-k to 1e-5 (max |Δ log p| {max_diff(tp, tr):.1e})"
             rows += [row("topk", x, setting + f", k {top_k}", "s/study", identical=same) for x in t.values()]
             rows[-1]["ratio"] = r[0]
-            goals.append(goal(f"top-k: plain / prefix reuse, {shared} ctx tokens", r, at_least=3.0, repeats=repeats))
+            goals.append(
+                goal(
+                    f"top-k: plain / prefix reuse, {shared} ctx tokens",
+                    r,
+                    at_least=_at_1k(shared, 3.0),
+                    repeats=repeats,
+                )
+            )
     return rows, goals
 
 
@@ -816,7 +889,11 @@ def _plots(out: Path, goals: list[Goal], rows: list[dict[str, Any]], phases: dic
     if goals:
         fig, ax = plt.subplots(figsize=(9, 0.45 * len(goals) + 1.2))
         ys = range(len(goals))
-        ax.barh(list(ys), [g.value for g in goals], color=["tab:green" if g.met else "tab:red" for g in goals])
+        ax.barh(
+            list(ys),
+            [g.value for g in goals],
+            color=["tab:gray" if g.target == "(info)" else "tab:green" if g.met else "tab:red" for g in goals],
+        )
         ax.errorbar(
             [g.value for g in goals],
             list(ys),
@@ -826,6 +903,8 @@ def _plots(out: Path, goals: list[Goal], rows: list[dict[str, Any]], phases: dic
             capsize=3,
         )
         for y, g in zip(ys, goals, strict=True):
+            if g.target == "(info)":
+                continue
             ax.plot([float(g.target.split()[-1])] * 2, [y - 0.4, y + 0.4], color="black", linestyle="--")
         ax.set_yticks(list(ys), [g.name for g in goals], fontsize=8)
         ax.set_xlabel("ratio (median of interleaved repeats; bar: min–max; dashed: goal)")
@@ -902,13 +981,15 @@ def write(
         + (" (other processes were running on the machine during the measurement)" if _busy(loads, mach) else ""),
         f"- Wall time: {(time.time() - started) / 60:.1f} min",
         "- Each arm runs once per repeat, arm order rotating; a ratio is the median over repeats of the"
-        " ratio of two arms measured back to back (min and max beside it).",
+        " ratio of the two arms measured in the same round (min and max beside it); 'ratio of mins' divides"
+        " the two arms' fastest repeats. 'met' is judged on the median.",
         "",
         "## Goals",
         "",
         pd.DataFrame([g.as_row() for g in goals]).to_markdown(index=False, floatfmt=".2f") if goals else "(none run)",
         "",
         *notes,
+        *(train_notes(train_report) if train_report else []),
         "## Every arm",
         "",
         pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") if rows else "",
@@ -979,6 +1060,42 @@ def _scaling_plot(out: Path, scaling: list[dict[str, Any]]) -> str:
     return "scaling.png"
 
 
+def train_notes(report: TrainReport) -> list[str]:
+    """What bounds the training ratios, read off the measured phases (not a model of them)."""
+    ph = report.phases
+    nll, fkl, trl = ph.get("harness self_target_nll"), ph.get("harness forward_kl"), ph.get("trl gkd forward_kl")
+    if not (nll and fkl):
+        return []
+    h = sum(fkl.values())
+    lines = [
+        "### What bounds the training ratios (from the phase table below)",
+        "",
+        f"- KL vs NLL: both steps are one student forward with the LM head on the {report.targets} target positions"
+        f" only, one backward and one optimizer step; the loss itself takes {1000 * fkl['loss']:.1f} ms for"
+        f" forward_kl against {1000 * nll['loss']:.1f} ms for self_target_nll, of a {h:.2f} s step"
+        f" ({h / sum(nll.values()):.2f}× the NLL step by phases)."
+        + (
+            " A KL step costs what an NLL step costs: the ~3× of the issue's hand measurement is not reproduced."
+            if h / sum(nll.values()) <= 1.15
+            else ""
+        ),
+    ]
+    if trl:
+        t = sum(trl.values())
+        extra_fwd = trl["student forward (LM head on all positions)"] - fkl["student forward (LM head on targets)"]
+        lines.append(
+            f"- TRL vs harness: TRL's step ({t:.2f} s) is the harness's ({h:.2f} s) plus the teacher forward"
+            f" ({trl['teacher forward']:.2f} s), the LM head and softmax over all {report.tokens} positions"
+            f" (student forward +{extra_fwd:.2f} s, backward +{trl['backward'] - fkl['backward']:.2f} s,"
+            f" full-vocabulary loss {trl['loss']:.2f} s); the optimizer is the same fused AdamW in both"
+            f" ({fkl['clip + optimizer']:.2f} vs {trl['clip + optimizer']:.2f} s). So the ratio is bounded by"
+            f" {t / h:.2f}× on this batch: the harness step is already the student's own forward + backward +"
+            " update, which TRL also pays. The ratio grows with the teacher's share: a teacher that sees c (what"
+            " context distillation needs; stock GKDTrainer feeds both models the same input) or a larger teacher."
+        )
+    return lines + [""]
+
+
 def _busy(loads: tuple[str, str], mach: dict[str, str]) -> bool:
     try:
         return max(float(x.split()[0]) for x in loads) > 0.5 * float(mach["cpu_count"])
@@ -1005,7 +1122,7 @@ def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.perf", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=models.EMBEDDED)
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
-    p.add_argument("--repeats", type=int, default=5, help="repeats of the train part")
+    p.add_argument("--repeats", type=int, default=8, help="interleaved steps per arm in the train part")
     p.add_argument("--teacher-repeats", type=int, nargs="+", default=[3, 3, 2], help="topk/generate, per --demos")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--demos", type=int, nargs="+", default=[8, 64, 256], help="demonstrations in c (topk, generate)")
