@@ -310,6 +310,14 @@ class TRLStep:
         tr.optimizer.step()
         tr.model.zero_grad()
 
+    def close(self) -> None:
+        import gc
+
+        self.trainer.accelerator.free_memory()
+        tr = self.trainer
+        tr.model = tr.model_wrapped = tr.teacher_model = tr.optimizer = None
+        gc.collect()
+
     def timed(self) -> float:
         t0 = time.perf_counter()
         self.step()
@@ -415,7 +423,7 @@ def bench_train(
         f"harness {loss}": SteppedTrain(student, examples, loss, pad, total).step
         for loss in ("self_target_nll",) + KL_LOSSES
     }
-    trl = None
+    trl = default = None
     try:
         trl = TRLStep(copy.deepcopy(m.model), copy.deepcopy(m.model), m.tokenizer, examples, bf16=False)
         arms["trl gkd forward_kl"] = trl.timed
@@ -473,6 +481,9 @@ def bench_train(
                 step()
 
         profile += _profile(trl_steps, f"TRL GKDTrainer forward_kl ({trl.optim_name})")
+        for a in (trl, default):  # accelerate keeps references to what it prepared: let the copies go
+            if a is not None:
+                a.close()
     return TrainReport(rows, goals, phases, profile, tokens, sum(len(e.target) for e in examples))
 
 
@@ -787,6 +798,7 @@ def _examples(
 def bench_scaling(
     m: models.LoadedModel,
     *,
+    repeats: int,
     demo_counts: list[int],
     inputs: list[int],
     batch_size: int,
@@ -795,31 +807,46 @@ def bench_scaling(
 ) -> list[dict[str, Any]]:
     """Cost of a trial's two halves: the teacher's work (once per study) and the student's training (per trial).
 
-    Against |c| (demos) at the smallest N, and against N (train inputs) at the smallest |c|. The N sweep is one
+    Against |c| (demos) at the smallest N: the teacher's work once per |c|, the student's training as the median
+    seconds per step (steps at each |c| interleaved) × steps of one epoch. Against N (train inputs) at the
+    smallest |c|: the N sweep is one
     run over max(N) inputs read as cumulative time at each N: the teacher's work in chunks (gcd of the N values;
     each chunk prefills the context again, a slight overestimate) and one training epoch.
     """
     rows: list[dict[str, Any]] = []
     n0, chunk = min(inputs), functools.reduce(math.gcd, inputs)
+    steps_n0 = -(-n0 // batch_size)
+    student = copy.deepcopy(m.model)
+    steppers: dict[str, Callable[[], float]] = {}
     for demos in demo_counts:
         qs = queries(n0)
         prompts = [chat_prompt(m.tokenizer, demos, q) for q in qs]
         t0 = time.perf_counter()
         tgts, tops = _teacher_work(m, prompts, teacher_batch, top_k)
         teacher_s = time.perf_counter() - t0
-        stamps = _student_epoch(m, _examples(m, qs, tgts, tops), batch_size)
-        ctx_tokens = generation.common_prefix_length(prompts)
+        ex = _examples(m, qs, tgts, tops)
+        steppers[str(demos)] = SteppedTrain(student, ex, "forward_kl", m.tokenizer.pad_token_id, total=1 + repeats).step
         rows.append(
             {
                 "sweep": "context",
                 "demos": demos,
-                "context tokens": ctx_tokens,
+                "context tokens": generation.common_prefix_length(prompts),
                 "train inputs": n0,
                 "teacher s (once per study)": teacher_s,
-                "student training s (per trial, 1 epoch)": stamps[-1],
             }
         )
-        log.info("scaling |c| %d demos: teacher %.1f s, student %.1f s", demos, teacher_s, stamps[-1])
+        log.info("scaling |c| %d demos: teacher %.1f s", demos, teacher_s)
+    for f in steppers.values():  # the first step allocates the optimizer's state
+        f()
+    per_step = interleaved(steppers, repeats)  # the student's steps at each |c|, interleaved
+    for r in rows:
+        t = per_step[str(r["demos"])]
+        r["student s/step (median)"] = t.median
+        r["student training s (per trial, 1 epoch)"] = t.median * steps_n0
+    base = per_step[str(min(demo_counts))]
+    for r in rows:
+        r["student step vs fewest demos"] = ratio(per_step[str(r["demos"])], base)[0]
+    del student, steppers
     d0 = min(demo_counts)
     qs = queries(max(inputs))
     prompts = [chat_prompt(m.tokenizer, d0, q) for q in qs]
@@ -1126,7 +1153,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--teacher-repeats", type=int, nargs="+", default=[3, 3, 2], help="topk/generate, per --demos")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--demos", type=int, nargs="+", default=[8, 64, 256], help="demonstrations in c (topk, generate)")
-    p.add_argument("--prompts", type=int, nargs="+", default=[16, 16, 8], help="teacher prompts, per --demos")
+    p.add_argument("--prompts", type=int, nargs="+", default=[16, 16, 4], help="teacher prompts, per --demos")
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--trl-bf16", action="store_true", help="also time TRL with its default bf16 autocast")
     p.add_argument("--suite", default="suites/quickstart.yaml", help="the lm-eval part scores its teacher arm")
@@ -1193,6 +1220,7 @@ def _main(argv: list[str] | None) -> int:
     if "scaling" in parts:
         scaling = bench_scaling(
             m,
+            repeats=4,
             demo_counts=args.scaling_demos,
             inputs=args.scaling_inputs,
             batch_size=args.batch_size,

@@ -23,6 +23,8 @@ from harness.contexts import Context
 
 log = logging.getLogger(__name__)
 
+REUSE_PREFIX = True  # lm-eval through `hf-prefix-reuse` (harness.lm) unless an arm asks otherwise
+
 
 @dataclass
 class ArmScore:
@@ -112,12 +114,12 @@ def evaluate_arm(
     batch_size: int,
     seed: int = 0,
     task_manager: Any = None,
-    reuse_prefix: bool = True,
+    reuse_prefix: bool | None = None,
 ) -> ArmScore:
     """Score one model under one context with real lm-eval.
 
-    `reuse_prefix`: lm-eval's HFLM with the shared few-shot prefix computed once (`harness.lm`; same
-    per-item outputs); False runs plain HFLM.
+    `reuse_prefix` (default `REUSE_PREFIX`): lm-eval's HFLM with the shared few-shot prefix computed once
+    (`harness.lm`; same per-item outputs); False runs plain HFLM.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -126,7 +128,7 @@ def evaluate_arm(
     from harness.tasks import task_manager as default_manager
 
     start = time.perf_counter()
-    lm_class = PrefixReuseLM if reuse_prefix else HFLM
+    lm_class = PrefixReuseLM if (REUSE_PREFIX if reuse_prefix is None else reuse_prefix) else HFLM
     lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,

@@ -13,7 +13,7 @@ import torch
 from conftest import PARITY, SUITES, write_suite
 from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config, GraniteConfig, LlamaConfig
 
-from harness import generation, models, targets
+from harness import generation, models, scoring, targets
 from harness.batching import make_batch, target_logits
 from harness.contexts import Context
 from harness.spec import load_suite
@@ -276,7 +276,7 @@ def _bos_tokenizer():
 
 
 @pytest.mark.parametrize("task_name", ["parity", "plural"])
-def test_training_ids_are_the_ids_lm_eval_feeds_the_model(tmp_path, task_name):
+def test_training_ids_are_the_ids_lm_eval_feeds_the_model(tmp_path, task_name, monkeypatch):
     task = {"name": task_name, "path": str(SUITES / "tasks" / task_name), "eval_limit": 6}
     if task_name == "plural":
         task["metric"] = "exact_match"
@@ -299,6 +299,9 @@ def test_training_ids_are_the_ids_lm_eval_feeds_the_model(tmp_path, task_name):
             seen.append(row.tolist())
 
     model = bench.teacher.model
+    # Plain HFLM: with prefix reuse the model sees the shared prefix and each row's own tokens in separate
+    # calls (that path gives the same outputs: tests/test_fast_paths.py).
+    monkeypatch.setattr(scoring, "REUSE_PREFIX", False)
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         bench.arm("student", model, None, ctx)
