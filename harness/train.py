@@ -69,6 +69,7 @@ class OnPolicy:
     tokenizer: object
     top_k: int
     temperature: float = 1.0
+    teacher_mode: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # LoRA: adapters off
 
 
 @dataclass
@@ -150,15 +151,16 @@ def _on_policy_batch(
     )
     student.train(was_training)
     tgts = [s[0] if s and s[0] else [pad_id] for s in samples]
-    scored = score_topk(
-        op.teacher,
-        [e.teacher_prompt or [] for e in items],
-        tgts,
-        k=op.top_k,
-        temperature=op.temperature,
-        batch_size=len(items),
-        pad_id=pad_id,
-    )
+    with op.teacher_mode():
+        scored = score_topk(
+            op.teacher,
+            [e.teacher_prompt or [] for e in items],
+            tgts,
+            k=op.top_k,
+            temperature=op.temperature,
+            batch_size=len(items),
+            pad_id=pad_id,
+        )
     return tgts, scored
 
 

@@ -8,7 +8,7 @@ and baseline scores) lives in `Workbench`, built once per study.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import resource
 import sys
@@ -27,7 +27,7 @@ from harness.losses import LOSSES
 from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
 from harness.tasks import TaskBundle, encode_prompt, load_task, task_manager
-from harness.train import Example, OnPolicy, TrainSettings, apply_lora, train
+from harness.train import Example, OnPolicy, TrainSettings, student_of, train
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,11 @@ class Workbench:
         self.work_dir = Path(suite.work_dir)
         self.store = Store(self.work_dir / "cache")
         log.info("loading teacher %s", suite.models.teacher)
-        self.teacher = models.load(suite.models.teacher, suite.models.device)
+        self.teacher = models.load(suite.models.teacher, suite.models.device, frozen_bf16=True)
         self.device = next(self.teacher.model.parameters()).device
         self.student_base: models.LoadedModel | None = None
         if suite.models.student != "same":
-            self.student_base = models.load(suite.models.student, suite.models.device)
+            self.student_base = models.load(suite.models.student, suite.models.device, frozen_bf16=True)
             models.check_same_tokenizer(self.teacher.tokenizer, self.student_base.tokenizer)
         self.tok = self.teacher.tokenizer
         self.pad_id = self.tok.pad_token_id
@@ -240,6 +240,13 @@ def _validate(cfg: TrialConfig) -> None:
 def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = None) -> TrialResult:
     """Train one student and measure it. Raises on failure; the caller records why."""
     _validate(cfg)
+    with contextlib.ExitStack() as stack:  # a LoRA student's adapters leave the base model when the trial ends
+        return _run_trial(bench, cfg, reporter, stack)
+
+
+def _run_trial(
+    bench: Workbench, cfg: TrialConfig, reporter: Reporter | None, stack: contextlib.ExitStack
+) -> TrialResult:
     s = bench.suite
     hp = cfg.hp
     start = time.perf_counter()
@@ -278,10 +285,13 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     before = bench.baseline_intrinsic(c_student)
     if reporter:
         reporter.log_step(0, {"heldout/kl": before["heldout_kl"]})
-    student = copy.deepcopy(bench.base_model())
+    # The fixed models' scores first: a LoRA student's adapters go into the base model itself (no copy).
+    t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
+    if bench.control is not None:
+        control_base_arm(bench)
     if int(hp["lora_rank"]) > 0:
         torch.manual_seed(s.seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
-        student = apply_lora(student, int(hp["lora_rank"]))
+    student, as_teacher = stack.enter_context(student_of(bench.base_model(), int(hp["lora_rank"])))
     on_policy = None
     if TARGETS[cfg.target.name].uses_student:
         on_policy = OnPolicy(
@@ -292,6 +302,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
             tokenizer=bench.tok,
             top_k=k,
             temperature=tau,
+            teacher_mode=as_teacher,
         )
 
     def on_eval(step: int) -> None:
@@ -333,7 +344,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         on_step=reporter.log_step if reporter else None,
     )
     if int(hp["lora_rank"]) > 0:
-        student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
+        student = student.get_base_model()  # the transformers model, adapters active (not merged into the base)
     after = bench.intrinsic(student, c_student)
     if reporter:
         reporter.log_step(result.steps, {"heldout/kl": after["heldout_kl"]})
@@ -354,7 +365,6 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         "peak_memory_mb": peak_memory_mb(bench.device),
     }
     eval_start = time.perf_counter()
-    t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
     st_arm = bench.arm("student", student, None, c_student)
     gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
     metrics.update(
@@ -387,13 +397,17 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     return TrialResult(metrics=metrics, info=info)
 
 
+def control_base_arm(bench: Workbench) -> scoring.ArmScore:
+    """The control task for the untrained model (cached)."""
+    base = bench.student_base or bench.teacher
+    return bench.arm("control_base", base.model, base.fingerprint, bench.control_context(), control=True)
+
+
 def control_arms(bench: Workbench, student: torch.nn.Module) -> dict[str, scoring.ArmScore]:
     """The control task for the untrained model (cached) and the trained student, same prompt."""
-    base = bench.student_base or bench.teacher
-    ctx = bench.control_context()
     return {
-        "control_base": bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
-        "control_student": bench.arm("control_student", student, None, ctx, control=True),
+        "control_base": control_base_arm(bench),
+        "control_student": bench.arm("control_student", student, None, bench.control_context(), control=True),
     }
 
 

@@ -234,3 +234,25 @@ def test_full_finetune_student_is_an_fp32_copy(tiny):
         with as_teacher():
             pass
     assert next(base.parameters()).dtype == torch.bfloat16
+
+
+def test_lora_trial_leaves_the_teacher_as_it_was(tmp_path):
+    """A LoRA trial trains adapters inside the teacher's own modules; afterwards the teacher is untouched."""
+    from conftest import write_suite
+
+    from harness.spec import load_suite
+    from harness.trial import Workbench, fixed_config, run_trial
+
+    one = {"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "forward_kl"}]}
+    hp = {"learning_rate": 5e-2, "epochs": 1, "batch_size": 4, "train_inputs": 8, "lora_rank": 4}
+    suite = load_suite(write_suite(tmp_path, axes=one, hyperparameters=hp))
+    bench = Workbench(suite)
+    teacher = bench.teacher.model
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    types = [type(m) for m in teacher.modules()]
+    result = run_trial(bench, fixed_config(suite))
+    assert [type(m) for m in teacher.modules()] == types
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    m = result.metrics
+    assert m["heldout_kl"] != m["untrained_heldout_kl"]  # the student did move
+    assert m["teacher_score"] == result.info["arms"]["teacher"].score
