@@ -389,6 +389,17 @@ def _profile(fn: Callable[[Callable[[], None]], None], title: str) -> str:
     return f"## {title}\n\n```\n{prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60)}\n```\n"
 
 
+MISSED_PROFILES: list[str] = []  # torch.profiler tables of both arms of every missed goal (profile_missed.md)
+
+
+def profile_missed(g: Goal, arms: dict[str, Callable[[], float]]) -> None:
+    """A goal was missed: profile one call of each arm, to show where the time goes."""
+    if g.met or g.target == "(info)":
+        return
+    for name, fn in arms.items():
+        MISSED_PROFILES.append(_profile(lambda step, fn=fn: (fn(), step(), fn(), step()), f"{g.name} — {name}"))
+
+
 @dataclass
 class TrainReport:
     rows: list[dict[str, Any]]
@@ -590,13 +601,11 @@ def bench_teacher(
         plain: list = []
         reused: list = []
         if "generate" in parts:
-            t = interleaved(
-                {
-                    "generate: plain": _gen_arm(m, prompts, batch_size, False, plain),
-                    "generate: prefix reuse": _gen_arm(m, prompts, batch_size, True, reused),
-                },
-                repeats,
-            )
+            gen_arms = {
+                "generate: plain": _gen_arm(m, prompts, batch_size, False, plain),
+                "generate: prefix reuse": _gen_arm(m, prompts, batch_size, True, reused),
+            }
+            t = interleaved(gen_arms, repeats)
             if plain != reused:
                 raise AssertionError(f"prefix reuse changed the generated tokens at {demos} demonstrations")
             r = ratio(t["generate: plain"], t["generate: prefix reuse"])
@@ -610,19 +619,18 @@ def bench_teacher(
                     repeats=repeats,
                 )
             )
+            profile_missed(goals[-1], gen_arms)
         if "topk" in parts:
             if not reused:
                 _gen_arm(m, prompts, batch_size, True, reused)()
             tgts = [o[0] for o in reused]
             tp: list = []
             tr: list = []
-            t = interleaved(
-                {
-                    "top-k: plain": _topk_arm(m, prompts, tgts, batch_size, top_k, False, tp),
-                    "top-k: prefix reuse": _topk_arm(m, prompts, tgts, batch_size, top_k, True, tr),
-                },
-                repeats,
-            )
+            topk_arms = {
+                "top-k: plain": _topk_arm(m, prompts, tgts, batch_size, top_k, False, tp),
+                "top-k: prefix reuse": _topk_arm(m, prompts, tgts, batch_size, top_k, True, tr),
+            }
+            t = interleaved(topk_arms, repeats)
             bad = [i for i, (a, b) in enumerate(zip(tp, tr, strict=True)) if not topk_equal(a, b, 1e-5)]
             if bad:
                 raise AssertionError(f"prefix reuse changed the top-{top_k} of rows {bad} at {demos} demonstrations")
@@ -638,6 +646,7 @@ def bench_teacher(
                     repeats=repeats,
                 )
             )
+            profile_missed(goals[-1], topk_arms)
     return rows, goals
 
 
@@ -679,9 +688,8 @@ def bench_lmeval(
 
         return run
 
-    t = interleaved(
-        {"lm-eval teacher arm: HFLM": arm(False), "lm-eval teacher arm: hf-prefix-reuse": arm(True)}, repeats
-    )
+    lm_arms = {"lm-eval teacher arm: HFLM": arm(False), "lm-eval teacher arm: hf-prefix-reuse": arm(True)}
+    t = interleaved(lm_arms, repeats)
     plain, reused = scores[False], scores[True]
     if plain.per_item != reused.per_item or plain.answers != reused.answers:
         raise AssertionError("hf-prefix-reuse changed lm-eval's per-item outputs")
@@ -693,9 +701,9 @@ def bench_lmeval(
     rows = [row("lm-eval", x, setting, "s/arm", identical="per-item answers and scores") for x in t.values()]
     r = ratio(t["lm-eval teacher arm: HFLM"], t["lm-eval teacher arm: hf-prefix-reuse"])
     rows[-1]["ratio"] = r[0]
-    return rows, [
-        goal(f"lm-eval teacher arm ({suite.name}, {n} items): HFLM / hf-prefix-reuse", r, at_least=2.0, repeats=repeats)
-    ]
+    g = goal(f"lm-eval teacher arm ({suite.name}, {n} items): HFLM / hf-prefix-reuse", r, at_least=2.0, repeats=repeats)
+    profile_missed(g, lm_arms)
+    return rows, [g]
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -804,7 +812,7 @@ def bench_scaling(
     batch_size: int,
     teacher_batch: int,
     top_k: int,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[Goal]]:
     """Cost of a trial's two halves: the teacher's work (once per study) and the student's training (per trial).
 
     Against |c| (demos) at the smallest N: the teacher's work once per |c|, the student's training as the median
@@ -846,6 +854,15 @@ def bench_scaling(
     base = per_step[str(min(demo_counts))]
     for r in rows:
         r["student step vs fewest demos"] = ratio(per_step[str(r["demos"])], base)[0]
+    most = per_step[str(max(demo_counts))]
+    goals = [
+        goal(
+            f"scaling: student step with {max(demo_counts)} demos in c / with {min(demo_counts)}",
+            ratio(most, base),
+            at_most=1.15,
+            repeats=repeats,
+        )
+    ]
     del student, steppers
     d0 = min(demo_counts)
     qs = queries(max(inputs))
@@ -875,7 +892,7 @@ def bench_scaling(
             }
         )
         log.info("scaling N %d: teacher %.1f s, student %.1f s", n, cumulative[n], stamps[steps - 1])
-    return rows
+    return rows, goals
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -1017,6 +1034,11 @@ def write(
         "",
         *notes,
         *(train_notes(train_report) if train_report else []),
+        *(
+            ["Every missed goal other than training has a profile of both its arms in `profile_missed.md`.", ""]
+            if MISSED_PROFILES
+            else []
+        ),
         "## Every arm",
         "",
         pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") if rows else "",
@@ -1054,13 +1076,19 @@ def write(
             "## How a trial's cost grows (item 6)",
             "",
             "The teacher's work (targets + top-k along them) is done once per study and cached; the student's"
-            " training is paid by every trial. Student prompts carry c' = empty, so its cost must not follow |c|."
-            " The train-inputs sweep reads cumulative times from one run over the largest N (`scaling.png`).",
+            " training is paid by every trial. Student prompts carry c' = empty, so its cost must not follow |c|:"
+            " the context sweep times the student's steps interleaved across |c| (median s/step × the steps of one"
+            " epoch). The train-inputs sweep reads cumulative times from one run over the largest N (`scaling.png`).",
             "",
             pd.DataFrame(scaling).to_markdown(index=False, floatfmt=".1f"),
             "",
         ]
         plots.append("scaling.csv")
+    if MISSED_PROFILES:
+        (out / "profile_missed.md").write_text(
+            "# Missed goals: one call of each arm, torch.profiler (self time)\n\n" + "\n".join(MISSED_PROFILES)
+        )
+        plots.append("profile_missed.md")
     lines += ["## Files", "", *[f"- `{p}`" for p in ["perf.csv", "ratios.csv", "machine.json", *plots]], ""]
     (out / "perf.md").write_text("\n".join(lines))
 
@@ -1186,6 +1214,7 @@ def _main(argv: list[str] | None) -> int:
         load_suite(args.suite)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started, load_before = time.time(), load_average()
+    MISSED_PROFILES.clear()
     command = "python -m harness.perf " + " ".join(sys.argv[1:] if argv is None else argv)
     memory = bench_memory(args.model, args.batch_size) if "memory" in parts else []
     torch.manual_seed(0)
@@ -1216,9 +1245,9 @@ def _main(argv: list[str] | None) -> int:
         r, g = bench_lmeval(m, args.suite, repeats=args.lmeval_repeats, limit=args.lmeval_limit)
         rows += r
         goals += g
-    scaling = []
+    scaling: list[dict[str, Any]] = []
     if "scaling" in parts:
-        scaling = bench_scaling(
+        scaling, g = bench_scaling(
             m,
             repeats=4,
             demo_counts=args.scaling_demos,
@@ -1227,6 +1256,7 @@ def _main(argv: list[str] | None) -> int:
             teacher_batch=32,
             top_k=args.top_k,
         )
+        goals += g
     out = Path(args.out)
     write(
         out,
