@@ -202,36 +202,56 @@ def harness_step(
     return run
 
 
+class _Enough(Exception):
+    """Raised in `on_step` to end a `train` call after the steps the benchmark wanted."""
+
+
 class SteppedTrain:
     """The real `train` loop in a thread of its own, advanced one optimizer step per `step()` call.
 
     One `train` call per arm for the whole benchmark (its optimizer keeps its state, as in a trial of
     many steps), yet arms interleave step by step: the loop waits in its `on_step` callback until the
-    next `step()`. Only one arm runs at a time.
+    next `step()`. Only one arm runs at a time. Batches of `batch_size` examples (default: all).
     """
 
-    def __init__(self, student: torch.nn.Module, batch: list[Example], loss: str, pad_id: int, total: int) -> None:
+    def __init__(
+        self,
+        student: torch.nn.Module,
+        examples: list[Example],
+        loss: str,
+        pad_id: int,
+        total: int,
+        batch_size: int | None = None,
+    ) -> None:
         self.total, self.done_steps = total, 0
         self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
         self._times: list[float] = []
         self._error: BaseException | None = None
         self._t0 = 0.0
+        bs = batch_size or len(examples)
         settings = TrainSettings(
-            learning_rate=1e-6, epochs=total, batch_size=len(batch), warmup_ratio=0.0, scheduler="constant"
+            learning_rate=1e-6,
+            epochs=-(-total // -(-len(examples) // bs)),
+            batch_size=bs,
+            warmup_ratio=0.0,
+            scheduler="constant",
         )
 
         def on_step(step: int, _m: dict[str, float]) -> None:
             self._times.append(time.perf_counter() - self._t0)
             self._done.release()
-            if step < total:
-                self._go.acquire()
-                self._t0 = time.perf_counter()
+            if step >= total:
+                raise _Enough
+            self._go.acquire()
+            self._t0 = time.perf_counter()
 
         def body() -> None:
             self._go.acquire()
             self._t0 = time.perf_counter()
             try:
-                train(student, batch, loss, LOSS_PARAMS.get(loss, {}), settings, pad_id=pad_id, on_step=on_step)
+                train(student, examples, loss, LOSS_PARAMS.get(loss, {}), settings, pad_id=pad_id, on_step=on_step)
+            except _Enough:
+                pass
             except BaseException as e:  # handed to the caller of step()
                 self._error = e
                 self._done.release()
@@ -473,7 +493,7 @@ def bench_train(
     for f in phase_arms.values():
         f()
     samples: dict[str, list[dict[str, float]]] = {n: [] for n in phase_arms}
-    for r in range(max(3, repeats)):
+    for r in range(3):
         names = list(phase_arms)
         for n in names[r % len(names) :] + names[: r % len(names)]:
             samples[n].append(phase_arms[n]())
@@ -833,7 +853,9 @@ def bench_scaling(
         tgts, tops = _teacher_work(m, prompts, teacher_batch, top_k)
         teacher_s = time.perf_counter() - t0
         ex = _examples(m, qs, tgts, tops)
-        steppers[str(demos)] = SteppedTrain(student, ex, "forward_kl", m.tokenizer.pad_token_id, total=1 + repeats).step
+        steppers[str(demos)] = SteppedTrain(
+            student, ex, "forward_kl", m.tokenizer.pad_token_id, total=1 + repeats, batch_size=batch_size
+        ).step
         rows.append(
             {
                 "sweep": "context",
@@ -1190,6 +1212,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--scaling-demos", type=int, nargs="+", default=[8, 32, 128])
     p.add_argument("--scaling-inputs", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--out", default="results/perf")
+    p.add_argument("--note", action="append", default=[], help="a line for perf.md (e.g. about the machine)")
     p.add_argument("--probe-memory", choices=list(MEMORY_MODES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.probe_memory:  # internal: one memory measurement in a fresh process
@@ -1268,7 +1291,7 @@ def _main(argv: list[str] | None) -> int:
         scaling=scaling,
         loads=(load_before, load_average()),
         started=started,
-        notes=[],
+        notes=[*(f"Note: {n}" for n in args.note), *([""] if args.note else [])],
     )
     print((out / "perf.md").read_text())
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 from conftest import SUITES
 
@@ -49,3 +50,19 @@ def test_perf_cli_bad_suite_is_one_line(tmp_path, capsys):
     code = perf.main(["--model", "tiny-random", "--parts", "lmeval", "--suite", str(bad), "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("harness.perf: error:") and "\n" not in err
+
+
+def test_stepped_train_runs_exactly_the_steps_asked(tiny):
+    import copy
+
+    from harness.train import Example
+
+    ex = [Example([1, 5, 6, 7, 8], [9, 10]) for _ in range(12)]
+    student = copy.deepcopy(tiny.model)
+    before = [p.clone() for p in student.parameters()]
+    stepper = perf.SteppedTrain(student, ex, "self_target_nll", 0, total=5, batch_size=4)  # 3 batches per epoch
+    times = [stepper.step() for _ in range(5)]
+    assert all(t > 0 for t in times) and stepper.done_steps == 5
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))
+    with pytest.raises(RuntimeError, match="no steps left"):
+        stepper.step()
