@@ -214,9 +214,20 @@ def _hyper(value: Any, rng: type[Range] = Range) -> Any:
     def pick(v: Any, _handler: Any) -> Any:
         if isinstance(v, BaseModel):
             v = v.model_dump(by_alias=True)
-        if isinstance(v, dict):
-            return (choices_of if "choices" in v else range_of).validate_python(v)
-        return fixed_of.validate_python(v)
+        if not isinstance(v, dict):
+            return fixed_of.validate_python(v)
+        model, adapter = (chosen, choices_of) if "choices" in v else (ranged, range_of)
+        try:
+            return adapter.validate_python(v)
+        except ValidationError as e:  # name the fields of the shape that was picked
+            known = ", ".join(f.alias or n for n, f in model.model_fields.items())
+            errors = [
+                error_detail(err["type"], err["loc"], f"unknown field (known: {known})", err["input"])
+                if err["type"] == "extra_forbidden"
+                else error_detail(err["type"], err["loc"], err["msg"], err["input"])
+                for err in e.errors()
+            ]
+            raise ValidationError.from_exception_data(model.__name__, errors) from None
 
     return Annotated[value | ranged | chosen, WrapValidator(pick)]
 
@@ -398,7 +409,8 @@ def _read_yaml(p: Path) -> dict[str, Any]:
     return raw
 
 
-_NO_VALUE = {"missing", "value_error", "unknown_parameter", "unknown_name", "duplicate"}  # the message says it all
+# Errors whose message already says what was wrong with the value.
+_NO_VALUE = {"missing", "value_error", "extra_forbidden", "unknown_parameter", "unknown_name", "duplicate"}
 
 
 def _error_lines(e: ValidationError) -> list[str]:
@@ -407,7 +419,7 @@ def _error_lines(e: ValidationError) -> list[str]:
     for err in e.errors():
         loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and not msg.startswith("unknown field"):
             known = _known_fields(err["loc"][:-1])
             msg = "unknown field" + (f" (known: {', '.join(known)})" if known else "")
         elif isinstance(err["input"], str | int | float) and err["type"] not in _NO_VALUE:
