@@ -511,15 +511,16 @@ def _task_problems(suite: Suite) -> list[str]:
         if task is None:
             continue
         if folder is not None:
-            problems += _local_task_problems(field, task.name, folder, task.path)
+            problems += _local_task_problems(field, task, folder)
         else:
             problems += _registered_task_problems(field, task.name)
     return problems
 
 
-def _local_task_problems(field: str, name: str, folder: Path, shown: str) -> list[str]:
-    """The folder must hold a task YAML with `task: name` (what `tasks.task_config` will load)."""
-    names = []
+def _local_task_problems(field: str, task: Task | ControlTask, folder: Path) -> list[str]:
+    """The folder must hold a task YAML with `task: name` (what `tasks.task_config` will load), and a
+    metric the suite names must be one the task declares."""
+    name, names = task.name, []
     for f in sorted(folder.glob("*.yaml")):
         try:
             cfg = yaml.load(f.read_text(encoding="utf-8"), Loader=_TaskYamlLoader)  # noqa: S506
@@ -530,10 +531,14 @@ def _local_task_problems(field: str, name: str, folder: Path, shown: str) -> lis
         if cfg.get("task") == name:
             if "num_fewshot" in cfg:
                 return [f"{field}.path: {f.name}: num_fewshot: remove it; the suite's context sets the demonstrations"]
+            declared = [m.get("metric") for m in cfg.get("metric_list") or [] if isinstance(m, dict)]
+            if task.metric and declared and task.metric not in declared:
+                known = ", ".join(map(str, declared))
+                return [f"{field}.metric: '{task.metric}' is not a metric of task {name} (it declares: {known})"]
             return []
         if isinstance(cfg.get("task"), str):
             names.append(cfg["task"])
-    return [f"{field}.name: no task YAML with 'task: {name}' in {shown} (found: {', '.join(names) or 'none'})"]
+    return [f"{field}.name: no task YAML with 'task: {name}' in {task.path} (found: {', '.join(names) or 'none'})"]
 
 
 def _registered_task_problems(field: str, name: str) -> list[str]:

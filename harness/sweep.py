@@ -190,10 +190,14 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
             _tag_state(trial, "FAIL")
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
             raise
-        except Exception as e:  # a bug: Optuna marks the trial FAIL and re-raises, stopping the study
-            trial.set_user_attr("reason", f"{type(e).__name__}: {e} (a bug, not a configuration problem)")
+        except Exception as e:  # not a result but a bug: Optuna marks the trial FAIL and re-raises, stopping the study
+            trial.set_user_attr("reason", f"{type(e).__name__}: {e} (stopped the study)")
             _tag_state(trial, "FAIL")
-            log.error("trial %d hit a bug (%s); stopping the study", trial.number, type(e).__name__)
+            log.error(
+                "trial %d raised %s, which no configuration explains; stopping the study",
+                trial.number,
+                type(e).__name__,
+            )
             raise
         return values[0] if len(values) == 1 else values
 

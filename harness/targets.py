@@ -46,11 +46,6 @@ TARGETS: Registry[TargetSpec] = Registry("target strategy", TargetSpec)
 register = TARGETS.register  # @register("name", uses_student=...); params are the keyword-only arguments
 
 
-def get_spec(name: str) -> TargetSpec:
-    """The registered strategy, or a ValueError that lists the known ones."""
-    return TARGETS.lookup(name)
-
-
 def cache_key_params(name: str, params: dict | None) -> dict:
     """Params with defaults filled in and validated: caches key on the effective settings, not the spelling."""
     return TARGETS.resolve(name, params)[1]
