@@ -1,7 +1,9 @@
 """`harness validate | run | report | gap | ui`: the user's commands.
 
-Every expected failure (bad suite, missing model, bad task) ends as one line on
-stderr and a non-zero exit code; tracebacks are for bugs.
+Every expected failure (bad suite, missing model, bad task) ends as one line per
+problem on stderr and exit code 2; tracebacks are for bugs. Heavy libraries are
+imported by the command that needs them, so `validate` answers in well under a
+second.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, resources=True)
     ax = suite.axes
     print(
         f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
@@ -38,7 +40,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, resources=True)  # before the study exists: a typo must not leave an empty one
     from harness import sweep
 
     return sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout, report=not args.no_report)
@@ -54,7 +56,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, resources=True)
     from harness.trial import Workbench, context_gaps
 
     rows = context_gaps(Workbench(suite))
@@ -144,16 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """ModelError and TaskError, from their modules if a command imported them (a command that did not
+    cannot raise them, and importing `models` here would cost every command torch's import time)."""
+    found = []
+    for module, name in (("harness.models", "ModelError"), ("harness.tasks", "TaskError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from harness.models import ModelError
-    from harness.tasks import TaskError
-
     try:
         return args.fn(args)
-    except (SuiteError, ModelError, TaskError) as e:
+    except SuiteError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _input_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -2,8 +2,10 @@
 
 The study lives in Optuna storage (SQLite by default, any RDB URL for several
 machines); rerunning the same suite resumes it and only runs the trials still
-missing. A trial that fails (bad settings, NaN loss, out of memory) is recorded
-as failed with its reason and the study goes on.
+missing. A trial that fails for a reason its configuration can cause (divergence,
+an invalid axis combination, out of memory, an undefined objective) is recorded
+as failed with its reason and the study goes on; any other exception is a bug:
+the trial is marked failed and the study stops with the traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ log = logging.getLogger(__name__)
 
 MAXIMIZE = {"gap_closure", "student_score"}
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ValueError, RuntimeError)
+
+
+class ObjectiveUndefined(ArithmeticError):
+    """The trial ran, but an objective has no value (gap closure when teacher and baseline score the same)."""
+
+
+# What a configuration can legitimately cause (pruning is Optuna's own TrialPruned); nothing broader.
+EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ObjectiveUndefined)
 
 
 def storage_url(suite: Suite) -> str:
@@ -148,7 +157,7 @@ def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
     for name in suite.sweep.objectives:
         v = metrics[name]
         if v is None or math.isnan(v):
-            raise RuntimeError(f"objective {name} is undefined (NaN): teacher and baseline score the same")
+            raise ObjectiveUndefined(f"objective {name} is undefined (NaN): teacher and baseline score the same")
         vals.append(float(v))
     return vals
 
@@ -180,6 +189,15 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
             trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
             _tag_state(trial, "FAIL")
             log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            raise
+        except Exception as e:  # not a result but a bug: Optuna marks the trial FAIL and re-raises, stopping the study
+            trial.set_user_attr("reason", f"{type(e).__name__}: {e} (stopped the study)")
+            _tag_state(trial, "FAIL")
+            log.error(
+                "trial %d raised %s, which no configuration explains; stopping the study",
+                trial.number,
+                type(e).__name__,
+            )
             raise
         return values[0] if len(values) == 1 else values
 

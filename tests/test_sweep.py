@@ -7,9 +7,11 @@ import math
 import mlflow
 import optuna
 import pytest
+import torch
 from conftest import write_suite
 
 from harness import sweep, tracking
+from harness import trial as trial_module
 from harness.spec import load_suite
 
 
@@ -156,3 +158,41 @@ def test_pruner_choice(tmp_path, sampler, pruner, objectives, expected):
     suite = load_suite(write_suite(tmp_path, sweep={"sampler": sampler, "pruner": pruner, "objectives": objectives}))
     assert sweep.prunes(suite) is expected
     assert isinstance(sweep.make_pruner(suite), optuna.pruners.MedianPruner if expected else optuna.pruners.NopPruner)
+
+
+def test_only_configuration_failures_are_caught(tmp_path):
+    assert ValueError not in sweep.EXPECTED_FAILURES and RuntimeError not in sweep.EXPECTED_FAILURES
+    for e in (sweep.TrainingDiverged, sweep.InvalidCombination, torch.OutOfMemoryError, sweep.ObjectiveUndefined):
+        assert e in sweep.EXPECTED_FAILURES
+    suite = load_suite(write_suite(tmp_path))
+    with pytest.raises(sweep.ObjectiveUndefined, match="gap_closure is undefined"):
+        sweep.objective_values(suite, {"gap_closure": math.nan})
+
+
+def test_a_bug_stops_the_study_and_marks_the_trial_failed(tmp_path, monkeypatch):
+    """A programming error is not a result: the study stops with the traceback instead of recording a FAIL row
+    and going on, and the trial it hit is failed in Optuna and in MLflow with the reason."""
+    path = write_suite(
+        tmp_path,
+        axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "forward_kl"}]},
+        hyperparameters={"learning_rate": {"choices": [1e-3, 1e-4]}, "epochs": 1, "batch_size": 4, "train_inputs": 8},
+        sweep={"sampler": "grid", "n_trials": 2},
+    )
+    suite = load_suite(path)
+
+    def broken_train(*args, **kwargs):
+        raise KeyError("no_such_setting")
+
+    monkeypatch.setattr(trial_module, "train", broken_train)
+    with pytest.raises(KeyError, match="no_such_setting"):
+        sweep.run(suite, report=False)
+    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    assert len(study.trials) == 1, "the study stopped at the first bug"
+    bad = study.trials[0]
+    assert bad.state == optuna.trial.TrialState.FAIL
+    assert bad.user_attrs["reason"] == "KeyError: 'no_such_setting' (stopped the study)"
+    _, children = _children(suite)
+    assert len(children) == 1
+    row = children.iloc[0]
+    assert row["status"] == "FAILED" and row["tags.optuna.trial_state"] == "FAIL"
+    assert row["tags.harness.reason"] == "KeyError: 'no_such_setting'"
