@@ -3,6 +3,7 @@
 Tasks:
   plural       generate_until: a singular English noun -> its plural ("box" -> "boxes").
   name_gender  multiple_choice: a first name -> "girl" or "boy".
+  date_iso     generate_until: a date in words -> ISO 8601 ("5 March 2021" -> "2021-03-05"), ~10 tokens.
 
 A bare word alone does not say which job is asked; the suite's context (instruction and
 demonstrations) does.
@@ -203,6 +204,34 @@ def make_name_gender(rng: random.Random) -> None:
     )
 
 
+MONTHS = "January February March April May June July August September October November December".split()
+
+
+def make_date_iso(rng: random.Random) -> None:
+    """date_iso: a date written out in words, US or UK order -> ISO 8601 (e.g. "5 March 2021" -> "2021-03-05").
+
+    The answer is stored as year/month/day integers and formatted by the task YAML's doc_to_target:
+    the JSON loader (pyarrow) would turn an ISO date string into a timestamp ("2021-03-05 00:00:00").
+    Dates are drawn without repeats (one date never appears in two splits, in either spelling); the
+    first 16 are the demos, then 160 test, 100 validation and 290 train.
+    """
+    seen: set[tuple[int, int, int]] = set()
+    docs: list[dict] = []
+    while len(docs) < 16 + 160 + 100 + 290:
+        year, month, day = rng.randint(1950, 2030), rng.randint(1, 12), rng.randint(1, 28)
+        us = rng.random() < 0.5
+        if (year, month, day) in seen:
+            continue
+        seen.add((year, month, day))
+        text = f"{MONTHS[month - 1]} {day}, {year}" if us else f"{day} {MONTHS[month - 1]} {year}"
+        docs.append({"question": text, "year": year, "month": month, "day": day})
+    write(
+        HERE / "date_iso",
+        {"demos": docs[:16], "test": docs[16:176], "validation": docs[176:276], "train": docs[276:]},
+    )
+
+
 if __name__ == "__main__":
     make_plural(random.Random(SEED))
     make_name_gender(random.Random(SEED))
+    make_date_iso(random.Random(SEED))
