@@ -84,18 +84,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from harness import sweep, tracking
+    from harness import stores
 
-    uri = tracking.tracking_uri(suite)
+    uri = stores.tracking_uri(suite)
     print(
         f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
         f"experiment harness/{suite.name}, Ctrl-C to stop"
     )
     if shutil.which("optuna-dashboard"):
-        print(f"Optuna dashboard: optuna-dashboard {sweep.storage_url(suite)}")
+        print(f"Optuna dashboard: optuna-dashboard {stores.storage_url(suite)}")
     else:
         print(
-            f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {sweep.storage_url(suite)}"
+            f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {stores.storage_url(suite)}"
         )
     cmd = [
         sys.executable,

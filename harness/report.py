@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness import tracking
+from harness import stores, tracking
 from harness.spec import Suite, SuiteError
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,12 @@ class SkipPlot(Exception):
 # --- reading the study ---------------------------------------------------------------------------------------------
 def load_runs(suite: Suite) -> tuple[pd.DataFrame, str]:
     """The study's MLflow runs (parent and trials) as one pandas frame, and the tracking URI they came from."""
-    from harness.sweep import study_name
-
     exp_id = tracking.setup(suite)
     uri = mlflow.get_tracking_uri()
     runs = mlflow.search_runs(
-        experiment_ids=[exp_id], filter_string=f"tags.`harness.study` = '{study_name(suite)}'", output_format="pandas"
+        experiment_ids=[exp_id],
+        filter_string=f"tags.`harness.study` = '{stores.study_name(suite)}'",
+        output_format="pandas",
     )
     assert isinstance(runs, pd.DataFrame)
     return runs, uri
@@ -119,15 +119,13 @@ def load_study(suite: Suite) -> Any | None:
     """The Optuna study behind the runs, or None where its storage no longer holds it."""
     import optuna
 
-    from harness.sweep import storage_url, study_name
-
     try:
-        return optuna.load_study(study_name=study_name(suite), storage=storage_url(suite))
+        return optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     except Exception as e:  # missing or unreachable storage: MLflow alone still makes a report
         log.warning(
             "optuna study %s not loaded from %s (%s: %s); its plots are skipped",
-            study_name(suite),
-            storage_url(suite),
+            stores.study_name(suite),
+            stores.storage_url(suite),
             type(e).__name__,
             e,
         )
@@ -248,7 +246,6 @@ def _portable(uri: str) -> str:
 
 def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
     """Facts needed to trust or reproduce the numbers: what was run, with which code, where, with what versions."""
-    from harness.sweep import storage_url, study_name
 
     def distinct(col: str) -> list[str]:
         return sorted({str(v) for v in df[col].dropna()}) if col in df else []
@@ -265,7 +262,7 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
         "suite": suite.name,
         "suite_file": _portable(suite.source or ""),
         "suite_hash": suite.content_hash(),
-        "study": study_name(suite),
+        "study": stores.study_name(suite),
         "task": suite.task.name,
         "teacher": suite.models.teacher,
         "student": suite.models.student,
@@ -286,7 +283,7 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "packages": versions,
         "mlflow_tracking_uri": _portable(uri),
-        "optuna_storage": _portable(storage_url(suite)),
+        "optuna_storage": _portable(stores.storage_url(suite)),
     }
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import platform
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
-from harness import tracking
+from harness import stores, tracking
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
 from harness.trial import InvalidCombination, TrialConfig, Workbench, per_item_table, run_trial
@@ -27,13 +26,6 @@ log = logging.getLogger(__name__)
 MAXIMIZE = {"gap_closure", "student_score"}
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ValueError, RuntimeError)
-
-
-def storage_url(suite: Suite) -> str:
-    if suite.sweep.storage:
-        return suite.sweep.storage
-    Path(suite.work_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(suite.work_dir).resolve() / 'optuna.db'}"
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage | str:
@@ -51,11 +43,6 @@ def _mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         tracking.TrialRun(run_id).end("FAILED", "process died during the trial (no heartbeat)")
-
-
-def study_name(suite: Suite) -> str:
-    """Same suite content → same study (resume); an edited suite starts a new one."""
-    return f"{suite.name}-{suite.content_hash()}"
 
 
 def grid_space(suite: Suite) -> dict[str, list[Any]]:
@@ -215,8 +202,8 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     """Run (or resume) the suite's study until it holds `n_trials` finished trials."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
     directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
-    storage = storage_url(suite)
-    name = study_name(suite)
+    storage = stores.storage_url(suite)
+    name = stores.study_name(suite)
     study = optuna.create_study(
         study_name=name,
         storage=open_storage(storage),

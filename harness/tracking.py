@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from harness import stores
 from harness.spec import Suite
 
 log = logging.getLogger(__name__)
@@ -33,25 +32,15 @@ def metric_name(name: str) -> str:
     return _BAD.sub("/", name)
 
 
-def tracking_uri(suite: Suite) -> str:
-    """The suite's URI, else $MLFLOW_TRACKING_URI, else a SQLite store under work_dir (MLflow 3.13+ default)."""
-    if suite.sweep.tracking_uri:
-        return suite.sweep.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    Path(suite.work_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(suite.work_dir).resolve() / 'mlflow.db'}"
-
-
 def setup(suite: Suite) -> str:
     """Point MLflow at the suite's store and experiment; returns the experiment id."""
-    uri = tracking_uri(suite)
+    uri = stores.tracking_uri(suite)
     mlflow.set_tracking_uri(uri)
     name = f"harness/{suite.name}"
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        artifacts = (Path(suite.work_dir).resolve() / "mlartifacts").as_uri()
-        exp_id = mlflow.create_experiment(name, artifact_location=artifacts if uri.startswith("sqlite") else None)
+        artifacts = stores.artifact_root(suite) if uri.startswith("sqlite") else None
+        exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

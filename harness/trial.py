@@ -14,12 +14,11 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from harness import intrinsic, models, scoring
+from harness import intrinsic, models, scoring, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.contexts import Context, modify
@@ -90,8 +89,7 @@ class Workbench:
 
     def __init__(self, suite: Suite) -> None:
         self.suite = suite
-        self.work_dir = Path(suite.work_dir)
-        self.store = Store(self.work_dir / "cache")
+        self.store = Store(stores.cache_root(suite))
         log.info("loading teacher %s", suite.models.teacher)
         self.teacher = models.load(suite.models.teacher, suite.models.device)
         self.device = next(self.teacher.model.parameters()).device

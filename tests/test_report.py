@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import write_suite
 
-from harness import report, sweep, tracking
+from harness import report, stores, sweep, tracking
 from harness.cli import main
 from harness.spec import SuiteError, load_suite
 
@@ -33,7 +33,7 @@ def study(tmp_path_factory):
         out = report.write(suite, tmp / "results")
         exp_id = tracking.setup(suite)
         runs = mlflow.search_runs(experiment_ids=[exp_id], filter_string="tags.`harness.kind` = 'trial'")
-        trials = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite)).trials
+        trials = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite)).trials
         yield {"suite": suite, "out": out, "runs": runs, "trials": trials, "tmp": tmp}
 
 
@@ -109,7 +109,7 @@ def test_provenance_json(study):
     prov = json.loads((study["out"] / "provenance.json").read_text())
     suite = study["suite"]
     assert prov["suite"] == "smoke" and prov["suite_hash"] == suite.content_hash()
-    assert prov["study"] == sweep.study_name(suite)
+    assert prov["study"] == stores.study_name(suite)
     assert set(report.PACKAGES) <= set(prov["packages"])
     assert prov["report_machine"]["gpu"]
 

@@ -9,13 +9,15 @@ import optuna
 import pytest
 from conftest import write_suite
 
-from harness import sweep, tracking
+from harness import stores, sweep, tracking
 from harness.spec import load_suite
 
 
 def _children(suite):
     exp = tracking.setup(suite)
-    runs = mlflow.search_runs(experiment_ids=[exp], filter_string=f"tags.`harness.study` = '{sweep.study_name(suite)}'")
+    runs = mlflow.search_runs(
+        experiment_ids=[exp], filter_string=f"tags.`harness.study` = '{stores.study_name(suite)}'"
+    )
     parents = runs[runs["tags.harness.kind"] == "study"]
     return parents, runs[runs["tags.harness.kind"] == "trial"]
 
@@ -45,7 +47,7 @@ def test_resume_runs_only_missing_trials(tmp_path, capsys):
     assert len(parents) == 1 and len(children) == 6
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0].run_id}
     assert set(first.run_id) < set(children.run_id)  # the first four were kept, two were added
-    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     assert len(study.trials) == 6
     assert sorted(children["tags.optuna.trial_number"].astype(int)) == list(range(6))
     done = children[children.status == "FINISHED"]
@@ -85,7 +87,7 @@ def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
     )
     suite = load_suite(path)
     assert sweep.run(suite, report=False) == 0
-    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     by_lr = {t.params["learning_rate"]: t for t in study.trials}
     bad, good = by_lr[1e30], by_lr[1e-3]
     assert bad.state == optuna.trial.TrialState.FAIL
@@ -126,12 +128,12 @@ def test_pruned_trial_ends_killed_with_reason(tmp_path):
     )
     suite = load_suite(path)
     study = optuna.create_study(
-        study_name=sweep.study_name(suite), storage=sweep.storage_url(suite), direction="maximize"
+        study_name=stores.study_name(suite), storage=stores.storage_url(suite), direction="maximize"
     )
     for _ in range(2):  # two earlier trials whose student matched the teacher (KL 0) at every step
         study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={s: -0.0 for s in range(8)}))
     assert sweep.run(suite, report=False) == 0
-    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     pruned = study.trials[2]
     assert pruned.state == optuna.trial.TrialState.PRUNED
     assert pruned.user_attrs["reason"].startswith("held-out KL ") and "at step 1 " in pruned.user_attrs["reason"]
