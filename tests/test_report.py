@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import write_suite
+from helpers import write_suite
 
 from harness import report, stores, sweep, tracking
 from harness.cli import main

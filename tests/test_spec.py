@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SUITES
+from helpers import ROOT, SUITES
 
 from harness.cli import main
 from harness.spec import Range, SuiteError, load_suite

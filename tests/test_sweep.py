@@ -7,7 +7,7 @@ import math
 import mlflow
 import optuna
 import pytest
-from conftest import write_suite
+from helpers import write_suite
 
 from harness import stores, sweep, tracking
 from harness.spec import load_suite

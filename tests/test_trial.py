@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import SUITES, write_suite
+from helpers import SUITES, write_suite
 
 from harness import scoring
 from harness.cli import main
