@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import subprocess
 import sys
 
+from harness import stores, sweep
+from harness.models import ModelError
+from harness.report.write import write_report
 from harness.spec import SuiteError, load_suite
+from harness.tasks import TaskError
+from harness.trial import Workbench, context_gaps
 
 EXIT_BAD_INPUT = 2
 
@@ -39,24 +46,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
-    from harness import sweep
-
-    return sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout, report=not args.no_report)
+    study = sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout)
+    print("\n".join(sweep.summary(study)))
+    if not args.no_report:
+        print(f"report written to {write_report(suite, 'results')}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
-    from harness import report
-
-    out = report.write(suite, args.out)
-    print(f"report written to {out}")
+    print(f"report written to {write_report(suite, args.out)}")
     return 0
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
-    from harness.trial import Workbench, context_gaps
-
     rows = context_gaps(Workbench(suite))
     print(f"suite '{suite.name}', task {suite.task.name}: teacher (full context c) vs. untrained model with c'")
     print(f"{'context c′':<24} {'metric':<12} {'items':>5} {'teacher':>15} {'baseline':>15} {'gap (points)':>16}")
@@ -81,11 +85,6 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
-    import shutil
-    import subprocess
-
-    from harness import stores
-
     uri = stores.tracking_uri(suite)
     print(
         f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
@@ -148,9 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from harness.models import ModelError
-    from harness.tasks import TaskError
-
     try:
         return args.fn(args)
     except (SuiteError, ModelError, TaskError) as e:

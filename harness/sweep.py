@@ -155,8 +155,14 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
                 result = run_trial(bench, cfg, reporter)
                 run.log_metrics(result.metrics)
                 _log_artifacts(run, bench, result)
-                print(f"trial {trial.number} ({cfg.target.label} / {cfg.context.label} / {cfg.loss.label}):")
-                print("\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.items()), flush=True)
+                log.info(
+                    "trial %d (%s / %s / %s):\n%s",
+                    trial.number,
+                    cfg.target.label,
+                    cfg.context.label,
+                    cfg.loss.label,
+                    "\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.items()),
+                )
                 values = objective_values(suite, result.metrics)
                 run.set_tags({"optuna.trial_state": "COMPLETE"})
         except optuna.TrialPruned as e:
@@ -198,8 +204,8 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> Non
     )
 
 
-def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None, report: bool = True) -> int:
-    """Run (or resume) the suite's study until it holds `n_trials` finished trials."""
+def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
+    """Run (or resume) the suite's study until it holds `n_trials` finished trials; returns the study."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
     directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
     storage = stores.storage_url(suite)
@@ -238,16 +244,11 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
             catch=EXPECTED_FAILURES,
             gc_after_trial=True,
         )
-    _print_summary(study)
-    if report:
-        from harness import report as report_mod
-
-        out = report_mod.write(suite, "results")
-        print(f"report written to {out}")
-    return 0
+    return study
 
 
-def _print_summary(study: optuna.Study) -> None:
+def summary(study: optuna.Study) -> list[str]:
+    """One line for the study, then one per trial: state, objective values, axes, why it failed."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         done = t.values is not None and t.state == optuna.trial.TrialState.COMPLETE
@@ -257,5 +258,4 @@ def _print_summary(study: optuna.Study) -> None:
             f"context={t.params.get('context')} loss={t.params.get('loss')} "
             f"{t.user_attrs.get('reason', '')}"
         )
-    print(f"study {study.study_name}: {len(rows)} trials")
-    print("\n".join(rows))
+    return [f"study {study.study_name}: {len(rows)} trials", *rows]

@@ -22,7 +22,7 @@ def _children(suite):
     return parents, runs[runs["tags.harness.kind"] == "trial"]
 
 
-def test_resume_runs_only_missing_trials(tmp_path, capsys):
+def test_resume_runs_only_missing_trials(tmp_path):
     path = write_suite(
         tmp_path,
         axes={
@@ -39,10 +39,10 @@ def test_resume_runs_only_missing_trials(tmp_path, capsys):
         sweep={"sampler": "tpe", "n_trials": 4},
     )
     suite = load_suite(path)
-    assert sweep.run(suite, report=False) == 0
+    sweep.run(suite)
     _, first = _children(suite)
     assert len(first) == 4
-    assert sweep.run(suite, n_trials=6, report=False) == 0
+    resumed = sweep.run(suite, n_trials=6)
     parents, children = _children(suite)
     assert len(parents) == 1 and len(children) == 6
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0].run_id}
@@ -75,7 +75,9 @@ def test_resume_runs_only_missing_trials(tmp_path, capsys):
     assert {"suite.yaml", "per_item.json", "lm_eval_results.json"} <= arts
     steps = mlflow.MlflowClient().get_metric_history(done.iloc[0].run_id, "train/loss")
     assert len(steps) == 2
-    assert "study" in capsys.readouterr().out
+    lines = sweep.summary(resumed)
+    assert lines[0] == f"study {stores.study_name(suite)}: 6 trials"
+    assert [line.split()[:2] for line in lines[1:]] == [[f"#{n}", "COMPLETE"] for n in range(6)]
 
 
 def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
@@ -86,7 +88,7 @@ def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
         sweep={"sampler": "grid", "n_trials": 2},
     )
     suite = load_suite(path)
-    assert sweep.run(suite, report=False) == 0
+    sweep.run(suite)
     study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     by_lr = {t.params["learning_rate"]: t for t in study.trials}
     bad, good = by_lr[1e30], by_lr[1e-3]
@@ -132,7 +134,7 @@ def test_pruned_trial_ends_killed_with_reason(tmp_path):
     )
     for _ in range(2):  # two earlier trials whose student matched the teacher (KL 0) at every step
         study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={s: -0.0 for s in range(8)}))
-    assert sweep.run(suite, report=False) == 0
+    sweep.run(suite)
     study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     pruned = study.trials[2]
     assert pruned.state == optuna.trial.TrialState.PRUNED
