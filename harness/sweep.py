@@ -11,21 +11,29 @@ from __future__ import annotations
 import logging
 import math
 import platform
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
 
 from harness import stores, tracking
+from harness.metrics import HELDOUT_KL, METRICS, TrialMetrics
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
 from harness.trial import InvalidCombination, TrialConfig, Workbench, per_item_table, run_trial
 
 log = logging.getLogger(__name__)
 
-MAXIMIZE = {"gap_closure", "student_score"}
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ValueError, RuntimeError)
+
+
+def direction(objective: str) -> Literal["maximize", "minimize"]:
+    """The study direction of an objective, from the metric's definition."""
+    d = METRICS[objective].direction
+    if d is None:
+        raise ValueError(f"sweep.objectives: metric '{objective}' has no direction to optimise")
+    return d
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage | str:
@@ -122,7 +130,7 @@ class _Reporter:
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log_step(step, metrics)
-        kl = metrics["heldout/kl"]
+        kl = metrics[HELDOUT_KL.name]
         if not self.prune:
             return
         self.trial.report(self.sign * kl, step)  # lower KL is better; flip sign for a maximised study
@@ -130,10 +138,10 @@ class _Reporter:
             raise optuna.TrialPruned(f"held-out KL {kl:.4f} at step {step} is worse than the median of earlier trials")
 
 
-def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
+def objective_values(suite: Suite, metrics: TrialMetrics) -> list[float]:
     vals = []
     for name in suite.sweep.objectives:
-        v = metrics[name]
+        v = getattr(metrics, name)
         if v is None or math.isnan(v):
             raise RuntimeError(f"objective {name} is undefined (NaN): teacher and baseline score the same")
         vals.append(float(v))
@@ -141,7 +149,7 @@ def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
 
 
 def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, base_tags: dict[str, str]) -> Any:
-    maximize = suite.sweep.objectives[0] in MAXIMIZE
+    maximize = METRICS[suite.sweep.objectives[0]].direction == "maximize"
     prune = prunes(suite)
 
     def objective(trial: optuna.Trial) -> float | list[float]:
@@ -161,7 +169,7 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
                     cfg.target.label,
                     cfg.context.label,
                     cfg.loss.label,
-                    "\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.items()),
+                    "\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.logged().items()),
                 )
                 values = objective_values(suite, result.metrics)
                 run.set_tags({"optuna.trial_state": "COMPLETE"})
@@ -207,7 +215,7 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> Non
 def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
     """Run (or resume) the suite's study until it holds `n_trials` finished trials; returns the study."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
-    directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
+    directions = [direction(o) for o in suite.sweep.objectives]
     storage = stores.storage_url(suite)
     name = stores.study_name(suite)
     study = optuna.create_study(

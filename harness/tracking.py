@@ -20,6 +20,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from harness import stores
+from harness.metrics import STEP_METRICS, TrialMetrics
 from harness.spec import Suite
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class TrialRun:
         self.client = MlflowClient()
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Per-step values; only defined step metrics (a typo would otherwise start a new curve silently)."""
+        unknown = set(metrics) - set(STEP_METRICS)
+        if unknown:
+            raise ValueError(f"undefined step metrics {sorted(unknown)} (defined in harness/metrics.py)")
         for k, v in metrics.items():
             self.client.log_metric(self.run_id, metric_name(k), float(v), step=step)
 
@@ -87,10 +92,9 @@ class TrialRun:
         for k, v in params.items():
             self.client.log_param(self.run_id, metric_name(k), v)
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            if v is not None:
-                self.client.log_metric(self.run_id, metric_name(k), float(v))
+    def log_metrics(self, metrics: TrialMetrics) -> None:
+        for k, v in metrics.logged().items():
+            self.client.log_metric(self.run_id, k, v)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():

@@ -22,6 +22,7 @@ from transformers import get_scheduler
 from harness import generation
 from harness.batching import make_batch, target_logits
 from harness.losses import LOSSES, compute_loss
+from harness.metrics import TRAIN_LOSS, TRAIN_LR
 from harness.teacher import TopKSeq, score_topk, stack
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
             if on_step:
-                on_step(step, {"train/loss": value, "train/lr": sched.get_last_lr()[0]})
+                on_step(step, {TRAIN_LOSS.name: value, TRAIN_LR.name: sched.get_last_lr()[0]})
             if on_eval and step % eval_every == 0 and step < per_epoch * settings.epochs:
                 model.eval()
                 on_eval(step)

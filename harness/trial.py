@@ -23,6 +23,7 @@ from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.contexts import Context, modify
 from harness.losses import LOSSES
+from harness.metrics import HELDOUT_KL, TrialMetrics
 from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
 from harness.tasks import TaskBundle, load_task, task_manager
@@ -64,7 +65,7 @@ class TrialConfig:
 
 @dataclass
 class TrialResult:
-    metrics: dict[str, float]
+    metrics: TrialMetrics
     info: dict[str, Any] = field(default_factory=dict)  # non-numeric outputs: per-item answers, contexts
 
 
@@ -272,7 +273,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
 
     before = bench.baseline_intrinsic(c_student)
     if reporter:
-        reporter.log_step(0, {"heldout/kl": before["heldout_kl"]})
+        reporter.log_step(0, {HELDOUT_KL.name: before["heldout_kl"]})
     student = copy.deepcopy(bench.base_model())
     if int(hp["lora_rank"]) > 0:
         student = apply_lora(student, int(hp["lora_rank"]))
@@ -299,7 +300,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
             batch_size=s.evaluation.batch_size,
         )
         if reporter:
-            reporter.report(step, {"heldout/kl": kl})
+            reporter.report(step, {HELDOUT_KL.name: kl})
 
     settings = TrainSettings(
         learning_rate=float(hp["learning_rate"]),
@@ -330,44 +331,19 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
     after = bench.intrinsic(student, c_student)
     if reporter:
-        reporter.log_step(result.steps, {"heldout/kl": after["heldout_kl"]})
+        reporter.log_step(result.steps, {HELDOUT_KL.name: after["heldout_kl"]})
     h = bench.heldout()
     saved = [len(a) - len(b) for a, b in zip(h["prompts"], bench.encode(h["docs"], c_student), strict=True)]
-    metrics = {
-        **after,
-        "untrained_heldout_kl": before["heldout_kl"],
-        "untrained_greedy_agreement": before["greedy_agreement"],
-        "context_tokens_saved": sum(saved) / len(saved),
-        "train_tokens": float(result.train_tokens),
-        "target_tokens": float(result.target_tokens),
-        "train_steps": float(result.steps),
-        "final_train_loss": result.losses[-1],
-        "train_time_s": result.wall_time_s,
-        "teacher_time_s": teacher_s,
-        "train_tokens_per_s": result.train_tokens / max(result.wall_time_s, 1e-9),
-        "peak_memory_mb": peak_memory_mb(bench.device),
-    }
     eval_start = time.perf_counter()
     t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
     st_arm = bench.arm("student", student, None, c_student)
     gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
-    metrics.update(
-        {
-            "teacher_score": t_arm.score,
-            "teacher_stderr": t_arm.stderr,
-            "baseline_score": b_arm.score,
-            "baseline_stderr": b_arm.stderr,
-            "student_score": st_arm.score,
-            "student_stderr": st_arm.stderr,
-            "gap_closure": gap,
-            "gap_closure_stderr": gap_se,
-            "eval_time_s": time.perf_counter() - eval_start,
-        }
-    )
+    eval_s = time.perf_counter() - eval_start
     arms = {"teacher": t_arm, "baseline": b_arm, "student": st_arm}
+    control: dict[str, float] = {}
     if bench.control is not None:
         arms.update(control_arms(bench, student))
-        metrics.update(control_metrics(arms["control_base"], arms["control_student"]))
+        control = control_metrics(arms["control_base"], arms["control_student"])
     inputs = [
         {
             "input": str(bench.task.task.doc_to_text(d)),
@@ -377,7 +353,32 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         for d, r, t in zip(docs, refs, tgts, strict=True)
     ]
     info: dict[str, Any] = {"student_context": c_student, "inputs": inputs, "arms": arms}
-    metrics["wall_time_s"] = time.perf_counter() - start
+    metrics = TrialMetrics(
+        gap_closure=gap,
+        gap_closure_stderr=gap_se,
+        teacher_score=t_arm.score,
+        teacher_stderr=t_arm.stderr,
+        baseline_score=b_arm.score,
+        baseline_stderr=b_arm.stderr,
+        student_score=st_arm.score,
+        student_stderr=st_arm.stderr,
+        heldout_kl=after["heldout_kl"],
+        untrained_heldout_kl=before["heldout_kl"],
+        greedy_agreement=after["greedy_agreement"],
+        untrained_greedy_agreement=before["greedy_agreement"],
+        context_tokens_saved=sum(saved) / len(saved),
+        train_tokens=float(result.train_tokens),
+        target_tokens=float(result.target_tokens),
+        train_steps=float(result.steps),
+        final_train_loss=result.losses[-1],
+        train_time_s=result.wall_time_s,
+        teacher_time_s=teacher_s,
+        eval_time_s=eval_s,
+        wall_time_s=time.perf_counter() - start,
+        peak_memory_mb=peak_memory_mb(bench.device),
+        train_tokens_per_s=result.train_tokens / max(result.wall_time_s, 1e-9),
+        **control,
+    )
     return TrialResult(metrics=metrics, info=info)
 
 

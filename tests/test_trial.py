@@ -39,7 +39,7 @@ def first(suite):
 
 def test_three_arms_scored_by_lm_eval(first):
     bench, result = first
-    m = result.metrics
+    m = result.metrics.logged()
     arms = result.info["arms"]
     n_test = len(bench.task.eval_docs())
     for name in ("teacher", "baseline", "student"):
@@ -87,13 +87,13 @@ def test_rerun_reuses_caches_and_gives_identical_metrics(suite, first, caplog):
     assert any(h.startswith("teacher cache hit: scores") for h in hits)
     assert not [r for r in caplog.records if "cache miss: targets" in r.getMessage()]
     assert again.info["arms"]["teacher"].cached and again.info["arms"]["baseline"].cached
-    same = {k: v for k, v in again.metrics.items() if k not in TIMING}
-    assert same == {k: v for k, v in result.metrics.items() if k not in TIMING}
+    same = {k: v for k, v in again.metrics.logged().items() if k not in TIMING}
+    assert same == {k: v for k, v in result.metrics.logged().items() if k not in TIMING}
 
 
 def test_context_gaps_reuse_the_trial_arms(suite, first, capsys):
     bench, result = first
-    m = result.metrics
+    m = result.metrics.logged()
     (row,) = context_gaps(bench)
     assert row["context"] == "empty" and row["items"] == len(bench.task.eval_docs())
     assert row["teacher"] == m["teacher_score"] and row["baseline"] == m["baseline_score"]
@@ -158,10 +158,10 @@ def test_control_task_scores_base_and_student(tmp_path):
     assert base is first.info["arms"]["control_base"]  # scored once per study
     assert student is not first.info["arms"]["control_student"]  # each student is scored itself
     assert len(base.per_item) == len(student.per_item) == 20 and base.metric == "acc"
-    assert result.metrics["control_base_score"] == pytest.approx(np.mean(list(base.per_item.values())))
-    assert result.metrics["control_forgetting"] == pytest.approx(
-        result.metrics["control_base_score"] - result.metrics["control_student_score"]
+    assert result.metrics.control_base_score == pytest.approx(np.mean(list(base.per_item.values())))
+    assert result.metrics.control_forgetting == pytest.approx(
+        result.metrics.control_base_score - result.metrics.control_student_score
     )
-    assert result.metrics["control_forgetting_stderr"] >= 0
-    assert m["control_forgetting"] == result.metrics["control_forgetting"]  # same config, same seed
+    assert result.metrics.control_forgetting_stderr >= 0
+    assert m.control_forgetting == result.metrics.control_forgetting  # same config, same seed
     assert base.prompts[0] == student.prompts[0]  # same prompt for both; only the weights differ

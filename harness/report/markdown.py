@@ -6,8 +6,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.runs import AXES, METRICS, TAGS, best_trials
-from harness.report.tables import axis_table, fmt, fmt_param, md_table, pm, varying_hps
+from harness.metrics import METRICS
+from harness.report.runs import AXES, TAGS, best_trials
+from harness.report.tables import axis_table, fmt, fmt_metric, fmt_param, md_table, pm, varying_hps
 from harness.spec import Suite
 
 
@@ -52,7 +53,13 @@ def _references_md(df: pd.DataFrame) -> list[str]:
     rows = []
     for ctx, grp in sorted(have.groupby(have["context"].astype(str)), key=lambda g: g[0]):
         r = grp.iloc[0]
-        rows.append([ctx, pm(r.get("baseline_score"), r.get("baseline_stderr")), fmt(r.get("context_tokens_saved"), 1)])
+        rows.append(
+            [
+                ctx,
+                pm(r.get("baseline_score"), r.get("baseline_stderr")),
+                fmt_metric("context_tokens_saved", r.get("context_tokens_saved")),
+            ]
+        )
     return [*out, md_table(["context", "baseline score", "context tokens saved per query"], rows), ""]
 
 
@@ -74,7 +81,7 @@ def _best_md(df: pd.DataFrame) -> list[str]:
     params = [c for c in params if c not in TAGS and not c.startswith("harness.")]
     out += [md_table(["parameter", "value"], [[p, fmt_param(b[p])] for p in params if not pd.isna(b[p])]), ""]
     metrics = [m for m in METRICS if m in df and not pd.isna(b[m])]
-    out += [md_table(["metric", "value"], [[m, fmt(b[m], 4)] for m in metrics]), ""]
+    out += [md_table(["metric", "value"], [[m, fmt(b[m], METRICS[m].digits)] for m in metrics]), ""]
     return out
 
 
@@ -106,10 +113,10 @@ def _trials_md(df: pd.DataFrame) -> list[str]:
             *(r.get(a) for a in AXES),
             *(fmt_param(r[v]) for v in vary),
             pm(r.get("gap_closure"), r.get("gap_closure_stderr")),
-            fmt(r.get("student_score")),
+            fmt_metric("student_score", r.get("student_score")),
             *([pm(r.get("control_forgetting"), r.get("control_forgetting_stderr"))] if control else []),
-            fmt(r.get("context_tokens_saved"), 1),
-            fmt(r.get("wall_time_s"), 1),
+            fmt_metric("context_tokens_saved", r.get("context_tokens_saved")),
+            fmt_metric("wall_time_s", r.get("wall_time_s")),
         ]
         for _, r in df.iterrows()
     ]

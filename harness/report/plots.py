@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from harness.metrics import HELDOUT_KL, TRAIN_LOSS
 from harness.report.runs import best_trials, completed
 from harness.report.tables import fmt, mean_se, trial_label
 
@@ -141,7 +142,7 @@ def plot_gap_vs_tokens_saved(df: pd.DataFrame, path: Path) -> None:
 def plot_training_curves(df: pd.DataFrame, hist: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
     """Training loss and held-out KL against step for the best trials: did they converge, and still improve?"""
     best = best_trials(df)
-    best = best[[any(hist.get(r, {}).get(k) for k in ("train/loss", "heldout/kl")) for r in best["run_id"]]]
+    best = best[[any(hist.get(r, {}).get(k) for k in (TRAIN_LOSS.name, HELDOUT_KL.name)) for r in best["run_id"]]]
     if best.empty:
         raise SkipPlot("no completed trial has logged step metrics")
     fig, (ax_loss, ax_kl) = plt.subplots(1, 2, figsize=(11.0, 4.6))
@@ -149,7 +150,7 @@ def plot_training_curves(df: pd.DataFrame, hist: dict[str, dict[str, list[tuple[
     for i, (_, row) in enumerate(best.iterrows()):
         h = hist[row["run_id"]]
         label: str | None = f"{trial_label(row)} (gap {fmt(row['gap_closure'], 2)})"
-        for ax, key in ((ax_loss, "train/loss"), (ax_kl, "heldout/kl")):
+        for ax, key in ((ax_loss, TRAIN_LOSS.name), (ax_kl, HELDOUT_KL.name)):
             if h.get(key):
                 steps, vals = zip(*h[key], strict=True)
                 ax.plot(steps, vals, marker="o" if len(steps) <= 30 else "", ms=4, color=cmap(i % 10), label=label)

@@ -12,44 +12,12 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from harness import stores, tracking
+from harness.metrics import METRICS, STEP_METRICS
 from harness.spec import Suite
 
 log = logging.getLogger(__name__)
 
 AXES = ("target", "context", "loss")
-STEP_METRICS = ("train/loss", "train/lr", "heldout/kl")
-# Final metrics in reading order; any other metric follows alphabetically.
-METRICS = (
-    "gap_closure",
-    "gap_closure_stderr",
-    "teacher_score",
-    "teacher_stderr",
-    "baseline_score",
-    "baseline_stderr",
-    "student_score",
-    "student_stderr",
-    "heldout_kl",
-    "untrained_heldout_kl",
-    "greedy_agreement",
-    "untrained_greedy_agreement",
-    "context_tokens_saved",
-    "train_tokens",
-    "target_tokens",
-    "train_steps",
-    "final_train_loss",
-    "train_time_s",
-    "teacher_time_s",
-    "eval_time_s",
-    "wall_time_s",
-    "peak_memory_mb",
-    "train_tokens_per_s",
-    "control_base_score",
-    "control_base_stderr",
-    "control_student_score",
-    "control_student_stderr",
-    "control_forgetting",
-    "control_forgetting_stderr",
-)
 TAGS = (
     "teacher",
     "student",

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.metrics import METRICS
 from harness.report.runs import AXES, completed
 
 
@@ -25,6 +26,11 @@ def fmt(v: Any, digits: int = 3) -> str:
     if _isnum(v):
         return f"{int(v)}" if float(v).is_integer() and abs(v) >= 1 else f"{float(v):.{digits}f}"
     return str(v)
+
+
+def fmt_metric(name: str, v: Any) -> str:
+    """A metric's value to the decimals its definition gives."""
+    return fmt(v, METRICS[name].digits)
 
 
 def fmt_param(v: Any) -> str:
@@ -80,10 +86,10 @@ def axis_table(df: pd.DataFrame, axis: str) -> str:
                 f"{len(ok)} / {len(mine)}",
                 pm(best["gap_closure"], best.get("gap_closure_stderr")) if best is not None else "–",
                 pm(m, se),
-                fmt(_col_mean(ok, "student_score")),
-                fmt(_col_mean(ok, "context_tokens_saved"), 1),
-                fmt(_col_mean(ok, "train_tokens"), 0),
-                fmt(_col_mean(ok, "wall_time_s"), 1),
+                fmt_metric("student_score", _col_mean(ok, "student_score")),
+                fmt_metric("context_tokens_saved", _col_mean(ok, "context_tokens_saved")),
+                fmt_metric("train_tokens", _col_mean(ok, "train_tokens")),
+                fmt_metric("wall_time_s", _col_mean(ok, "wall_time_s")),
             ]
         )
     headers = [
