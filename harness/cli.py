@@ -67,12 +67,12 @@ def cmd_gap(args: argparse.Namespace) -> int:
     low = []
     for r in rows:
         print(
-            f"{r['context']:<24} {r['metric']:<12} {r['items']:>5} "
-            f"{r['teacher']:>7.3f} ± {r['teacher_stderr']:.3f} {r['baseline']:>7.3f} ± {r['baseline_stderr']:.3f} "
-            f"{100 * r['gap']:>+8.1f} ± {100 * r['gap_stderr']:.1f}"
+            f"{r.context:<24} {r.metric:<12} {r.items:>5} "
+            f"{r.teacher:>7.3f} ± {r.teacher_stderr:.3f} {r.baseline:>7.3f} ± {r.baseline_stderr:.3f} "
+            f"{100 * r.gap:>+8.1f} ± {100 * r.gap_stderr:.1f}"
         )
-        if 100 * r["gap"] < args.min_gap:
-            low.append(r["context"])
+        if 100 * r.gap < args.min_gap:
+            low.append(r.context)
     if low:
         print(
             f"gap below {args.min_gap:g} points for: {', '.join(low)} — the context barely helps there, "

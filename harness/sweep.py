@@ -8,6 +8,7 @@ as failed with its reason and the study goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import platform
@@ -20,7 +21,15 @@ from harness import stores, tracking
 from harness.metrics import HELDOUT_KL, METRICS, TrialMetrics
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
-from harness.trial import InvalidCombination, TrialConfig, Workbench, per_item_table, run_trial
+from harness.trial import (
+    HyperParams,
+    InvalidCombination,
+    TrialConfig,
+    TrialResult,
+    Workbench,
+    per_item_table,
+    run_trial,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +125,7 @@ def suggest(trial: optuna.Trial, suite: Suite) -> TrialConfig:
             hp[name] = trial.suggest_categorical(name, value.choices)
         else:
             hp[name] = value
-    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], hp)
+    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], HyperParams.from_values(hp))
 
 
 class _Reporter:
@@ -193,16 +202,14 @@ def _tag_state(trial: optuna.Trial, state: str) -> None:
         tracking.TrialRun(run_id).set_tags({"optuna.trial_state": state})
 
 
-def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> None:
+def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: TrialResult) -> None:
     s = bench.suite
     run.log_text(s.resolved_yaml(), "suite.yaml")
     run.log_table(per_item_table(result), "per_item.json")
-    run.log_inputs(
-        result.info["inputs"], name=f"{bench.task.name}-train-{len(result.info['inputs'])}", context="training"
-    )
-    arms = result.info["arms"]
-    run.log_dict({arm: a.raw for arm, a in arms.items()}, "lm_eval_results.json")
-    ctx = result.info["student_context"]
+    inputs = [dataclasses.asdict(i) for i in result.inputs]
+    run.log_inputs(inputs, name=f"{bench.task.name}-train-{len(inputs)}", context="training")
+    run.log_dict({arm: a.raw for arm, a in result.arms.present().items()}, "lm_eval_results.json")
+    ctx = result.student_context
     run.log_dict(
         {
             "teacher_context": {"system": bench.context.system, "demos": bench.context.n_demos},

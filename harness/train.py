@@ -34,18 +34,19 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    learning_rate: float = 1e-4
-    epochs: int = 2
-    batch_size: int = 8
-    lora_rank: int = 0
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    eval_every: int = 0
-    dtype: str = "auto"
-    seed: int = 0
+    """What the loop needs, no defaults: they live in the suite spec (the trial builds this from it)."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    warmup_ratio: float
+    weight_decay: float
+    grad_accum: int
+    scheduler: str
+    max_grad_norm: float
+    eval_every: int
+    dtype: str
+    seed: int
 
 
 @dataclass

@@ -9,11 +9,14 @@ and baseline scores) lives in `Workbench`, built once per study.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -24,7 +27,7 @@ from harness.cache import Store
 from harness.contexts import Context, modify
 from harness.losses import LOSSES
 from harness.metrics import HELDOUT_KL, TrialMetrics
-from harness.spec import AxisValue, Suite
+from harness.spec import AxisValue, Suite, Training
 from harness.targets import TARGETS
 from harness.tasks import TaskBundle, load_task, task_manager
 from harness.train import Example, OnPolicy, TrainSettings, apply_lora, train
@@ -44,13 +47,64 @@ class InvalidCombination(ValueError):
 
 
 @dataclass(frozen=True)
+class HyperParams:
+    """One trial's hyperparameters, each a single value. The names are the suite's `hyperparameters` (a test
+    keeps the two in step); the defaults live only in the spec."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    lora_rank: int
+    train_inputs: int
+    warmup_ratio: float
+    weight_decay: float
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> HyperParams:
+        """Fixed or sampled values (YAML and Optuna give int, float or str) → each field's type."""
+        hints = typing.get_type_hints(cls)
+        if set(values) != set(hints):
+            raise ValueError(f"hyperparameters: expected {sorted(hints)}, got {sorted(values)}")
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"hyperparameters.{name}: {value!r} is not a number") from None
+            if hints[name] is int:
+                if not number.is_integer():
+                    raise ValueError(f"hyperparameters.{name}: {value!r} is not a whole number")
+                out[name] = int(number)
+            else:
+                out[name] = number
+        return cls(**out)
+
+
+def train_settings(hp: HyperParams, training: Training, seed: int) -> TrainSettings:
+    """The training loop's settings: this trial's hyperparameters plus the suite's fixed `training` block."""
+    return TrainSettings(
+        learning_rate=hp.learning_rate,
+        epochs=hp.epochs,
+        batch_size=hp.batch_size,
+        warmup_ratio=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        grad_accum=training.grad_accum,
+        scheduler=training.scheduler,
+        max_grad_norm=training.max_grad_norm,
+        eval_every=training.eval_every,
+        dtype=training.dtype,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """One point of the sweep: a value per axis plus concrete hyperparameters."""
 
     target: AxisValue
     context: AxisValue
     loss: AxisValue
-    hp: dict[str, Any]
+    hp: HyperParams
 
     def params(self) -> dict[str, Any]:
         """Flat parameter names for tracking: axis.* labels, axis params, and hp.*."""
@@ -59,14 +113,65 @@ class TrialConfig:
             out[f"{axis}.name"] = v.name
             for k, p in v.params.items():
                 out[f"{axis}.{k}"] = p
-        out.update({f"hp.{k}": v for k, v in self.hp.items()})
+        out.update({f"hp.{k}": v for k, v in dataclasses.asdict(self.hp).items()})
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
+class Arms:
+    """The lm-eval scores of one trial: the three arms, plus the control task's two when the suite has one."""
+
+    teacher: scoring.ArmScore
+    baseline: scoring.ArmScore
+    student: scoring.ArmScore
+    control_base: scoring.ArmScore | None = None
+    control_student: scoring.ArmScore | None = None
+
+    def present(self) -> dict[str, scoring.ArmScore]:
+        """Arm name → score, for the arms this trial scored."""
+        return {f.name: a for f in dataclasses.fields(self) if (a := getattr(self, f.name)) is not None}
+
+
+@dataclass(frozen=True)
+class TrainingInput:
+    """One distillation input as logged: the task's text, the dataset answer, the teacher's target decoded."""
+
+    input: str
+    reference: str
+    teacher_target: str
+
+
+@dataclass(frozen=True)
 class TrialResult:
     metrics: TrialMetrics
-    info: dict[str, Any] = field(default_factory=dict)  # non-numeric outputs: per-item answers, contexts
+    arms: Arms
+    student_context: Context
+    inputs: list[TrainingInput]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out inputs behind the intrinsic metrics, with the teacher's greedy targets and top-k on them."""
+
+    docs: list[dict[str, Any]]
+    prompts: list[list[int]]  # (c, z), the teacher's prompts
+    targets: list[list[int]]
+    topk: list[teacher_work.TopKSeq]
+
+
+@dataclass(frozen=True)
+class ContextGap:
+    """Teacher (c) against the untrained model under one c': is there a gap for distillation to close?"""
+
+    context: str
+    metric: str
+    items: int
+    teacher: float
+    teacher_stderr: float
+    baseline: float
+    baseline_stderr: float
+    gap: float
+    gap_stderr: float
 
 
 def fixed_config(suite: Suite) -> TrialConfig:
@@ -74,7 +179,9 @@ def fixed_config(suite: Suite) -> TrialConfig:
     ax = suite.axes
     if any(len(v) != 1 for v in (ax.targets, ax.contexts, ax.losses)) or suite.hyperparameters.searched():
         raise ValueError("suite sweeps several values; run it as a study")
-    return TrialConfig(ax.targets[0], ax.contexts[0], ax.losses[0], dict(suite.hyperparameters))
+    return TrialConfig(
+        ax.targets[0], ax.contexts[0], ax.losses[0], HyperParams.from_values(dict(suite.hyperparameters))
+    )
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -104,6 +211,7 @@ class Workbench:
         self.stop = tuple(suite.training.stop_strings) or self.task.stop_strings()
         self.context = Context(suite.context.instruction, suite.context.demos)
         self.memo: dict[Any, Any] = {}
+        self._heldout: HeldOut | None = None
         self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
         self.control: TaskBundle | None = None
         if suite.task.control:
@@ -122,8 +230,8 @@ class Workbench:
         return (self.student_base or self.teacher).model
 
     # --- held-out references, computed once per study ----------------------------------------------
-    def heldout(self) -> dict[str, Any]:
-        if "heldout" not in self.memo:
+    def heldout(self) -> HeldOut:
+        if self._heldout is None:
             s = self.suite
             docs = self.task.eval_docs()[: s.evaluation.heldout_inputs]
             prompts = self.encode(docs, self.context)
@@ -148,16 +256,16 @@ class Workbench:
                 temperature=1.0,
                 batch_size=s.evaluation.batch_size,
             )
-            self.memo["heldout"] = {"docs": docs, "prompts": prompts, "targets": tgts, "topk": top}
-        return self.memo["heldout"]
+            self._heldout = HeldOut(docs, prompts, tgts, top)
+        return self._heldout
 
     def intrinsic(self, model: torch.nn.Module, ctx: Context) -> dict[str, float]:
         """Held-out KL and greedy agreement of `model` seeing c' against the teacher seeing c."""
         h = self.heldout()
         s = self.suite
-        prompts = self.encode(h["docs"], ctx)
+        prompts = self.encode(h.docs, ctx)
         kl = intrinsic.heldout_kl(
-            model, prompts, h["targets"], h["topk"], pad_id=self.pad_id, batch_size=s.evaluation.batch_size
+            model, prompts, h.targets, h.topk, pad_id=self.pad_id, batch_size=s.evaluation.batch_size
         )
         answers = intrinsic.greedy_answers(
             model,
@@ -167,7 +275,7 @@ class Workbench:
             batch_size=s.training.generation_batch_size,
             stop_strings=self.stop,
         )
-        return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h["targets"], self.tok)}
+        return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h.targets, self.tok)}
 
     def baseline_intrinsic(self, ctx: Context) -> dict[str, float]:
         """The untrained student's intrinsic metrics with c': the bar a trained student must clear."""
@@ -177,7 +285,7 @@ class Workbench:
                 "model": (self.student_base or self.teacher).fingerprint,
                 "teacher": self.teacher.fingerprint,
                 "context": [ctx.system, ctx.n_demos],
-                "heldout": self.heldout()["prompts"],
+                "heldout": self.heldout().prompts,
                 "max_new_tokens": self.suite.training.max_new_tokens,
                 "stop": list(self.stop),
             }
@@ -237,12 +345,11 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     """Train one student and measure it. Raises on failure; the caller records why."""
     _validate(cfg)
     s = bench.suite
-    hp = cfg.hp
     start = time.perf_counter()
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
     c_student = bench.student_context(cfg.context)
-    docs = bench.task.train_docs(int(hp["train_inputs"]))
+    docs = bench.task.train_docs(cfg.hp.train_inputs)
     t_prompts = bench.encode(docs, bench.context)
     s_prompts = bench.encode(docs, c_student)
     refs = [bench.task.reference(d) for d in docs]
@@ -275,8 +382,8 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     if reporter:
         reporter.log_step(0, {HELDOUT_KL.name: before["heldout_kl"]})
     student = copy.deepcopy(bench.base_model())
-    if int(hp["lora_rank"]) > 0:
-        student = apply_lora(student, int(hp["lora_rank"]))
+    if cfg.hp.lora_rank > 0:
+        student = apply_lora(student, cfg.hp.lora_rank)
     on_policy = None
     if TARGETS[cfg.target.name].uses_student:
         on_policy = OnPolicy(
@@ -293,29 +400,16 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         h = bench.heldout()
         kl = intrinsic.heldout_kl(
             student,
-            bench.encode(h["docs"], c_student),
-            h["targets"],
-            h["topk"],
+            bench.encode(h.docs, c_student),
+            h.targets,
+            h.topk,
             pad_id=bench.pad_id,
             batch_size=s.evaluation.batch_size,
         )
         if reporter:
             reporter.report(step, {HELDOUT_KL.name: kl})
 
-    settings = TrainSettings(
-        learning_rate=float(hp["learning_rate"]),
-        epochs=int(hp["epochs"]),
-        batch_size=int(hp["batch_size"]),
-        lora_rank=int(hp["lora_rank"]),
-        warmup_ratio=float(hp["warmup_ratio"]),
-        weight_decay=float(hp["weight_decay"]),
-        grad_accum=s.training.grad_accum,
-        scheduler=s.training.scheduler,
-        max_grad_norm=s.training.max_grad_norm,
-        eval_every=s.training.eval_every,
-        dtype=s.training.dtype,
-        seed=s.seed,
-    )
+    settings = train_settings(cfg.hp, s.training, s.seed)
     result = train(
         student,
         examples,
@@ -327,32 +421,28 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         on_eval=on_eval if reporter else None,
         on_step=reporter.log_step if reporter else None,
     )
-    if int(hp["lora_rank"]) > 0:
+    if cfg.hp.lora_rank > 0:
         student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
     after = bench.intrinsic(student, c_student)
     if reporter:
         reporter.log_step(result.steps, {HELDOUT_KL.name: after["heldout_kl"]})
     h = bench.heldout()
-    saved = [len(a) - len(b) for a, b in zip(h["prompts"], bench.encode(h["docs"], c_student), strict=True)]
+    saved = [len(a) - len(b) for a, b in zip(h.prompts, bench.encode(h.docs, c_student), strict=True)]
     eval_start = time.perf_counter()
     t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
     st_arm = bench.arm("student", student, None, c_student)
     gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
     eval_s = time.perf_counter() - eval_start
-    arms = {"teacher": t_arm, "baseline": b_arm, "student": st_arm}
+    arms = Arms(t_arm, b_arm, st_arm)
     control: dict[str, float] = {}
     if bench.control is not None:
-        arms.update(control_arms(bench, student))
-        control = control_metrics(arms["control_base"], arms["control_student"])
+        c_base, c_student_arm = control_arms(bench, student)
+        arms = dataclasses.replace(arms, control_base=c_base, control_student=c_student_arm)
+        control = control_metrics(c_base, c_student_arm)
     inputs = [
-        {
-            "input": str(bench.task.task.doc_to_text(d)),
-            "reference": r,
-            "teacher_target": bench.tok.decode(t, skip_special_tokens=True),
-        }
+        TrainingInput(str(bench.task.task.doc_to_text(d)), r, bench.tok.decode(t, skip_special_tokens=True))
         for d, r, t in zip(docs, refs, tgts, strict=True)
     ]
-    info: dict[str, Any] = {"student_context": c_student, "inputs": inputs, "arms": arms}
     metrics = TrialMetrics(
         gap_closure=gap,
         gap_closure_stderr=gap_se,
@@ -379,17 +469,17 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         train_tokens_per_s=result.train_tokens / max(result.wall_time_s, 1e-9),
         **control,
     )
-    return TrialResult(metrics=metrics, info=info)
+    return TrialResult(metrics=metrics, arms=arms, student_context=c_student, inputs=inputs)
 
 
-def control_arms(bench: Workbench, student: torch.nn.Module) -> dict[str, scoring.ArmScore]:
+def control_arms(bench: Workbench, student: torch.nn.Module) -> tuple[scoring.ArmScore, scoring.ArmScore]:
     """The control task for the untrained model (cached) and the trained student, same prompt."""
     base = bench.student_base or bench.teacher
     ctx = bench.control_context()
-    return {
-        "control_base": bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
-        "control_student": bench.arm("control_student", student, None, ctx, control=True),
-    }
+    return (
+        bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
+        bench.arm("control_student", student, None, ctx, control=True),
+    )
 
 
 def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[str, float]:
@@ -405,7 +495,7 @@ def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[s
     }
 
 
-def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
+def context_gaps(bench: Workbench) -> list[ContextGap]:
     """Teacher (c) against the untrained model under each c' of the suite: does the task measure distillation?
 
     Uses the same cached arms as the trials, so checking a task first makes the sweep's first trial cheaper.
@@ -417,27 +507,14 @@ def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
         b_arm = bench.baseline_arm(ctx)
         gap, se, n = scoring.paired_difference(t_arm, b_arm)
         rows.append(
-            {
-                "context": mod.label,
-                "metric": bench.metric,
-                "items": n,
-                "teacher": t_arm.score,
-                "teacher_stderr": t_arm.stderr,
-                "baseline": b_arm.score,
-                "baseline_stderr": b_arm.stderr,
-                "gap": gap,
-                "gap_stderr": se,
-                "teacher_s": t_arm.seconds,
-                "baseline_s": b_arm.seconds,
-            }
+            ContextGap(mod.label, bench.metric, n, t_arm.score, t_arm.stderr, b_arm.score, b_arm.stderr, gap, se)
         )
     return rows
 
 
 def per_item_table(result: TrialResult) -> list[dict[str, Any]]:
     """Teacher, baseline and student answers side by side with the reference, one row per held-out item."""
-    arms: dict[str, scoring.ArmScore] = result.info["arms"]
-    t, b, s = arms["teacher"], arms["baseline"], arms["student"]
+    t, b, s = result.arms.teacher, result.arms.baseline, result.arms.student
     rows = []
     for i in sorted(s.per_item):
         rows.append(

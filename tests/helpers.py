@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import yaml
+
+from harness.spec import Hyperparameters, Training
+from harness.train import TrainSettings
+from harness.trial import HyperParams, train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "suites"
@@ -24,3 +29,9 @@ def write_suite(folder: Path, base: str = "smoke.yaml", **overrides: object) -> 
     path = folder / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def settings(**overrides: object) -> TrainSettings:
+    """The training loop's settings from the suite defaults (they live only in spec.py), some overridden."""
+    hp = HyperParams.from_values(dict(Hyperparameters()))
+    return dataclasses.replace(train_settings(hp, Training(), seed=0), **overrides)
