@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -210,13 +209,3 @@ def check_same_tokenizer(teacher: PreTrainedTokenizerBase, student: PreTrainedTo
         problems.append("chat templates differ")
     if problems:
         raise ModelError("teacher and student tokenizers do not match: " + "; ".join(problems))
-
-
-def describe(m: LoadedModel) -> dict[str, str]:
-    """Flat facts about a model for tags and reports."""
-    return {
-        "name": m.name,
-        "fingerprint": m.fingerprint,
-        "params": str(sum(p.numel() for p in m.model.parameters())),
-        "arch": json.dumps(m.model.config.architectures or []),
-    }

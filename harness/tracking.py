@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from typing import Any
 
@@ -147,7 +146,3 @@ def trial_run(experiment_id: str, parent_id: str, name: str, tags: dict[str, str
     else:
         if client.get_run(tr.run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
             tr.end("FINISHED")
-
-
-def temp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="harness-")

@@ -79,7 +79,6 @@ class TrainResult:
     target_tokens: int = 0
     wall_time_s: float = 0.0
     losses: list[float] = field(default_factory=list)
-    on_policy_batches: int = 0
 
 
 def apply_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
@@ -179,7 +178,6 @@ def train(
             teach = [e.teacher for e in items]
             if on_policy is not None and rng.random() < on_policy.mix:
                 tgts, teach = _on_policy_batch(model, items, on_policy, settings.seed * 100003 + step, pad_id)
-                result.on_policy_batches += 1
             batch = make_batch([e.prompt for e in items], tgts, pad_id)
             teacher_dist = None
             if spec.needs_teacher:

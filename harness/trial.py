@@ -302,7 +302,8 @@ class Workbench:
         given) are scored once per study and rerun."""
         s = self.suite
         task = self.control if control else self.task
-        assert task is not None
+        if task is None:
+            raise ValueError(f"arm '{arm}' scores the control task, but the suite names no task.control")
         metric = self.control_metric if control else self.metric
         limit = s.task.control.eval_limit if control and s.task.control else s.task.eval_limit
         args = (arm, model, self.tok, task.config, task.name, ctx)
@@ -322,7 +323,8 @@ class Workbench:
 
     def control_context(self) -> Context:
         c = self.suite.task.control
-        assert c is not None
+        if c is None:
+            raise ValueError("the suite names no task.control")
         return Context(c.instruction, c.demos)
 
     def teacher_arm(self) -> scoring.ArmScore:
