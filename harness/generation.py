@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 MIN_SHARED_PREFIX = 32  # below this, a separate prefill costs more than it saves
@@ -141,8 +142,6 @@ def _seed_for(seed: int, batch_index: int) -> int:
 
 
 def _progress(total: int, enabled: bool, desc: str) -> object:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -96,12 +98,10 @@ def _embedded_dir() -> Path:
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer built in code, with SmolLM2's special tokens and chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     chars = [chr(i) for i in range(32, 127)] + ["\n", "\t", "<unk>"]
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk = Tokenizer(tokenizer_models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(

@@ -15,8 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import lm_eval
 import numpy as np
+from lm_eval.models.huggingface import HFLM
 
+from harness import tasks
 from harness.cache import Store
 from harness.contexts import Context
 
@@ -113,11 +116,6 @@ def evaluate_arm(
     task_manager: Any = None,
 ) -> ArmScore:
     """Score one model under one context with real lm-eval."""
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    from harness.tasks import task_manager as default_manager
-
     start = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
@@ -130,7 +128,7 @@ def evaluate_arm(
         limit=limit,
         log_samples=True,
         bootstrap_iters=0,
-        task_manager=task_manager or default_manager(None),
+        task_manager=task_manager or tasks.task_manager(None),
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
@@ -183,8 +181,6 @@ def evaluate_arm(
 def cached_arm(store: Store, fingerprint: str, *args: Any, **kwargs: Any) -> ArmScore:
     """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once."""
     arm, _model, _tok, task_config, task_name, ctx = args
-    import lm_eval
-
     parts = {
         "model": fingerprint,
         "task": task_config,

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness import contexts, losses, targets
+
 
 class SuiteError(ValueError):
     """A suite file that cannot be used; the message is one line naming file and field."""
@@ -79,8 +81,6 @@ class Axes(_Strict):
 
     @model_validator(mode="after")
     def _registered(self) -> Axes:
-        from harness import contexts, losses, targets
-
         for field, registry in (
             ("targets", targets.TARGETS),
             ("contexts", contexts.MODIFICATIONS),

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -107,8 +108,6 @@ class TrialRun:
 
     def log_table(self, rows: list[dict[str, Any]], path: str) -> None:
         if rows:
-            import pandas as pd
-
             with mlflow.start_run(run_id=self.run_id, nested=True):
                 mlflow.log_table(pd.DataFrame(rows), artifact_file=path)
 
@@ -116,8 +115,6 @@ class TrialRun:
         """The distillation inputs as an MLflow dataset (shown in the run's Datasets column)."""
         if not rows:
             return
-        import pandas as pd
-
         df = pd.DataFrame(rows)
         ds = mlflow.data.from_pandas(df, name=name)
         with mlflow.start_run(run_id=self.run_id, nested=True):

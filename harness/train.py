@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -83,8 +84,6 @@ class TrainResult:
 
 def apply_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     """Wrap the student in LoRA adapters on every linear layer (rank > 0)."""
-    from peft import LoraConfig, get_peft_model
-
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 

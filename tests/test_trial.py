@@ -9,6 +9,7 @@ import pytest
 from helpers import SUITES, write_suite
 
 from harness import scoring
+from harness.cache import Store, content_hash
 from harness.cli import main
 from harness.contexts import Context
 from harness.spec import load_suite
@@ -110,8 +111,6 @@ def test_context_gaps_reuse_the_trial_arms(suite, first, capsys):
 
 def test_arm_state_survives_the_cache(tmp_path):
     """lm-eval hands back numpy scalars; a cached arm must still load (torch.load weights_only=True)."""
-    from harness.cache import Store, content_hash
-
     arm = scoring.ArmScore(
         "teacher",
         "exact_match",
