@@ -9,8 +9,10 @@ cost for short targets after a long context).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+from transformers import PreTrainedModel
 
 
 @dataclass
@@ -58,11 +60,12 @@ def make_batch(prompts: list[list[int]], targets: list[list[int]], pad_id: int) 
 
 def target_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Logits [B, T, V] at the positions predicting each target token (padding rows are junk, masked later)."""
-    decoder = model.get_decoder()
+    lm = cast(PreTrainedModel, model)  # a transformers causal LM, or a peft wrapper that forwards these calls
+    decoder = lm.get_decoder()
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
     idx = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
     picked = torch.gather(hidden, 1, idx)
-    return model.get_output_embeddings()(picked)
+    return lm.get_output_embeddings()(picked)
 
 
 def chunks(n: int, size: int) -> list[range]:

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
@@ -86,7 +87,7 @@ def _embedded_dir() -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
     # A GGUF load is flagged as quantized; the weights are already de-quantised float32, so the
     # flag only blocks saving and fine-tuning. Drop it and save a plain copy.
-    model.hf_quantizer = None
+    cast(Any, model).hf_quantizer = None  # set by from_pretrained, not declared by transformers' types
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + ".tmp")
@@ -190,7 +191,7 @@ def load(name: str, device: str = "auto") -> LoadedModel:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         raise ModelError(f"model '{name}' has no chat template; the harness renders contexts as chat turns")
-    model.to(pick_device(device))
+    cast(torch.nn.Module, model).to(pick_device(device))  # transformers' decorated `to` confuses type checkers
     model.eval()
     return LoadedModel(name=name, model=model, tokenizer=tok, fingerprint=fingerprint(path))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -161,12 +162,15 @@ class Evaluation(_Strict):
     bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the gap-closure stderr")
 
 
+Objective = Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]
+
+
 class Sweep(_Strict):
     sampler: Literal["tpe", "grid", "nsga2", "random"] = "tpe"
     n_trials: int = Field(4, ge=1)
     timeout: float | None = None
-    objectives: list[Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]] = Field(
-        default_factory=lambda: ["gap_closure"], min_length=1, max_length=2
+    objectives: list[Objective] = Field(
+        default_factory=lambda: list[Objective](["gap_closure"]), min_length=1, max_length=2
     )
     pruner: Literal["auto", "median", "none"] = Field(
         "auto",
@@ -221,7 +225,7 @@ class Suite(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
-def _loc(err: dict[str, Any]) -> str:
+def _loc(err: Mapping[str, Any]) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
 
 
@@ -249,9 +253,11 @@ def load_suite(path: str | Path) -> Suite:
             loc, msg = (loc + "." + msg.split(":", 1)[0]).strip("."), msg.split(":", 1)[1].strip()
         more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise SuiteError(f"{p}: {loc}: {msg}{more}") from None
-    if suite.task.path and not (suite.task_dir() and suite.task_dir().is_dir()):
+    task_dir = suite.task_dir()
+    if suite.task.path and not (task_dir and task_dir.is_dir()):
         raise SuiteError(f"{p}: task.path: folder {suite.task.path} not found next to the suite")
     control = suite.task.control
-    if control and control.path and not (suite.control_dir() and suite.control_dir().is_dir()):
+    control_dir = suite.control_dir()
+    if control and control.path and not (control_dir and control_dir.is_dir()):
         raise SuiteError(f"{p}: task.control.path: folder {control.path} not found next to the suite")
     return suite

@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -116,7 +117,7 @@ class TrialRun:
         if not rows:
             return
         df = pd.DataFrame(rows)
-        ds = mlflow.data.from_pandas(df, name=name)
+        ds = from_pandas(df, name=name)
         with mlflow.start_run(run_id=self.run_id, nested=True):
             mlflow.log_input(ds, context=context)
 

@@ -12,13 +12,13 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from harness import generation
 from harness.batching import make_batch, target_logits
@@ -68,7 +68,7 @@ class OnPolicy:
     teacher: torch.nn.Module
     max_new_tokens: int
     stop_strings: tuple[str, ...]
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     top_k: int
     temperature: float = 1.0
 
@@ -82,7 +82,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def apply_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, rank: int) -> PeftModel:
     """Wrap the student in LoRA adapters on every linear layer (rank > 0)."""
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
@@ -174,7 +174,7 @@ def train(
         for b in range(per_epoch):
             items = [examples[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
             tgts = [e.target for e in items]
-            teach = [e.teacher for e in items]
+            teach: Sequence[TopKSeq | None] = [e.teacher for e in items]
             if on_policy is not None and rng.random() < on_policy.mix:
                 tgts, teach = _on_policy_batch(model, items, on_policy, settings.seed * 100003 + step, pad_id)
             batch = make_batch([e.prompt for e in items], tgts, pad_id)
@@ -182,7 +182,7 @@ def train(
             if spec.needs_teacher:
                 if any(t is None for t in teach):
                     raise ValueError(f"loss '{loss_name}' needs the teacher's top-k log-probs")
-                teacher_dist = stack(teach, batch.target_ids.shape[1])
+                teacher_dist = stack([t for t in teach if t is not None], batch.target_ids.shape[1])
                 teacher_dist = type(teacher_dist)(
                     *(t.to(device) for t in (teacher_dist.indices, teacher_dist.logprobs, teacher_dist.tail))
                 )

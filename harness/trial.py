@@ -17,9 +17,10 @@ import time
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
+from peft import PeftModel
 
 from harness import intrinsic, models, scoring, stores
 from harness import teacher as teacher_work
@@ -424,7 +425,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         on_step=reporter.log_step if reporter else None,
     )
     if cfg.hp.lora_rank > 0:
-        student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
+        student = cast(PeftModel, student).merge_and_unload()  # a plain model again, for lm-eval and generation
     after = bench.intrinsic(student, c_student)
     if reporter:
         reporter.log_step(result.steps, {HELDOUT_KL.name: after["heldout_kl"]})
@@ -442,7 +443,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         arms = dataclasses.replace(arms, control_base=c_base, control_student=c_student_arm)
         control = control_metrics(c_base, c_student_arm)
     inputs = [
-        TrainingInput(str(bench.task.task.doc_to_text(d)), r, bench.tok.decode(t, skip_special_tokens=True))
+        TrainingInput(str(bench.task.task.doc_to_text(d)), r, str(bench.tok.decode(t, skip_special_tokens=True)))
         for d, r, t in zip(docs, refs, tgts, strict=True)
     ]
     metrics = TrialMetrics(

@@ -40,7 +40,9 @@ def plot_gap_by_target_loss(df: pd.DataFrame, path: Path) -> None:
                 continue
             m, se = mean_se(cell["gap_closure"], cell["gap_closure_stderr"])
             x = i - 0.4 + width * (j + 0.5)
-            xs.append(x), means.append(m), ses.append(se if math.isfinite(se) else 0.0)
+            xs.append(x)
+            means.append(m)
+            ses.append(se if math.isfinite(se) else 0.0)
             jitter = rng.uniform(-width / 4, width / 4, len(cell)) if len(cell) > 1 else np.zeros(1)
             ax.scatter(x + jitter, cell["gap_closure"].astype(float), s=24, color="black", zorder=3, label=point_label)
             point_label = None

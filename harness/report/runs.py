@@ -87,15 +87,19 @@ def trial_table(runs: pd.DataFrame, study: optuna.Study | None = None) -> pd.Dat
     for n, t_state, t_reason, status in zip(
         number, tag("optuna.trial_state"), tag("harness.reason"), trials["status"], strict=True
     ):
-        ot = optuna_trials.get(int(n)) if not pd.isna(n) else None
+        o_trial = optuna_trials.get(int(n)) if not pd.isna(n) else None
         state.append(
-            ot.state.name
-            if ot is not None
+            o_trial.state.name
+            if o_trial is not None
             else t_state
             if isinstance(t_state, str)
             else status_state.get(status, status)
         )
-        r = t_reason if isinstance(t_reason, str) else (ot.user_attrs.get("reason", "") if ot is not None else "")
+        r = (
+            t_reason
+            if isinstance(t_reason, str)
+            else (o_trial.user_attrs.get("reason", "") if o_trial is not None else "")
+        )
         reason.append(r or "")
     out = pd.DataFrame(
         {"trial": number, "state": state, "reason": reason, "run_status": trials["status"].values}, index=trials.index

@@ -14,10 +14,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import optuna
 import pandas as pd
+from matplotlib.typing import RcKeyType
 
 from harness.report import optuna_plots, plots
 from harness.report.markdown import summary_md
@@ -46,7 +48,7 @@ MAKERS: dict[str, Callable[[ReportData, Path], None]] = {
     "optuna_importances.png": lambda d, p: optuna_plots.plot_optuna_importances(d.suite, d.study, p),
 }
 PLOTS = tuple(MAKERS)
-FONT = {
+FONT: dict[RcKeyType, Any] = {
     "font.size": 11,
     "axes.titlesize": 13,
     "axes.labelsize": 12,
