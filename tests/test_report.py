@@ -45,6 +45,7 @@ def study(tmp_path_factory):
         yield {"suite": suite, "out": out, "runs": runs, "trials": trials, "tmp": tmp, "printed": printed.getvalue()}
 
 
+@pytest.mark.slow
 def test_run_prints_the_summary_then_writes_the_report(study):
     lines = study["printed"].splitlines()
     assert lines[0] == f"study {stores.study_name(study['suite'])}: 2 trials"
@@ -52,12 +53,14 @@ def test_run_prints_the_summary_then_writes_the_report(study):
     assert lines[-1] == "report written to results/smoke"
 
 
+@pytest.mark.slow
 def test_writes_the_suite_folder(study):
     out = study["out"]
     for name in ("summary.csv", "summary.md", "provenance.json", *PLOTS):
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_summary_csv_has_one_row_per_trial_run(study):
     df = pd.read_csv(study["out"] / "summary.csv")
     assert list(df.columns[:3]) == ["trial", "state", "reason"]
@@ -84,6 +87,7 @@ def test_summary_csv_has_one_row_per_trial_run(study):
     assert set(df["context"]) == {"empty", "fewer_demos(k=1)"}
 
 
+@pytest.mark.slow
 def test_gap_closure_matches_the_arm_scores(study):
     df = pd.read_csv(study["out"] / "summary.csv")
     ok = df[np.isfinite(df["gap_closure"])]
@@ -92,6 +96,7 @@ def test_gap_closure_matches_the_arm_scores(study):
     assert np.allclose(ok["gap_closure"], expected)
 
 
+@pytest.mark.slow
 def test_summary_md_names_suite_hash_and_best_configuration(study):
     md = (study["out"] / "summary.md").read_text()
     suite = study["suite"]
@@ -113,12 +118,14 @@ def test_summary_md_names_suite_hash_and_best_configuration(study):
         assert f"]({name})" in md, name
 
 
+@pytest.mark.slow
 def test_plots_are_valid_pngs(study):
     for name in PLOTS:
         data = (study["out"] / name).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC), name
 
 
+@pytest.mark.slow
 def test_provenance_json(study):
     prov = json.loads((study["out"] / "provenance.json").read_text())
     suite = study["suite"]
@@ -137,6 +144,7 @@ def test_no_trials_is_a_one_line_suite_error(tmp_path, monkeypatch, capsys):
     assert "no trials recorded" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_failed_trials_are_listed_and_plots_skipped(tmp_path, monkeypatch):
     """A study whose only trial fails still gets tables (with the reason) and notes instead of plots."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

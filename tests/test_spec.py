@@ -63,6 +63,7 @@ def test_bad_suite_names_file_and_field(tmp_path, text, message):
     assert line.startswith(str(path)) and message in line and "\n" not in line
 
 
+@pytest.mark.slow
 def test_cli_bad_suite_is_one_line_exit_2(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\ntask: {name: parity}\nepochs: 3\n")

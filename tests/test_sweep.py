@@ -22,6 +22,7 @@ def _children(suite):
     return parents, runs[runs["tags.harness.kind"] == "trial"]
 
 
+@pytest.mark.slow
 def test_resume_runs_only_missing_trials(tmp_path):
     path = write_suite(
         tmp_path,
@@ -80,6 +81,7 @@ def test_resume_runs_only_missing_trials(tmp_path):
     assert [line.split()[:2] for line in lines[1:]] == [[f"#{n}", "COMPLETE"] for n in range(6)]
 
 
+@pytest.mark.slow
 def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
     path = write_suite(
         tmp_path,
@@ -119,6 +121,7 @@ def test_sampler_choice(tmp_path, sampler, objectives, expected):
     assert isinstance(sweep.make_sampler(suite), expected)
 
 
+@pytest.mark.slow
 def test_pruned_trial_ends_killed_with_reason(tmp_path):
     """The median pruner sees the held-out KL during training: a trial far worse than its peers stops early."""
     path = write_suite(

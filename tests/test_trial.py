@@ -38,6 +38,7 @@ def first(suite):
     return bench, run_trial(bench, fixed_config(suite))
 
 
+@pytest.mark.slow
 def test_three_arms_scored_by_lm_eval(first):
     bench, result = first
     m = result.metrics.logged()
@@ -59,6 +60,7 @@ def test_three_arms_scored_by_lm_eval(first):
     assert {r["reference"] for r in rows} == {"0", "1"}  # multiple choice: the gold index
 
 
+@pytest.mark.slow
 def test_training_context_is_the_evaluation_context(first):
     """The string the teacher saw while making targets is the string lm-eval scored the teacher on."""
     bench, result = first
@@ -79,6 +81,7 @@ def test_training_context_is_the_evaluation_context(first):
     assert arms.teacher.prompts[0].count("<|im_start|>assistant\n") == 5  # 4 demos as turns + the query
 
 
+@pytest.mark.slow
 def test_rerun_reuses_caches_and_gives_identical_metrics(suite, first, caplog):
     _, result = first
     caplog.set_level(logging.INFO, logger="harness")
@@ -93,6 +96,7 @@ def test_rerun_reuses_caches_and_gives_identical_metrics(suite, first, caplog):
     assert same == {k: v for k, v in result.metrics.logged().items() if k not in TIMING}
 
 
+@pytest.mark.slow
 def test_context_gaps_reuse_the_trial_arms(suite, first, capsys):
     bench, result = first
     m = result.metrics.logged()
@@ -140,6 +144,7 @@ def test_gap_closure_bootstrap_matches_formula():
     assert np.isnan(scoring.gap_closure(b, b, s)[0])  # teacher == baseline: undefined, not a division error
 
 
+@pytest.mark.slow
 def test_control_task_scores_base_and_student(tmp_path):
     """An unrelated task scored for the untrained model and the student: forgetting = base − student."""
     control = {"name": "name_gender", "path": str(SUITES / "tasks" / "name_gender"), "eval_limit": 20}
