@@ -18,18 +18,12 @@ import optuna
 import torch
 
 from harness import stores, tracking
+from harness.config import HyperParams, TrialConfig
 from harness.metrics import HELDOUT_KL, METRICS, TrialMetrics
+from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
-from harness.trial import (
-    HyperParams,
-    InvalidCombination,
-    TrialConfig,
-    TrialResult,
-    Workbench,
-    per_item_table,
-    run_trial,
-)
+from harness.trial import InvalidCombination, Workbench, per_item_table, run_trial
 
 log = logging.getLogger(__name__)
 

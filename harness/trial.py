@@ -14,8 +14,6 @@ import logging
 import resource
 import sys
 import time
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -25,13 +23,15 @@ from peft import PeftModel
 from harness import intrinsic, models, scoring, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
+from harness.config import TrialConfig, train_settings
 from harness.contexts import Context, modify
 from harness.losses import LOSSES
 from harness.metrics import HELDOUT_KL, TrialMetrics
-from harness.spec import AxisValue, Suite, Training
+from harness.results import Arms, ContextGap, TrainingInput, TrialResult
+from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
 from harness.tasks import TaskBundle, load_task, task_manager
-from harness.train import Example, OnPolicy, TrainSettings, apply_lora, train
+from harness.train import Example, OnPolicy, apply_lora, train
 
 log = logging.getLogger(__name__)
 
@@ -48,109 +48,6 @@ class InvalidCombination(ValueError):
 
 
 @dataclass(frozen=True)
-class HyperParams:
-    """One trial's hyperparameters, each a single value. The names are the suite's `hyperparameters` (a test
-    keeps the two in step); the defaults live only in the spec."""
-
-    learning_rate: float
-    epochs: int
-    batch_size: int
-    lora_rank: int
-    train_inputs: int
-    warmup_ratio: float
-    weight_decay: float
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> HyperParams:
-        """Fixed or sampled values (YAML and Optuna give int, float or str) → each field's type."""
-        hints = typing.get_type_hints(cls)
-        if set(values) != set(hints):
-            raise ValueError(f"hyperparameters: expected {sorted(hints)}, got {sorted(values)}")
-        out: dict[str, Any] = {}
-        for name, value in values.items():
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"hyperparameters.{name}: {value!r} is not a number") from None
-            if hints[name] is int:
-                if not number.is_integer():
-                    raise ValueError(f"hyperparameters.{name}: {value!r} is not a whole number")
-                out[name] = int(number)
-            else:
-                out[name] = number
-        return cls(**out)
-
-
-def train_settings(hp: HyperParams, training: Training, seed: int) -> TrainSettings:
-    """The training loop's settings: this trial's hyperparameters plus the suite's fixed `training` block."""
-    return TrainSettings(
-        learning_rate=hp.learning_rate,
-        epochs=hp.epochs,
-        batch_size=hp.batch_size,
-        warmup_ratio=hp.warmup_ratio,
-        weight_decay=hp.weight_decay,
-        grad_accum=training.grad_accum,
-        scheduler=training.scheduler,
-        max_grad_norm=training.max_grad_norm,
-        eval_every=training.eval_every,
-        dtype=training.dtype,
-        seed=seed,
-    )
-
-
-@dataclass(frozen=True)
-class TrialConfig:
-    """One point of the sweep: a value per axis plus concrete hyperparameters."""
-
-    target: AxisValue
-    context: AxisValue
-    loss: AxisValue
-    hp: HyperParams
-
-    def params(self) -> dict[str, Any]:
-        """Flat parameter names for tracking: axis.* labels, axis params, and hp.*."""
-        out: dict[str, Any] = {"target": self.target.label, "context": self.context.label, "loss": self.loss.label}
-        for axis, v in (("target", self.target), ("context", self.context), ("loss", self.loss)):
-            out[f"{axis}.name"] = v.name
-            for k, p in v.params.items():
-                out[f"{axis}.{k}"] = p
-        out.update({f"hp.{k}": v for k, v in dataclasses.asdict(self.hp).items()})
-        return out
-
-
-@dataclass(frozen=True)
-class Arms:
-    """The lm-eval scores of one trial: the three arms, plus the control task's two when the suite has one."""
-
-    teacher: scoring.ArmScore
-    baseline: scoring.ArmScore
-    student: scoring.ArmScore
-    control_base: scoring.ArmScore | None = None
-    control_student: scoring.ArmScore | None = None
-
-    def present(self) -> dict[str, scoring.ArmScore]:
-        """Arm name → score, for the arms this trial scored."""
-        return {f.name: a for f in dataclasses.fields(self) if (a := getattr(self, f.name)) is not None}
-
-
-@dataclass(frozen=True)
-class TrainingInput:
-    """One distillation input as logged: the task's text, the dataset answer, the teacher's target decoded."""
-
-    input: str
-    reference: str
-    teacher_target: str
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    metrics: TrialMetrics
-    arms: Arms
-    student_context: Context
-    inputs: list[TrainingInput]
-
-
-@dataclass(frozen=True)
 class HeldOut:
     """The held-out inputs behind the intrinsic metrics, with the teacher's greedy targets and top-k on them."""
 
@@ -158,31 +55,6 @@ class HeldOut:
     prompts: list[list[int]]  # (c, z), the teacher's prompts
     targets: list[list[int]]
     topk: list[teacher_work.TopKSeq]
-
-
-@dataclass(frozen=True)
-class ContextGap:
-    """Teacher (c) against the untrained model under one c': is there a gap for distillation to close?"""
-
-    context: str
-    metric: str
-    items: int
-    teacher: float
-    teacher_stderr: float
-    baseline: float
-    baseline_stderr: float
-    gap: float
-    gap_stderr: float
-
-
-def fixed_config(suite: Suite) -> TrialConfig:
-    """The single configuration of a suite that fixes one value per axis and every hyperparameter."""
-    ax = suite.axes
-    if any(len(v) != 1 for v in (ax.targets, ax.contexts, ax.losses)) or suite.hyperparameters.searched():
-        raise ValueError("suite sweeps several values; run it as a study")
-    return TrialConfig(
-        ax.targets[0], ax.contexts[0], ax.losses[0], HyperParams.from_values(dict(suite.hyperparameters))
-    )
 
 
 def peak_memory_mb(device: torch.device) -> float:

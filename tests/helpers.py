@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
+from harness.config import HyperParams, train_settings
 from harness.spec import Hyperparameters, Training
 from harness.train import TrainSettings
-from harness.trial import HyperParams, train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "suites"

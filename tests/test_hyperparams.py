@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from helpers import write_suite
 
+from harness.config import HyperParams, fixed_config, train_settings
 from harness.spec import Hyperparameters, Training, load_suite
 from harness.train import TrainSettings
-from harness.trial import HyperParams, fixed_config, train_settings
 
 
 def test_names_are_the_suite_hyperparameters():

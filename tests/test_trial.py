@@ -11,9 +11,10 @@ from helpers import SUITES, write_suite
 from harness import scoring
 from harness.cache import Store, content_hash
 from harness.cli import main
+from harness.config import fixed_config
 from harness.contexts import Context
 from harness.spec import load_suite
-from harness.trial import Workbench, context_gaps, fixed_config, per_item_table, run_trial
+from harness.trial import Workbench, context_gaps, per_item_table, run_trial
 
 TIMING = {"train_time_s", "teacher_time_s", "train_tokens_per_s", "eval_time_s", "wall_time_s", "peak_memory_mb"}
 

@@ -18,7 +18,7 @@ from harness.report.plots import SkipPlot
 from harness.spec import Suite
 
 
-def _optuna_target(suite: Suite, study: Any) -> dict[str, Any]:
+def _optuna_target(suite: Suite, study: optuna.Study) -> dict[str, Any]:
     name = suite.sweep.objectives[0].replace("_", " ")
     if len(study.directions) > 1:
         return {"target": lambda t: t.values[0], "target_name": name}
@@ -49,7 +49,7 @@ def _complete_optuna(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
-def plot_optuna_history(suite: Suite, study: Any | None, path: Path) -> None:
+def plot_optuna_history(suite: Suite, study: optuna.Study | None, path: Path) -> None:
     """Optuna's optimization history: is the sampler still finding better configurations?"""
     if study is None:
         raise SkipPlot("the Optuna study is not in its storage")
@@ -65,7 +65,7 @@ def plot_optuna_history(suite: Suite, study: Any | None, path: Path) -> None:
     )
 
 
-def plot_optuna_importances(suite: Suite, study: Any | None, path: Path) -> None:
+def plot_optuna_importances(suite: Suite, study: optuna.Study | None, path: Path) -> None:
     """Optuna's parameter importances (fANOVA): which axis or hyperparameter moves the objective most."""
     if study is None:
         raise SkipPlot("the Optuna study is not in its storage")
