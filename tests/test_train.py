@@ -81,7 +81,6 @@ def test_each_loss_lowers_itself(tiny, setup, loss):
     _train_and_check(tiny, _examples(tiny, setup, "greedy", {}), loss)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(targets.TARGETS))
 def test_each_target_strategy_trains(tiny, setup, strategy):
     spec = targets.TARGETS[strategy]
@@ -97,7 +96,6 @@ def test_each_target_strategy_trains(tiny, setup, strategy):
     _train_and_check(tiny, examples, loss, on_policy=on_policy)
 
 
-@pytest.mark.slow
 def test_lora_trains_only_adapters(tiny, setup):
     examples = _examples(tiny, setup, "greedy", {})
     _train_and_check(tiny, examples, "self_target_nll", lora=4)
