@@ -10,6 +10,7 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
+SOURCES = ("harness", "tests", "suites", "noxfile.py")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -24,16 +25,21 @@ def install(session: nox.Session, *extras: str) -> None:
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests (tiny model + a few on the embedded model), offline."""
+    """All tests, offline (CI); `nox -s tests -- -m "not slow"` skips the integration tests (under 30 s)."""
     install(session, "dev")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
 
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests and this file."""
-    session.install("ruff", *CONSTRAINTS)
-    session.run("ruff", "check", "harness", "tests", "noxfile.py", "suites")
+    """ruff (lint + format), codespell, then mypy over harness/ against the pinned libraries' own types."""
+    session.install("ruff", "codespell", *CONSTRAINTS)
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+    session.run("codespell", *SOURCES, "README.md", "results", "pyproject.toml")
+    install(session)  # mypy needs the real torch, transformers, pydantic, ... to check our calls into them
+    session.install("mypy", "types-PyYAML", "types-tqdm", *CONSTRAINTS)
+    session.run("mypy")  # files and settings: [tool.mypy] in pyproject.toml
 
 
 @nox.session(python="3.11")

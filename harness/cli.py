@@ -12,8 +12,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
-from harness.spec import SuiteError, load_suite
+from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
 
@@ -28,8 +29,7 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite, resources=True)
+def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
     ax = suite.axes
     print(
         f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
@@ -37,84 +37,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}"
     )
     return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite, resources=True)  # before the study exists: a typo must not leave an empty one
-    from harness import sweep
-
-    return sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout, report=not args.no_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
-    from harness import report
-
-    out = report.write(suite, args.out)
-    print(f"report written to {out}")
-    return 0
-
-
-def cmd_gap(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite, resources=True)
-    from harness.trial import Workbench, context_gaps
-
-    rows = context_gaps(Workbench(suite))
-    print(f"suite '{suite.name}', task {suite.task.name}: teacher (full context c) vs. untrained model with c'")
-    print(f"{'context c′':<24} {'metric':<12} {'items':>5} {'teacher':>15} {'baseline':>15} {'gap (points)':>16}")
-    low = []
-    for r in rows:
-        print(
-            f"{r['context']:<24} {r['metric']:<12} {r['items']:>5} "
-            f"{r['teacher']:>7.3f} ± {r['teacher_stderr']:.3f} {r['baseline']:>7.3f} ± {r['baseline_stderr']:.3f} "
-            f"{100 * r['gap']:>+8.1f} ± {100 * r['gap_stderr']:.1f}"
-        )
-        if 100 * r["gap"] < args.min_gap:
-            low.append(r["context"])
-    if low:
-        print(
-            f"gap below {args.min_gap:g} points for: {', '.join(low)} — the context barely helps there, "
-            "so gap closure is noise; fix the task or the context",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
-    import shutil
-    import subprocess
-
-    from harness import sweep, tracking
-
-    uri = tracking.tracking_uri(suite)
-    print(
-        f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
-        f"experiment harness/{suite.name}, Ctrl-C to stop"
-    )
-    if shutil.which("optuna-dashboard"):
-        print(f"Optuna dashboard: optuna-dashboard {sweep.storage_url(suite)}")
-    else:
-        print(
-            f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {sweep.storage_url(suite)}"
-        )
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,21 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
     r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
-    r.set_defaults(fn=cmd_run)
+    r.set_defaults(fn="cmd_run")
     rep = sub.add_parser("report", help="write tables and plots of a suite's study to results/<suite>/")
     rep.add_argument("suite")
     rep.add_argument("--out", default="results", help="results folder (default: results)")
-    rep.set_defaults(fn=cmd_report)
+    rep.set_defaults(fn="cmd_report")
     g = sub.add_parser("gap", help="score teacher (c) and untrained model (each c'): is there a gap to close?")
     g.add_argument("suite")
     g.add_argument("--min-gap", type=float, default=15.0, help="exit 1 if a gap is below this many points (default 15)")
-    g.set_defaults(fn=cmd_gap)
+    g.set_defaults(fn="cmd_gap")
     u = sub.add_parser("ui", help="start the MLflow UI on a suite's tracking store")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
-    u.set_defaults(fn=cmd_ui)
+    u.set_defaults(fn="cmd_ui")
     return p
+
+
+Command = Callable[[argparse.Namespace, Suite], int]
+# Commands that start work check the models and the task first: a typo must not leave an empty study behind.
+CHECK_RESOURCES = ("validate", "run", "gap")
+
+
+def _command(fn: Command | str) -> Command:
+    """A heavy command by name from `harness.commands`, imported only when it runs: the one import inside a
+    function in the package, so that `validate` never pays for torch, lm-eval, MLflow and Optuna."""
+    if callable(fn):
+        return fn
+    from harness import commands
+
+    return getattr(commands, fn)
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -161,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return args.fn(args)
+        suite = load_suite(args.suite, resources=args.command in CHECK_RESOURCES)
+        return _command(args.fn)(args, suite)
     except SuiteError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)

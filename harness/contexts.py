@@ -22,10 +22,6 @@ class Context:
     system: str | None
     n_demos: int = 0
 
-    def describe(self) -> str:
-        sys = "none" if not self.system else f"{len(self.system)} chars"
-        return f"instruction={sys}, demos={self.n_demos}"
-
 
 class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...

@@ -16,8 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import lm_eval
 import numpy as np
+from lm_eval.models.huggingface import HFLM
 
+from harness import tasks
 from harness.cache import Store
 from harness.contexts import Context
 
@@ -114,11 +117,6 @@ def evaluate_arm(
     task_manager: Any = None,
 ) -> ArmScore:
     """Score one model under one context with real lm-eval."""
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    from harness.tasks import task_manager as default_manager
-
     start = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
@@ -131,7 +129,7 @@ def evaluate_arm(
         limit=limit,
         log_samples=True,
         bootstrap_iters=0,
-        task_manager=task_manager or default_manager(None),
+        task_manager=task_manager or tasks.task_manager(None),
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
@@ -188,8 +186,6 @@ def cached_arm(store: Store, fingerprint: str, *args: Any, data: str, **kwargs: 
     only where they were read from.
     """
     arm, _model, _tok, task_config, task_name, ctx = args
-    import lm_eval
-
     parts = {
         "model": fingerprint,
         "task": task_config,

@@ -12,6 +12,7 @@ under a second.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -271,12 +272,15 @@ class Evaluation(_Strict):
     bootstrap: Integer = Field(1000, ge=100, description="bootstrap resamples for the gap-closure stderr")
 
 
+Objective = Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]
+
+
 class Sweep(_Strict):
     sampler: Literal["tpe", "grid", "nsga2", "random"] = "tpe"
     n_trials: Integer = Field(4, ge=1)
     timeout: Positive | None = Field(None, description="seconds after which no new trial starts")
-    objectives: list[Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]] = Field(
-        default_factory=lambda: ["gap_closure"], min_length=1, max_length=2
+    objectives: list[Objective] = Field(
+        default_factory=lambda: list[Objective](["gap_closure"]), min_length=1, max_length=2
     )
     pruner: Literal["auto", "median", "none"] = Field(
         "auto",
@@ -545,11 +549,19 @@ def _local_task_problems(field: str, task: Task | ControlTask, folder: Path) -> 
     return [f"{field}.name: no task YAML with 'task: {name}' in {task.path} (found: {', '.join(names) or 'none'})"]
 
 
-def _registered_task_problems(field: str, name: str) -> list[str]:
-    """A registered lm-eval task: lm-eval's own index knows the name (building it takes ~10 s)."""
-    from harness.tasks import task_manager
+@functools.lru_cache(maxsize=1)
+def lm_eval_index() -> Any:
+    """lm-eval's TaskManager over its registered tasks, built once per process (~10 s); `tasks` reuses it.
 
-    tm = task_manager(None)
+    lm-eval is imported here, not at the top, so that validating a suite of local tasks never loads it."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def _registered_task_problems(field: str, name: str) -> list[str]:
+    """A registered lm-eval task: lm-eval's own index knows the name."""
+    tm = lm_eval_index()
     if name in tm.all_subtasks:
         return []
     if name in tm.all_tasks:

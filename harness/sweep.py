@@ -10,23 +10,25 @@ the trial is marked failed and the study stops with the traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import platform
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
 
-from harness import tracking
+from harness import stores, tracking
+from harness.config import HyperParams, TrialConfig
+from harness.metrics import HELDOUT_KL, METRICS, TrialMetrics
+from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
-from harness.trial import InvalidCombination, TrialConfig, Workbench, per_item_table, run_trial
+from harness.trial import InvalidCombination, Workbench, per_item_table, run_trial
 
 log = logging.getLogger(__name__)
 
-MAXIMIZE = {"gap_closure", "student_score"}
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
@@ -38,11 +40,12 @@ class ObjectiveUndefined(ArithmeticError):
 EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ObjectiveUndefined)
 
 
-def storage_url(suite: Suite) -> str:
-    if suite.sweep.storage:
-        return suite.sweep.storage
-    Path(suite.work_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(suite.work_dir).resolve() / 'optuna.db'}"
+def direction(objective: str) -> Literal["maximize", "minimize"]:
+    """The study direction of an objective, from the metric's definition."""
+    d = METRICS[objective].direction
+    if d is None:
+        raise ValueError(f"sweep.objectives: metric '{objective}' has no direction to optimise")
+    return d
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage | str:
@@ -60,11 +63,6 @@ def _mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         tracking.TrialRun(run_id).end("FAILED", "process died during the trial (no heartbeat)")
-
-
-def study_name(suite: Suite) -> str:
-    """Same suite content → same study (resume); an edited suite starts a new one."""
-    return f"{suite.name}-{suite.content_hash()}"
 
 
 def grid_space(suite: Suite) -> dict[str, list[Any]]:
@@ -130,7 +128,7 @@ def suggest(trial: optuna.Trial, suite: Suite) -> TrialConfig:
             hp[name] = trial.suggest_categorical(name, value.choices)
         else:
             hp[name] = value
-    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], hp)
+    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], HyperParams.from_values(hp))
 
 
 class _Reporter:
@@ -144,7 +142,7 @@ class _Reporter:
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log_step(step, metrics)
-        kl = metrics["heldout/kl"]
+        kl = metrics[HELDOUT_KL.name]
         if not self.prune:
             return
         self.trial.report(self.sign * kl, step)  # lower KL is better; flip sign for a maximised study
@@ -152,10 +150,10 @@ class _Reporter:
             raise optuna.TrialPruned(f"held-out KL {kl:.4f} at step {step} is worse than the median of earlier trials")
 
 
-def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
+def objective_values(suite: Suite, metrics: TrialMetrics) -> list[float]:
     vals = []
     for name in suite.sweep.objectives:
-        v = metrics[name]
+        v = getattr(metrics, name)
         if v is None or math.isnan(v):
             raise ObjectiveUndefined(f"objective {name} is undefined (NaN): teacher and baseline score the same")
         vals.append(float(v))
@@ -163,7 +161,7 @@ def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
 
 
 def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, base_tags: dict[str, str]) -> Any:
-    maximize = suite.sweep.objectives[0] in MAXIMIZE
+    maximize = METRICS[suite.sweep.objectives[0]].direction == "maximize"
     prune = prunes(suite)
 
     def objective(trial: optuna.Trial) -> float | list[float]:
@@ -177,8 +175,14 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
                 result = run_trial(bench, cfg, reporter)
                 run.log_metrics(result.metrics)
                 _log_artifacts(run, bench, result)
-                print(f"trial {trial.number} ({cfg.target.label} / {cfg.context.label} / {cfg.loss.label}):")
-                print("\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.items()), flush=True)
+                log.info(
+                    "trial %d (%s / %s / %s):\n%s",
+                    trial.number,
+                    cfg.target.label,
+                    cfg.context.label,
+                    cfg.loss.label,
+                    "\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.logged().items()),
+                )
                 values = objective_values(suite, result.metrics)
                 run.set_tags({"optuna.trial_state": "COMPLETE"})
         except optuna.TrialPruned as e:
@@ -210,16 +214,14 @@ def _tag_state(trial: optuna.Trial, state: str) -> None:
         tracking.TrialRun(run_id).set_tags({"optuna.trial_state": state})
 
 
-def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> None:
+def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: TrialResult) -> None:
     s = bench.suite
     run.log_text(s.resolved_yaml(), "suite.yaml")
     run.log_table(per_item_table(result), "per_item.json")
-    run.log_inputs(
-        result.info["inputs"], name=f"{bench.task.name}-train-{len(result.info['inputs'])}", context="training"
-    )
-    arms = result.info["arms"]
-    run.log_dict({arm: a.raw for arm, a in arms.items()}, "lm_eval_results.json")
-    ctx = result.info["student_context"]
+    inputs = [dataclasses.asdict(i) for i in result.inputs]
+    run.log_inputs(inputs, name=f"{bench.task.name}-train-{len(inputs)}", context="training")
+    run.log_dict({arm: a.raw for arm, a in result.arms.present().items()}, "lm_eval_results.json")
+    ctx = result.student_context
     run.log_dict(
         {
             "teacher_context": {"system": bench.context.system, "demos": bench.context.n_demos},
@@ -229,12 +231,12 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> Non
     )
 
 
-def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None, report: bool = True) -> int:
-    """Run (or resume) the suite's study until it holds `n_trials` finished trials."""
+def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
+    """Run (or resume) the suite's study until it holds `n_trials` finished trials; returns the study."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
-    directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
-    storage = storage_url(suite)
-    name = study_name(suite)
+    directions = [direction(o) for o in suite.sweep.objectives]
+    storage = stores.storage_url(suite)
+    name = stores.study_name(suite)
     study = optuna.create_study(
         study_name=name,
         storage=open_storage(storage),
@@ -269,16 +271,11 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
             catch=EXPECTED_FAILURES,
             gc_after_trial=True,
         )
-    _print_summary(study)
-    if report:
-        from harness import report as report_mod
-
-        out = report_mod.write(suite, "results")
-        print(f"report written to {out}")
-    return 0
+    return study
 
 
-def _print_summary(study: optuna.Study) -> None:
+def summary(study: optuna.Study) -> list[str]:
+    """One line for the study, then one per trial: state, objective values, axes, why it failed."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         done = t.values is not None and t.state == optuna.trial.TrialState.COMPLETE
@@ -288,5 +285,4 @@ def _print_summary(study: optuna.Study) -> None:
             f"context={t.params.get('context')} loss={t.params.get('loss')} "
             f"{t.user_attrs.get('reason', '')}"
         )
-    print(f"study {study.study_name}: {len(rows)} trials")
-    print("\n".join(rows))
+    return [f"study {study.study_name}: {len(rows)} trials", *rows]

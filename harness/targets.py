@@ -1,4 +1,4 @@
-"""Target selection: how the teacher's ŷ ≈ argmax_y log Pr_t(y | c, z) is approximated (DESIGN §1–2).
+"""Target selection: how the teacher's ŷ ≈ argmax_y log Pr_t(y | c, z) is approximated (README: the axes).
 
 Every strategy is one function registered here with `@register`; adding one touches only this file.
 The training loop and the teacher cache look strategies up by name through `select_targets`, and key

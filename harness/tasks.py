@@ -16,7 +16,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+
 from harness.contexts import Context, ContextEnv
+from harness.spec import lm_eval_index
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +47,6 @@ def task_config(name: str, folder: Path | None) -> dict[str, Any] | str:
     """A local task as an in-code config dict (absolute paths), or a registered task's name."""
     if folder is None:
         return name
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     for path in sorted(folder.glob("*.yaml")):
         cfg = load_yaml(path)
         if cfg.get("task") == name:
@@ -55,8 +58,6 @@ def task_config(name: str, folder: Path | None) -> dict[str, Any] | str:
 
 def chat_template_fn(tokenizer: Any) -> Any:
     """lm-eval's HFLM.apply_chat_template bound to our tokenizer: the very function evaluation uses."""
-    from lm_eval.models.huggingface import HFLM
-
     shim = SimpleNamespace(tokenizer=tokenizer, chat_template_args={})
     return functools.partial(HFLM.apply_chat_template, shim)
 
@@ -172,10 +173,8 @@ class TaskBundle:
 @functools.lru_cache(maxsize=8)
 def task_manager(folder: Path | None) -> Any:
     """One TaskManager per task folder: indexing lm-eval's built-in tasks takes ~10 s, a local folder ~0."""
-    from lm_eval.tasks import TaskManager
-
     if folder is None:
-        return TaskManager()
+        return lm_eval_index()
     return TaskManager(include_path=str(folder), include_defaults=False)
 
 

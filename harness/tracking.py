@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
-import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from harness import stores
+from harness.metrics import STEP_METRICS, TrialMetrics
 from harness.spec import Suite
 
 log = logging.getLogger(__name__)
@@ -33,25 +34,15 @@ def metric_name(name: str) -> str:
     return _BAD.sub("/", name)
 
 
-def tracking_uri(suite: Suite) -> str:
-    """The suite's URI, else $MLFLOW_TRACKING_URI, else a SQLite store under work_dir (MLflow 3.13+ default)."""
-    if suite.sweep.tracking_uri:
-        return suite.sweep.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    Path(suite.work_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(suite.work_dir).resolve() / 'mlflow.db'}"
-
-
 def setup(suite: Suite) -> str:
     """Point MLflow at the suite's store and experiment; returns the experiment id."""
-    uri = tracking_uri(suite)
+    uri = stores.tracking_uri(suite)
     mlflow.set_tracking_uri(uri)
     name = f"harness/{suite.name}"
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        artifacts = (Path(suite.work_dir).resolve() / "mlartifacts").as_uri()
-        exp_id = mlflow.create_experiment(name, artifact_location=artifacts if uri.startswith("sqlite") else None)
+        artifacts = stores.artifact_root(suite) if uri.startswith("sqlite") else None
+        exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
@@ -91,6 +82,10 @@ class TrialRun:
         self.client = MlflowClient()
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Per-step values; only defined step metrics (a typo would otherwise start a new curve silently)."""
+        unknown = set(metrics) - set(STEP_METRICS)
+        if unknown:
+            raise ValueError(f"undefined step metrics {sorted(unknown)} (defined in harness/metrics.py)")
         for k, v in metrics.items():
             self.client.log_metric(self.run_id, metric_name(k), float(v), step=step)
 
@@ -98,10 +93,9 @@ class TrialRun:
         for k, v in params.items():
             self.client.log_param(self.run_id, metric_name(k), v)
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            if v is not None:
-                self.client.log_metric(self.run_id, metric_name(k), float(v))
+    def log_metrics(self, metrics: TrialMetrics) -> None:
+        for k, v in metrics.logged().items():
+            self.client.log_metric(self.run_id, k, v)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
@@ -115,8 +109,6 @@ class TrialRun:
 
     def log_table(self, rows: list[dict[str, Any]], path: str) -> None:
         if rows:
-            import pandas as pd
-
             with mlflow.start_run(run_id=self.run_id, nested=True):
                 mlflow.log_table(pd.DataFrame(rows), artifact_file=path)
 
@@ -124,10 +116,8 @@ class TrialRun:
         """The distillation inputs as an MLflow dataset (shown in the run's Datasets column)."""
         if not rows:
             return
-        import pandas as pd
-
         df = pd.DataFrame(rows)
-        ds = mlflow.data.from_pandas(df, name=name)
+        ds = from_pandas(df, name=name)
         with mlflow.start_run(run_id=self.run_id, nested=True):
             mlflow.log_input(ds, context=context)
 
@@ -154,7 +144,3 @@ def trial_run(experiment_id: str, parent_id: str, name: str, tags: dict[str, str
     else:
         if client.get_run(tr.run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
             tr.end("FINISHED")
-
-
-def temp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="harness-")

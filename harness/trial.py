@@ -9,25 +9,29 @@ and baseline scores) lives in `Workbench`, built once per study.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import torch
+from peft import PeftModel
 
-from harness import intrinsic, models, scoring
+from harness import intrinsic, models, scoring, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
+from harness.config import TrialConfig, train_settings
 from harness.contexts import Context, modify
 from harness.losses import LOSSES
+from harness.metrics import HELDOUT_KL, TrialMetrics
+from harness.results import Arms, ContextGap, TrainingInput, TrialResult
 from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
 from harness.tasks import TaskBundle, encode_prompt, load_task, task_manager
-from harness.train import Example, OnPolicy, TrainSettings, apply_lora, train
+from harness.train import Example, OnPolicy, apply_lora, train
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +48,13 @@ class InvalidCombination(ValueError):
 
 
 @dataclass(frozen=True)
-class TrialConfig:
-    """One point of the sweep: a value per axis plus concrete hyperparameters."""
+class HeldOut:
+    """The held-out inputs behind the intrinsic metrics, with the teacher's greedy targets and top-k on them."""
 
-    target: AxisValue
-    context: AxisValue
-    loss: AxisValue
-    hp: dict[str, Any]
-
-    def params(self) -> dict[str, Any]:
-        """Flat parameter names for tracking: axis.* labels, axis params, and hp.*."""
-        out: dict[str, Any] = {"target": self.target.label, "context": self.context.label, "loss": self.loss.label}
-        for axis, v in (("target", self.target), ("context", self.context), ("loss", self.loss)):
-            out[f"{axis}.name"] = v.name
-            for k, p in v.params.items():
-                out[f"{axis}.{k}"] = p
-        out.update({f"hp.{k}": v for k, v in self.hp.items()})
-        return out
-
-
-@dataclass
-class TrialResult:
-    metrics: dict[str, float]
-    info: dict[str, Any] = field(default_factory=dict)  # non-numeric outputs: per-item answers, contexts
-
-
-def fixed_config(suite: Suite) -> TrialConfig:
-    """The single configuration of a suite that fixes one value per axis and every hyperparameter."""
-    ax = suite.axes
-    if any(len(v) != 1 for v in (ax.targets, ax.contexts, ax.losses)) or suite.hyperparameters.searched():
-        raise ValueError("suite sweeps several values; run it as a study")
-    return TrialConfig(ax.targets[0], ax.contexts[0], ax.losses[0], dict(suite.hyperparameters))
+    docs: list[dict[str, Any]]
+    prompts: list[list[int]]  # (c, z), the teacher's prompts
+    targets: list[list[int]]
+    topk: list[teacher_work.TopKSeq]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -90,8 +70,7 @@ class Workbench:
 
     def __init__(self, suite: Suite) -> None:
         self.suite = suite
-        self.work_dir = Path(suite.work_dir)
-        self.store = Store(self.work_dir / "cache")
+        self.store = Store(stores.cache_root(suite))
         log.info("loading teacher %s", suite.models.teacher)
         self.teacher = models.load(suite.models.teacher, suite.models.device)
         self.device = next(self.teacher.model.parameters()).device
@@ -106,6 +85,7 @@ class Workbench:
         self.stop = self.task.stop_strings() if stops is None else tuple(stops)
         self.context = Context(suite.context.instruction, suite.context.demos)
         self.memo: dict[Any, Any] = {}
+        self._heldout: HeldOut | None = None
         self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
         self.control: TaskBundle | None = None
         if suite.task.control:
@@ -125,8 +105,8 @@ class Workbench:
         return (self.student_base or self.teacher).model
 
     # --- held-out references, computed once per study ----------------------------------------------
-    def heldout(self) -> dict[str, Any]:
-        if "heldout" not in self.memo:
+    def heldout(self) -> HeldOut:
+        if self._heldout is None:
             s = self.suite
             docs = self.task.eval_docs()[: s.evaluation.heldout_inputs]
             prompts = self.encode(docs, self.context)
@@ -151,16 +131,16 @@ class Workbench:
                 temperature=1.0,
                 batch_size=s.evaluation.batch_size,
             )
-            self.memo["heldout"] = {"docs": docs, "prompts": prompts, "targets": tgts, "topk": top}
-        return self.memo["heldout"]
+            self._heldout = HeldOut(docs, prompts, tgts, top)
+        return self._heldout
 
     def intrinsic(self, model: torch.nn.Module, ctx: Context) -> dict[str, float]:
         """Held-out KL and greedy agreement of `model` seeing c' against the teacher seeing c."""
         h = self.heldout()
         s = self.suite
-        prompts = self.encode(h["docs"], ctx)
+        prompts = self.encode(h.docs, ctx)
         kl = intrinsic.heldout_kl(
-            model, prompts, h["targets"], h["topk"], pad_id=self.pad_id, batch_size=s.evaluation.batch_size
+            model, prompts, h.targets, h.topk, pad_id=self.pad_id, batch_size=s.evaluation.batch_size
         )
         answers = intrinsic.greedy_answers(
             model,
@@ -170,7 +150,7 @@ class Workbench:
             batch_size=s.training.generation_batch_size,
             stop_strings=self.stop,
         )
-        return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h["targets"], self.tok)}
+        return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h.targets, self.tok)}
 
     def baseline_intrinsic(self, ctx: Context) -> dict[str, float]:
         """The untrained student's intrinsic metrics with c': the bar a trained student must clear."""
@@ -180,7 +160,7 @@ class Workbench:
                 "model": (self.student_base or self.teacher).fingerprint,
                 "teacher": self.teacher.fingerprint,
                 "context": [ctx.system, ctx.n_demos],
-                "heldout": self.heldout()["prompts"],
+                "heldout": self.heldout().prompts,
                 "max_new_tokens": self.suite.training.max_new_tokens,
                 "stop": list(self.stop),
                 "top_k": self.suite.training.top_k,
@@ -198,7 +178,8 @@ class Workbench:
         given) are scored once per study and rerun."""
         s = self.suite
         task = self.control if control else self.task
-        assert task is not None
+        if task is None:
+            raise ValueError(f"arm '{arm}' scores the control task, but the suite names no task.control")
         metric = self.control_metric if control else self.metric
         limit = s.task.control.eval_limit if control and s.task.control else s.task.eval_limit
         args = (arm, model, self.tok, task.config, task.name, ctx)
@@ -218,7 +199,8 @@ class Workbench:
 
     def control_context(self) -> Context:
         c = self.suite.task.control
-        assert c is not None
+        if c is None:
+            raise ValueError("the suite names no task.control")
         return Context(c.instruction, c.demos)
 
     def teacher_arm(self) -> scoring.ArmScore:
@@ -241,12 +223,11 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     """Train one student and measure it. Raises on failure; the caller records why."""
     _validate(cfg)
     s = bench.suite
-    hp = cfg.hp
     start = time.perf_counter()
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
     c_student = bench.student_context(cfg.context)
-    docs = bench.task.train_docs(int(hp["train_inputs"]))
+    docs = bench.task.train_docs(cfg.hp.train_inputs)
     t_prompts = bench.encode(docs, bench.context)
     s_prompts = bench.encode(docs, c_student)
     refs = [bench.task.reference(d) for d in docs]
@@ -277,11 +258,11 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
 
     before = bench.baseline_intrinsic(c_student)
     if reporter:
-        reporter.log_step(0, {"heldout/kl": before["heldout_kl"]})
+        reporter.log_step(0, {HELDOUT_KL.name: before["heldout_kl"]})
     student = copy.deepcopy(bench.base_model())
-    if int(hp["lora_rank"]) > 0:
+    if cfg.hp.lora_rank > 0:
         torch.manual_seed(s.seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
-        student = apply_lora(student, int(hp["lora_rank"]))
+        student = apply_lora(student, cfg.hp.lora_rank)
     on_policy = None
     if TARGETS[cfg.target.name].uses_student:
         on_policy = OnPolicy(
@@ -298,29 +279,16 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         h = bench.heldout()
         kl = intrinsic.heldout_kl(
             student,
-            bench.encode(h["docs"], c_student),
-            h["targets"],
-            h["topk"],
+            bench.encode(h.docs, c_student),
+            h.targets,
+            h.topk,
             pad_id=bench.pad_id,
             batch_size=s.evaluation.batch_size,
         )
         if reporter:
-            reporter.report(step, {"heldout/kl": kl})
+            reporter.report(step, {HELDOUT_KL.name: kl})
 
-    settings = TrainSettings(
-        learning_rate=float(hp["learning_rate"]),
-        epochs=int(hp["epochs"]),
-        batch_size=int(hp["batch_size"]),
-        lora_rank=int(hp["lora_rank"]),
-        warmup_ratio=float(hp["warmup_ratio"]),
-        weight_decay=float(hp["weight_decay"]),
-        grad_accum=s.training.grad_accum,
-        scheduler=s.training.scheduler,
-        max_grad_norm=s.training.max_grad_norm,
-        eval_every=s.training.eval_every,
-        dtype=s.training.dtype,
-        seed=s.seed,
-    )
+    settings = train_settings(cfg.hp, s.training, s.seed)
     result = train(
         student,
         examples,
@@ -332,69 +300,65 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         on_eval=on_eval if reporter else None,
         on_step=reporter.log_step if reporter else None,
     )
-    if int(hp["lora_rank"]) > 0:
-        student = student.merge_and_unload()  # a plain model again, for lm-eval and generation
+    if cfg.hp.lora_rank > 0:
+        student = cast(PeftModel, student).merge_and_unload()  # a plain model again, for lm-eval and generation
     after = bench.intrinsic(student, c_student)
     if reporter:
-        reporter.log_step(result.steps, {"heldout/kl": after["heldout_kl"]})
+        reporter.log_step(result.steps, {HELDOUT_KL.name: after["heldout_kl"]})
     h = bench.heldout()
-    saved = [len(a) - len(b) for a, b in zip(h["prompts"], bench.encode(h["docs"], c_student), strict=True)]
-    metrics = {
-        **after,
-        "untrained_heldout_kl": before["heldout_kl"],
-        "untrained_greedy_agreement": before["greedy_agreement"],
-        "context_tokens_saved": sum(saved) / len(saved),
-        "train_tokens": float(result.train_tokens),
-        "target_tokens": float(result.target_tokens),
-        "train_steps": float(result.steps),
-        "final_train_loss": result.losses[-1],
-        "train_time_s": result.wall_time_s,
-        "teacher_time_s": teacher_s,
-        "train_tokens_per_s": result.train_tokens / max(result.wall_time_s, 1e-9),
-        "peak_memory_mb": peak_memory_mb(bench.device),
-    }
+    saved = [len(a) - len(b) for a, b in zip(h.prompts, bench.encode(h.docs, c_student), strict=True)]
     eval_start = time.perf_counter()
     t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
     st_arm = bench.arm("student", student, None, c_student)
     gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
-    metrics.update(
-        {
-            "teacher_score": t_arm.score,
-            "teacher_stderr": t_arm.stderr,
-            "baseline_score": b_arm.score,
-            "baseline_stderr": b_arm.stderr,
-            "student_score": st_arm.score,
-            "student_stderr": st_arm.stderr,
-            "gap_closure": gap,
-            "gap_closure_stderr": gap_se,
-            "eval_time_s": time.perf_counter() - eval_start,
-        }
-    )
-    arms = {"teacher": t_arm, "baseline": b_arm, "student": st_arm}
+    eval_s = time.perf_counter() - eval_start
+    arms = Arms(t_arm, b_arm, st_arm)
+    control: dict[str, float] = {}
     if bench.control is not None:
-        arms.update(control_arms(bench, student))
-        metrics.update(control_metrics(arms["control_base"], arms["control_student"]))
+        c_base, c_student_arm = control_arms(bench, student)
+        arms = dataclasses.replace(arms, control_base=c_base, control_student=c_student_arm)
+        control = control_metrics(c_base, c_student_arm)
     inputs = [
-        {
-            "input": str(bench.task.task.doc_to_text(d)),
-            "reference": r,
-            "teacher_target": bench.tok.decode(t, skip_special_tokens=True),
-        }
+        TrainingInput(str(bench.task.task.doc_to_text(d)), r, str(bench.tok.decode(t, skip_special_tokens=True)))
         for d, r, t in zip(docs, refs, tgts, strict=True)
     ]
-    info: dict[str, Any] = {"student_context": c_student, "inputs": inputs, "arms": arms}
-    metrics["wall_time_s"] = time.perf_counter() - start
-    return TrialResult(metrics=metrics, info=info)
+    metrics = TrialMetrics(
+        gap_closure=gap,
+        gap_closure_stderr=gap_se,
+        teacher_score=t_arm.score,
+        teacher_stderr=t_arm.stderr,
+        baseline_score=b_arm.score,
+        baseline_stderr=b_arm.stderr,
+        student_score=st_arm.score,
+        student_stderr=st_arm.stderr,
+        heldout_kl=after["heldout_kl"],
+        untrained_heldout_kl=before["heldout_kl"],
+        greedy_agreement=after["greedy_agreement"],
+        untrained_greedy_agreement=before["greedy_agreement"],
+        context_tokens_saved=sum(saved) / len(saved),
+        train_tokens=float(result.train_tokens),
+        target_tokens=float(result.target_tokens),
+        train_steps=float(result.steps),
+        final_train_loss=result.losses[-1],
+        train_time_s=result.wall_time_s,
+        teacher_time_s=teacher_s,
+        eval_time_s=eval_s,
+        wall_time_s=time.perf_counter() - start,
+        peak_memory_mb=peak_memory_mb(bench.device),
+        train_tokens_per_s=result.train_tokens / max(result.wall_time_s, 1e-9),
+        **control,
+    )
+    return TrialResult(metrics=metrics, arms=arms, student_context=c_student, inputs=inputs)
 
 
-def control_arms(bench: Workbench, student: torch.nn.Module) -> dict[str, scoring.ArmScore]:
+def control_arms(bench: Workbench, student: torch.nn.Module) -> tuple[scoring.ArmScore, scoring.ArmScore]:
     """The control task for the untrained model (cached) and the trained student, same prompt."""
     base = bench.student_base or bench.teacher
     ctx = bench.control_context()
-    return {
-        "control_base": bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
-        "control_student": bench.arm("control_student", student, None, ctx, control=True),
-    }
+    return (
+        bench.arm("control_base", base.model, base.fingerprint, ctx, control=True),
+        bench.arm("control_student", student, None, ctx, control=True),
+    )
 
 
 def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[str, float]:
@@ -410,7 +374,7 @@ def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[s
     }
 
 
-def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
+def context_gaps(bench: Workbench) -> list[ContextGap]:
     """Teacher (c) against the untrained model under each c' of the suite: does the task measure distillation?
 
     Uses the same cached arms as the trials, so checking a task first makes the sweep's first trial cheaper.
@@ -422,27 +386,14 @@ def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
         b_arm = bench.baseline_arm(ctx)
         gap, se, n = scoring.paired_difference(t_arm, b_arm)
         rows.append(
-            {
-                "context": mod.label,
-                "metric": bench.metric,
-                "items": n,
-                "teacher": t_arm.score,
-                "teacher_stderr": t_arm.stderr,
-                "baseline": b_arm.score,
-                "baseline_stderr": b_arm.stderr,
-                "gap": gap,
-                "gap_stderr": se,
-                "teacher_s": t_arm.seconds,
-                "baseline_s": b_arm.seconds,
-            }
+            ContextGap(mod.label, bench.metric, n, t_arm.score, t_arm.stderr, b_arm.score, b_arm.stderr, gap, se)
         )
     return rows
 
 
 def per_item_table(result: TrialResult) -> list[dict[str, Any]]:
     """Teacher, baseline and student answers side by side with the reference, one row per held-out item."""
-    arms: dict[str, scoring.ArmScore] = result.info["arms"]
-    t, b, s = arms["teacher"], arms["baseline"], arms["student"]
+    t, b, s = result.arms.teacher, result.arms.baseline, result.arms.student
     rows = []
     for i in sorted(s.per_item):
         rows.append(

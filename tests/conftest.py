@@ -1,46 +1,27 @@
-"""Shared fixtures: the tiny model, the parity task and suite files written into tmp folders."""
+"""Shared fixtures: the tiny model and the parity task (suite files come from helpers.write_suite)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
-import yaml
-
+# Before anything imports huggingface_hub, which reads these once at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
-SUITES = ROOT / "suites"
-PARITY = SUITES / "tasks" / "parity"
+import pytest  # noqa: E402
+from helpers import PARITY  # noqa: E402
 
-
-def write_suite(folder: Path, base: str = "smoke.yaml", **overrides: object) -> Path:
-    """A copy of a shipped suite with its task path made absolute, work_dir in `folder`, fields overridden."""
-    raw = yaml.safe_load((SUITES / base).read_text())
-    raw["task"]["path"] = str((SUITES / raw["task"]["path"]).resolve())
-    raw["work_dir"] = str(folder / ".harness")
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    path = folder / f"{raw['name']}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+from harness import models  # noqa: E402
+from harness.tasks import TaskBundle, load_task  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny():
-    from harness import models
-
+def tiny() -> models.LoadedModel:
+    """The tiny random model built in code (no download); session-wide, so tests must not change its weights."""
     return models.load("tiny-random", "cpu")
 
 
 @pytest.fixture(scope="session")
-def parity():
-    from harness.tasks import load_task
-
+def parity() -> TaskBundle:
     return load_task("parity", PARITY)

@@ -6,6 +6,8 @@ report must agree with what MLflow and Optuna hold.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import mlflow
@@ -13,10 +15,12 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import write_suite
+from helpers import write_suite
 
-from harness import report, sweep, tracking
+from harness import stores, sweep, tracking
 from harness.cli import main
+from harness.report.provenance import PACKAGES
+from harness.report.write import PLOTS, write_report
 from harness.spec import SuiteError, load_suite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -24,26 +28,39 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """The smoke suite run as a 2-trial study in a tmp work_dir, then reported."""
+    """The smoke suite run as a 2-trial study by `harness run` (sweep, then report) in a tmp folder."""
     tmp = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # the suite's own SQLite store, not the user's
-        suite = load_suite(write_suite(tmp))
-        assert sweep.run(suite, n_trials=2, report=False) == 0
-        out = report.write(suite, tmp / "results")
+        mp.chdir(tmp)  # `harness run` writes results/<suite>/ under the cwd
+        path = write_suite(tmp)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["run", str(path), "--n-trials", "2"]) == 0
+        suite = load_suite(path)
         exp_id = tracking.setup(suite)
         runs = mlflow.search_runs(experiment_ids=[exp_id], filter_string="tags.`harness.kind` = 'trial'")
-        trials = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite)).trials
-        yield {"suite": suite, "out": out, "runs": runs, "trials": trials, "tmp": tmp}
+        trials = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite)).trials
+        out = tmp / "results" / "smoke"
+        yield {"suite": suite, "out": out, "runs": runs, "trials": trials, "tmp": tmp, "printed": printed.getvalue()}
 
 
+@pytest.mark.slow
+def test_run_prints_the_summary_then_writes_the_report(study):
+    lines = study["printed"].splitlines()
+    assert lines[0] == f"study {stores.study_name(study['suite'])}: 2 trials"
+    assert [line.split()[:2] for line in lines[1:3]] == [["#0", "COMPLETE"], ["#1", "COMPLETE"]]
+    assert lines[-1] == "report written to results/smoke"
+
+
+@pytest.mark.slow
 def test_writes_the_suite_folder(study):
     out = study["out"]
-    assert out == study["tmp"] / "results" / "smoke"
-    for name in ("summary.csv", "summary.md", "provenance.json", *report.PLOTS):
+    for name in ("summary.csv", "summary.md", "provenance.json", *PLOTS):
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_summary_csv_has_one_row_per_trial_run(study):
     df = pd.read_csv(study["out"] / "summary.csv")
     assert list(df.columns[:3]) == ["trial", "state", "reason"]
@@ -70,6 +87,7 @@ def test_summary_csv_has_one_row_per_trial_run(study):
     assert set(df["context"]) == {"empty", "fewer_demos(k=1)"}
 
 
+@pytest.mark.slow
 def test_gap_closure_matches_the_arm_scores(study):
     df = pd.read_csv(study["out"] / "summary.csv")
     ok = df[np.isfinite(df["gap_closure"])]
@@ -78,6 +96,7 @@ def test_gap_closure_matches_the_arm_scores(study):
     assert np.allclose(ok["gap_closure"], expected)
 
 
+@pytest.mark.slow
 def test_summary_md_names_suite_hash_and_best_configuration(study):
     md = (study["out"] / "summary.md").read_text()
     suite = study["suite"]
@@ -95,34 +114,38 @@ def test_summary_md_names_suite_hash_and_best_configuration(study):
         "## Failed and pruned trials",
     ):
         assert section in md, section
-    for name in report.PLOTS:
+    for name in PLOTS:
         assert f"]({name})" in md, name
 
 
+@pytest.mark.slow
 def test_plots_are_valid_pngs(study):
-    for name in report.PLOTS:
+    for name in PLOTS:
         data = (study["out"] / name).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC), name
 
 
+@pytest.mark.slow
 def test_provenance_json(study):
     prov = json.loads((study["out"] / "provenance.json").read_text())
     suite = study["suite"]
     assert prov["suite"] == "smoke" and prov["suite_hash"] == suite.content_hash()
-    assert prov["study"] == sweep.study_name(suite)
-    assert set(report.PACKAGES) <= set(prov["packages"])
+    assert prov["study"] == stores.study_name(suite)
+    assert set(PACKAGES) <= set(prov["packages"])
     assert prov["report_machine"]["gpu"]
 
 
+@pytest.mark.slow
 def test_no_trials_is_a_one_line_suite_error(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     path = write_suite(tmp_path, name="never-run")
     with pytest.raises(SuiteError, match="no trials recorded for suite 'never-run'.*harness run"):
-        report.write(load_suite(path), tmp_path / "results")
+        write_report(load_suite(path), tmp_path / "results")
     assert main(["report", str(path), "--out", str(tmp_path / "results")]) == 2
     assert "no trials recorded" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_failed_trials_are_listed_and_plots_skipped(tmp_path, monkeypatch):
     """A study whose only trial fails still gets tables (with the reason) and notes instead of plots."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -130,11 +153,11 @@ def test_failed_trials_are_listed_and_plots_skipped(tmp_path, monkeypatch):
         tmp_path, name="all-fail", axes={"targets": [{"name": "on_policy"}], "losses": [{"name": "self_target_nll"}]}
     )
     suite = load_suite(path)
-    sweep.run(suite, n_trials=1, report=False)
-    out = report.write(suite, tmp_path / "results")
+    sweep.run(suite, n_trials=1)
+    out = write_report(suite, tmp_path / "results")
     df = pd.read_csv(out / "summary.csv")
     assert list(df["state"]) == ["FAIL"] and "InvalidCombination" in df["reason"][0]
     md = (out / "summary.md").read_text()
     assert "InvalidCombination" in md and "No completed trial" in md
-    assert md.count("*skipped:") == len(report.PLOTS)
-    assert not any((out / name).exists() for name in report.PLOTS)
+    assert md.count("*skipped:") == len(PLOTS)
+    assert not any((out / name).exists() for name in PLOTS)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, SUITES, write_suite
+from helpers import ROOT, SUITES, write_suite
 
 from harness import contexts, losses, registry, spec, targets
 from harness.cli import main
@@ -112,6 +112,7 @@ def test_all_errors_are_listed_not_the_first(tmp_path):
     assert "more)" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_bad_suite_is_one_line_exit_2(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\ntask: {name: parity}\nepochs: 3\n")
@@ -240,6 +241,7 @@ def test_local_task_name_must_exist_in_its_folder(tmp_path):
         load_suite(path, resources=True)
 
 
+@pytest.mark.slow
 def test_registered_task_names_are_checked_with_lm_eval(tmp_path):
     """No `path`: the name must be one task in lm-eval's own index (built once, ~10 s)."""
     ok = write_suite(tmp_path, task={"name": "arc_easy", "path": None})

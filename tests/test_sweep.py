@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import mlflow
 import optuna
 import pytest
 import torch
-from conftest import write_suite
+from helpers import write_suite
 
-from harness import sweep, tracking
+from harness import stores, sweep, tracking
 from harness import trial as trial_module
 from harness.spec import load_suite
 
 
 def _children(suite):
     exp = tracking.setup(suite)
-    runs = mlflow.search_runs(experiment_ids=[exp], filter_string=f"tags.`harness.study` = '{sweep.study_name(suite)}'")
+    runs = mlflow.search_runs(
+        experiment_ids=[exp], filter_string=f"tags.`harness.study` = '{stores.study_name(suite)}'"
+    )
     parents = runs[runs["tags.harness.kind"] == "study"]
     return parents, runs[runs["tags.harness.kind"] == "trial"]
 
 
-def test_resume_runs_only_missing_trials(tmp_path, capsys):
+@pytest.mark.slow
+def test_resume_runs_only_missing_trials(tmp_path):
     path = write_suite(
         tmp_path,
         axes={
@@ -39,15 +43,15 @@ def test_resume_runs_only_missing_trials(tmp_path, capsys):
         sweep={"sampler": "tpe", "n_trials": 4},
     )
     suite = load_suite(path)
-    assert sweep.run(suite, report=False) == 0
+    sweep.run(suite)
     _, first = _children(suite)
     assert len(first) == 4
-    assert sweep.run(suite, n_trials=6, report=False) == 0
+    resumed = sweep.run(suite, n_trials=6)
     parents, children = _children(suite)
     assert len(parents) == 1 and len(children) == 6
     assert set(children["tags.mlflow.parentRunId"]) == {parents.iloc[0].run_id}
     assert set(first.run_id) < set(children.run_id)  # the first four were kept, two were added
-    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     assert len(study.trials) == 6
     assert sorted(children["tags.optuna.trial_number"].astype(int)) == list(range(6))
     done = children[children.status == "FINISHED"]
@@ -75,9 +79,12 @@ def test_resume_runs_only_missing_trials(tmp_path, capsys):
     assert {"suite.yaml", "per_item.json", "lm_eval_results.json"} <= arts
     steps = mlflow.MlflowClient().get_metric_history(done.iloc[0].run_id, "train/loss")
     assert len(steps) == 2
-    assert "study" in capsys.readouterr().out
+    lines = sweep.summary(resumed)
+    assert lines[0] == f"study {stores.study_name(suite)}: 6 trials"
+    assert [line.split()[:2] for line in lines[1:]] == [[f"#{n}", "COMPLETE"] for n in range(6)]
 
 
+@pytest.mark.slow
 def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
     path = write_suite(
         tmp_path,
@@ -86,8 +93,8 @@ def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
         sweep={"sampler": "grid", "n_trials": 2},
     )
     suite = load_suite(path)
-    assert sweep.run(suite, report=False) == 0
-    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    sweep.run(suite)
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     by_lr = {t.params["learning_rate"]: t for t in study.trials}
     bad, good = by_lr[1e30], by_lr[1e-3]
     assert bad.state == optuna.trial.TrialState.FAIL
@@ -117,6 +124,7 @@ def test_sampler_choice(tmp_path, sampler, objectives, expected):
     assert isinstance(sweep.make_sampler(suite), expected)
 
 
+@pytest.mark.slow
 def test_pruned_trial_ends_killed_with_reason(tmp_path):
     """The median pruner sees the held-out KL during training: a trial far worse than its peers stops early."""
     path = write_suite(
@@ -128,12 +136,12 @@ def test_pruned_trial_ends_killed_with_reason(tmp_path):
     )
     suite = load_suite(path)
     study = optuna.create_study(
-        study_name=sweep.study_name(suite), storage=sweep.storage_url(suite), direction="maximize"
+        study_name=stores.study_name(suite), storage=stores.storage_url(suite), direction="maximize"
     )
     for _ in range(2):  # two earlier trials whose student matched the teacher (KL 0) at every step
         study.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={s: -0.0 for s in range(8)}))
-    assert sweep.run(suite, report=False) == 0
-    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+    sweep.run(suite)
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     pruned = study.trials[2]
     assert pruned.state == optuna.trial.TrialState.PRUNED
     assert pruned.user_attrs["reason"].startswith("held-out KL ") and "at step 1 " in pruned.user_attrs["reason"]
@@ -166,9 +174,10 @@ def test_only_configuration_failures_are_caught(tmp_path):
         assert e in sweep.EXPECTED_FAILURES
     suite = load_suite(write_suite(tmp_path))
     with pytest.raises(sweep.ObjectiveUndefined, match="gap_closure is undefined"):
-        sweep.objective_values(suite, {"gap_closure": math.nan})
+        sweep.objective_values(suite, SimpleNamespace(gap_closure=math.nan))
 
 
+@pytest.mark.slow
 def test_a_bug_stops_the_study_and_marks_the_trial_failed(tmp_path, monkeypatch):
     """A programming error is not a result: the study stops with the traceback instead of recording a FAIL row
     and going on, and the trial it hit is failed in Optuna and in MLflow with the reason."""
@@ -185,8 +194,8 @@ def test_a_bug_stops_the_study_and_marks_the_trial_failed(tmp_path, monkeypatch)
 
     monkeypatch.setattr(trial_module, "train", broken_train)
     with pytest.raises(KeyError, match="no_such_setting"):
-        sweep.run(suite, report=False)
-    study = optuna.load_study(study_name=sweep.study_name(suite), storage=sweep.storage_url(suite))
+        sweep.run(suite)
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
     assert len(study.trials) == 1, "the study stopped at the first bug"
     bad = study.trials[0]
     assert bad.state == optuna.trial.TrialState.FAIL

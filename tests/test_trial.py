@@ -6,13 +6,15 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import SUITES, write_suite
+from helpers import SUITES, write_suite
 
 from harness import scoring
+from harness.cache import Store, content_hash
 from harness.cli import main
+from harness.config import fixed_config
 from harness.contexts import Context
 from harness.spec import load_suite
-from harness.trial import Workbench, context_gaps, fixed_config, per_item_table, run_trial
+from harness.trial import Workbench, context_gaps, per_item_table, run_trial
 
 TIMING = {"train_time_s", "teacher_time_s", "train_tokens_per_s", "eval_time_s", "wall_time_s", "peak_memory_mb"}
 
@@ -37,10 +39,12 @@ def first(suite):
     return bench, run_trial(bench, fixed_config(suite))
 
 
+@pytest.mark.slow
 def test_three_arms_scored_by_lm_eval(first):
     bench, result = first
-    m = result.metrics
-    arms = result.info["arms"]
+    m = result.metrics.logged()
+    arms = result.arms.present()
+    assert set(arms) == {"teacher", "baseline", "student"}  # no control task in this suite
     n_test = len(bench.task.eval_docs())
     for name in ("teacher", "baseline", "student"):
         arm = arms[name]
@@ -57,26 +61,28 @@ def test_three_arms_scored_by_lm_eval(first):
     assert {r["reference"] for r in rows} == {"0", "1"}  # multiple choice: the gold index
 
 
+@pytest.mark.slow
 def test_training_context_is_the_evaluation_context(first):
     """The string the teacher saw while making targets is the string lm-eval scored the teacher on."""
     bench, result = first
-    arms = result.info["arms"]
+    arms = result.arms
     docs = bench.task.eval_docs()
-    c, c_student = bench.context, result.info["student_context"]
+    c, c_student = bench.context, result.student_context
     assert c == Context("Answer E if the number is even and O if it is odd.", 4) and c_student == Context(None, 0)
     for i, doc in enumerate(docs):
-        assert arms["teacher"].prompts[i] == bench.task.render(doc, c, bench.tok)
-        assert arms["student"].prompts[i] == bench.task.render(doc, c_student, bench.tok)
-        assert arms["baseline"].prompts[i] == arms["student"].prompts[i]
+        assert arms.teacher.prompts[i] == bench.task.render(doc, c, bench.tok)
+        assert arms.student.prompts[i] == bench.task.render(doc, c_student, bench.tok)
+        assert arms.baseline.prompts[i] == arms.student.prompts[i]
     # and the training prompts are built by that same render call
     train_doc = bench.task.train_docs(1)[0]
     assert bench.encode([train_doc], c)[0] == bench.tok.encode(
         bench.task.render(train_doc, c, bench.tok), add_special_tokens=False
     )
-    assert "<|im_start|>system\nAnswer E" in arms["teacher"].prompts[0]
-    assert arms["teacher"].prompts[0].count("<|im_start|>assistant\n") == 5  # 4 demos as turns + the query
+    assert "<|im_start|>system\nAnswer E" in arms.teacher.prompts[0]
+    assert arms.teacher.prompts[0].count("<|im_start|>assistant\n") == 5  # 4 demos as turns + the query
 
 
+@pytest.mark.slow
 def test_rerun_reuses_caches_and_gives_identical_metrics(suite, first, caplog):
     _, result = first
     caplog.set_level(logging.INFO, logger="harness")
@@ -86,21 +92,22 @@ def test_rerun_reuses_caches_and_gives_identical_metrics(suite, first, caplog):
     assert any(h.startswith("teacher cache hit: targets") for h in hits)
     assert any(h.startswith("teacher cache hit: scores") for h in hits)
     assert not [r for r in caplog.records if "cache miss: targets" in r.getMessage()]
-    assert again.info["arms"]["teacher"].cached and again.info["arms"]["baseline"].cached
-    same = {k: v for k, v in again.metrics.items() if k not in TIMING}
-    assert same == {k: v for k, v in result.metrics.items() if k not in TIMING}
+    assert again.arms.teacher.cached and again.arms.baseline.cached
+    same = {k: v for k, v in again.metrics.logged().items() if k not in TIMING}
+    assert same == {k: v for k, v in result.metrics.logged().items() if k not in TIMING}
 
 
+@pytest.mark.slow
 def test_context_gaps_reuse_the_trial_arms(suite, first, capsys):
     bench, result = first
-    m = result.metrics
+    m = result.metrics.logged()
     (row,) = context_gaps(bench)
-    assert row["context"] == "empty" and row["items"] == len(bench.task.eval_docs())
-    assert row["teacher"] == m["teacher_score"] and row["baseline"] == m["baseline_score"]
-    assert row["gap"] == pytest.approx(m["teacher_score"] - m["baseline_score"])
-    assert row["gap_stderr"] > 0
+    assert row.context == "empty" and row.items == len(bench.task.eval_docs())
+    assert row.teacher == m["teacher_score"] and row.baseline == m["baseline_score"]
+    assert row.gap == pytest.approx(m["teacher_score"] - m["baseline_score"])
+    assert row.gap_stderr > 0
     # the command prints the same figures; a threshold above the gap fails with exit 1
-    gap_points = 100 * row["gap"]
+    gap_points = 100 * row.gap
     assert main(["gap", suite.source, "--min-gap", str(gap_points - 1)]) == 0
     assert f"{gap_points:+8.1f}" in capsys.readouterr().out
     assert main(["gap", suite.source, "--min-gap", str(gap_points + 1)]) == 1
@@ -109,8 +116,6 @@ def test_context_gaps_reuse_the_trial_arms(suite, first, capsys):
 
 def test_arm_state_survives_the_cache(tmp_path):
     """lm-eval hands back numpy scalars; a cached arm must still load (torch.load weights_only=True)."""
-    from harness.cache import Store, content_hash
-
     arm = scoring.ArmScore(
         "teacher",
         "exact_match",
@@ -140,6 +145,7 @@ def test_gap_closure_bootstrap_matches_formula():
     assert np.isnan(scoring.gap_closure(b, b, s)[0])  # teacher == baseline: undefined, not a division error
 
 
+@pytest.mark.slow
 def test_control_task_scores_base_and_student(tmp_path):
     """An unrelated task scored for the untrained model and the student: forgetting = base − student."""
     control = {"name": "name_gender", "path": str(SUITES / "tasks" / "name_gender"), "eval_limit": 20}
@@ -153,15 +159,15 @@ def test_control_task_scores_base_and_student(tmp_path):
     first = run_trial(bench, fixed_config(suite))
     m = first.metrics
     result = run_trial(bench, fixed_config(suite))  # second trial: the base model's control score is reused
-    arms = result.info["arms"]
-    base, student = arms["control_base"], arms["control_student"]
-    assert base is first.info["arms"]["control_base"]  # scored once per study
-    assert student is not first.info["arms"]["control_student"]  # each student is scored itself
+    base, student = result.arms.control_base, result.arms.control_student
+    assert base is not None and student is not None
+    assert base is first.arms.control_base  # scored once per study
+    assert student is not first.arms.control_student  # each student is scored itself
     assert len(base.per_item) == len(student.per_item) == 20 and base.metric == "acc"
-    assert result.metrics["control_base_score"] == pytest.approx(np.mean(list(base.per_item.values())))
-    assert result.metrics["control_forgetting"] == pytest.approx(
-        result.metrics["control_base_score"] - result.metrics["control_student_score"]
+    assert result.metrics.control_base_score == pytest.approx(np.mean(list(base.per_item.values())))
+    assert result.metrics.control_forgetting == pytest.approx(
+        result.metrics.control_base_score - result.metrics.control_student_score
     )
-    assert result.metrics["control_forgetting_stderr"] >= 0
-    assert m["control_forgetting"] == result.metrics["control_forgetting"]  # same config, same seed
+    assert result.metrics.control_forgetting_stderr >= 0
+    assert m.control_forgetting == result.metrics.control_forgetting  # same config, same seed
     assert base.prompts[0] == student.prompts[0]  # same prompt for both; only the weights differ

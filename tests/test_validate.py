@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_suite
+from helpers import ROOT, write_suite
 
 BAD_DIR = ROOT / "tests" / "bad_suites"
 BAD = sorted(BAD_DIR.glob("*.yaml"))

@@ -1,0 +1,82 @@
+"""The heavy commands (`run`, `report`, `gap`, `ui`): they load models, lm-eval, MLflow and Optuna.
+
+Kept apart from `cli` so that `harness validate` imports none of that and answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+
+from harness import stores, sweep
+from harness.report.write import write_report
+from harness.spec import Suite
+from harness.trial import Workbench, context_gaps
+
+
+def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
+    study = sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout)
+    print("\n".join(sweep.summary(study)))
+    if not args.no_report:
+        print(f"report written to {write_report(suite, 'results')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, suite: Suite) -> int:
+    print(f"report written to {write_report(suite, args.out)}")
+    return 0
+
+
+def cmd_gap(args: argparse.Namespace, suite: Suite) -> int:
+    rows = context_gaps(Workbench(suite))
+    print(f"suite '{suite.name}', task {suite.task.name}: teacher (full context c) vs. untrained model with c'")
+    print(f"{'context c′':<24} {'metric':<12} {'items':>5} {'teacher':>15} {'baseline':>15} {'gap (points)':>16}")
+    low = []
+    for r in rows:
+        print(
+            f"{r.context:<24} {r.metric:<12} {r.items:>5} "
+            f"{r.teacher:>7.3f} ± {r.teacher_stderr:.3f} {r.baseline:>7.3f} ± {r.baseline_stderr:.3f} "
+            f"{100 * r.gap:>+8.1f} ± {100 * r.gap_stderr:.1f}"
+        )
+        if 100 * r.gap < args.min_gap:
+            low.append(r.context)
+    if low:
+        print(
+            f"gap below {args.min_gap:g} points for: {', '.join(low)} — the context barely helps there, "
+            "so gap closure is noise; fix the task or the context",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace, suite: Suite) -> int:
+    uri = stores.tracking_uri(suite)
+    print(
+        f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
+        f"experiment harness/{suite.name}, Ctrl-C to stop"
+    )
+    if shutil.which("optuna-dashboard"):
+        print(f"Optuna dashboard: optuna-dashboard {stores.storage_url(suite)}")
+    else:
+        print(
+            f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {stores.storage_url(suite)}"
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
