@@ -64,8 +64,10 @@ def labels(df: pd.DataFrame) -> pd.Series:
     (the benchmark matches on it)."""
     vary, _ = varying_hps(df)
     base = df.apply(
-        lambda r: " / ".join(str(r.get(a)) for a in AXES)
-        + ("".join(f", {v.removeprefix('hp.')}={fmt_param(r[v])}" for v in vary)),
+        lambda r: (
+            " / ".join(str(r.get(a)) for a in AXES)
+            + ("".join(f", {v.removeprefix('hp.')}={fmt_param(r[v])}" for v in vary))
+        ),
         axis=1,
     )
     dup = base.duplicated(keep=False)
