@@ -51,8 +51,8 @@ class Split:
 
     `source` is the task's own split they come from. `indices` are positions in that split when the
     items are a seeded slice carved from it (a task without its own validation split), else None and
-    the first `limit` items are scored. Per-item scores are keyed by the position in `docs` (lm-eval's
-    doc_id), the same for every arm, seed and configuration: that is what pairs them.
+    the first `limit` items are scored. Per-item scores are keyed by the position in the source split
+    (lm-eval's doc_id), the same for every arm, seed and configuration: that is what pairs them.
     """
 
     name: str
