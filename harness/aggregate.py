@@ -109,11 +109,10 @@ def control_figures(
     }
 
 
-def score_metrics(
-    validation: Sequence[Arms], test: Sequence[Arms], *, n_boot: int, seed: int
-) -> dict[str, float | None]:
-    """The score fields of TrialMetrics from one Arms per seed and split (one seed: a trial; all: a configuration)."""
-    out: dict[str, float | None] = {"seeds": float(len(test))}
+def score_metrics(validation: Sequence[Arms], test: Sequence[Arms], *, n_boot: int, seed: int) -> dict[str, Any]:
+    """The score fields of TrialMetrics (name → float) from one Arms per seed and split (one seed: a trial's,
+    all seeds: a configuration's)."""
+    out: dict[str, Any] = {"seeds": float(len(test))}
     for name, arms, intervals in (("validation", validation, False), ("test", test, True)):
         sc = SplitScores.of(arms[0].teacher.per_item, arms[0].baseline.per_item, [a.student.per_item for a in arms])
         out.update(split_figures(name, sc, intervals=intervals, n_boot=n_boot, seed=seed))

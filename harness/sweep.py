@@ -180,7 +180,7 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
         try:
             with tracking.trial_run(exp_id, parent_id, f"trial-{trial.number}", tags) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
-                run.log_params({**cfg.params(), "seeds": ",".join(map(str, seeds))})
+                run.log_params({**cfg.params(), "training_seeds": ",".join(map(str, seeds))})
                 results = []
                 for i, seed in enumerate(seeds):
                     seed_tags = {**tags, "harness.seed": str(seed)}

@@ -99,7 +99,7 @@ def test_one_configuration_run_with_one_nested_run_per_seed(studies):
         mean = mine["metrics.validation_gap_closure"].mean()
         assert row["metrics.validation_gap_closure"] == pytest.approx(mean)
         assert t.value == pytest.approx(mean)
-        assert row["metrics.seeds"] == 2 and row["params.seeds"] == "0,1"
+        assert row["metrics.seeds"] == 2 and row["params.training_seeds"] == "0,1"
         assert row["metrics.test_student_score"] == pytest.approx(mine["metrics.test_student_score"].mean())
         low, high = row["metrics.test_student_score_low"], row["metrics.test_student_score_high"]
         assert low <= row["metrics.test_student_score"] <= high

@@ -121,7 +121,7 @@ def compare(suite: Suite, df: pd.DataFrame, scores: Mapping[str, Mapping[str, An
 def _references(done: pd.DataFrame, grids: list[aggregate.SplitScores], n_boot: int, seed: int) -> dict[str, Any]:
     """Teacher and untrained baselines (one per context c') on the compared test items, with 95% intervals."""
     teacher = stats.score(grids[0].teacher, n_boot=n_boot, seed=seed)
-    baselines = {}
+    baselines: dict[str, stats.Interval] = {}
     for ctx, g in zip(done["context"].astype(str), grids, strict=True):
         baselines.setdefault(ctx, stats.score(g.baseline, n_boot=n_boot, seed=seed))
     return {"teacher": teacher, "baselines": dict(sorted(baselines.items()))}

@@ -95,7 +95,7 @@ def _references_md(df: pd.DataFrame, c: Comparison | None) -> list[str]:
         return [*out, "No configuration completed.", ""]
     teacher = c.references["teacher"]
     val = df[df["state"] == "COMPLETE"]
-    val_teacher = val["validation_teacher_score"].dropna() if "validation_teacher_score" in val else []
+    val_teacher = val.get("validation_teacher_score", pd.Series(dtype=float)).dropna()
     out += [
         f"Teacher (base model with the full context c), test: **{ci(teacher.estimate, teacher.low, teacher.high)}**"
         + (f"; validation: {fmt(val_teacher.iloc[0])}" if len(val_teacher) else ""),
