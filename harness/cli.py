@@ -39,7 +39,8 @@ def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
     print(
         f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
         f"{len(ax.targets)} target × {len(ax.contexts)} context × {len(ax.losses)} loss values, "
-        f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}"
+        f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}, "
+        f"{suite.sweep.seeds} seed{'s' if suite.sweep.seeds != 1 else ''} per configuration"
     )
     return 0
 

@@ -210,6 +210,20 @@ def test_no_trials_is_a_one_line_suite_error(tmp_path, monkeypatch, capsys):
         write_report(load_suite(path), tmp_path / "results")
     assert main(["report", str(path), "--out", str(tmp_path / "results")]) == 2
     assert "no trials recorded" in capsys.readouterr().err
+    assert main(["report", str(path), "--fast", "--out", str(tmp_path / "results")]) == 2  # its own study
+    assert "no trials recorded for suite 'never-run-fast'" in capsys.readouterr().err
+
+
+def test_report_of_several_suites_lists_every_bad_one(tmp_path, capsys):
+    bad = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    bad[0].write_text("name: a\n")
+    bad[1].write_text("name: b\ntask: {name: parity}\nsweep: {seeds: 0}\n")
+    assert main(["report", *map(str, bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: {bad[0]}: task: Field required",
+        f"error: {bad[1]}: sweep.seeds: Input should be greater than or equal to 1 (got 0)",
+    ]
 
 
 @pytest.mark.slow
