@@ -1,6 +1,6 @@
 """A study's results as files: `results/<suite>/` tables, plots and provenance, read back from MLflow.
 
-MLflow (one run per trial) is the record; the report only reads it, so it can be
+MLflow (one run per configuration, one nested run per seed) is the record; the report only reads it, so it can be
 rewritten at any time, on any machine that sees the stores, and always agrees
 with what the MLflow UI shows. Plots that the data cannot support yet (one
 trial, no completed trial, nothing varied) are skipped with a note instead of
