@@ -62,7 +62,8 @@ def validate(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def report(session: nox.Session) -> None:
-    """Rewrite results/<suite>/ from the study's MLflow runs: `nox -s report -- [SUITE]`."""
+    """Rewrite results/<suite>/ from the study's MLflow runs: `nox -s report -- [SUITE...] [--out DIR] [--fast]`;
+    several suites also write the cross-task benchmark (DIR/benchmark.md)."""
     install(session)
     session.run("harness", "report", *(session.posargs or ["suites/quickstart.yaml"]), env=OFFLINE)
 

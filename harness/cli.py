@@ -13,10 +13,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
+FAST_HELP = (
+    "the suite capped for a quick look (Suite.fast): 2 seeds, 80 test and 40 validation items, 16 held-out "
+    "inputs, 4 configurations, as study and results '<name>-fast'; intervals and paired tests as usual"
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -34,7 +39,8 @@ def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
     print(
         f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
         f"{len(ax.targets)} target × {len(ax.contexts)} context × {len(ax.losses)} loss values, "
-        f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}"
+        f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}, "
+        f"{suite.sweep.seeds} seed{'s' if suite.sweep.seeds != 1 else ''} per configuration"
     )
     return 0
 
@@ -51,10 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
     r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
+    r.add_argument("--fast", action="store_true", help=FAST_HELP)
     r.set_defaults(fn="cmd_run")
-    rep = sub.add_parser("report", help="write tables and plots of a suite's study to results/<suite>/")
-    rep.add_argument("suite")
+    rep = sub.add_parser(
+        "report",
+        help="write tables and plots of a suite's study to results/<suite>/; with several suites, also "
+        "OUT/benchmark.md and .csv across them",
+    )
+    rep.add_argument("suite", nargs="+")
     rep.add_argument("--out", default="results", help="results folder (default: results)")
+    rep.add_argument("--fast", action="store_true", help="report the `--fast` variant of the suites")
     rep.set_defaults(fn="cmd_report")
     g = sub.add_parser("gap", help="score teacher (c) and untrained model (each c'): is there a gap to close?")
     g.add_argument("suite")
@@ -68,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-Command = Callable[[argparse.Namespace, Suite], int]
+Command = Callable[[argparse.Namespace, Any], int]  # the Suite, or the list of them for `report`
 # Commands that start work check the models and the task first: a typo must not leave an empty study behind.
 CHECK_RESOURCES = ("validate", "run", "gap")
 
@@ -81,6 +93,21 @@ def _command(fn: Command | str) -> Command:
     from harness import commands
 
     return getattr(commands, fn)
+
+
+def _load_all(paths: list[str], resources: bool, fast: bool) -> list[Suite]:
+    """Every suite, or one SuiteError listing the problems of all of them."""
+    suites, problems = [], []
+    for path in paths:
+        try:
+            suite = load_suite(path, resources=resources)
+        except SuiteError as e:
+            problems += e.problems
+            continue
+        suites.append(suite.fast() if fast else suite)
+    if problems:
+        raise SuiteError(problems)
+    return suites
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -98,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if isinstance(args.suite, list):  # `report` takes several suites (a benchmark across tasks)
+            suites = _load_all(args.suite, args.command in CHECK_RESOURCES, args.fast)
+            return _command(args.fn)(args, suites)
         suite = load_suite(args.suite, resources=args.command in CHECK_RESOURCES)
-        return _command(args.fn)(args, suite)
+        return _command(args.fn)(args, suite.fast() if getattr(args, "fast", False) else suite)
     except SuiteError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from harness import stores, sweep
+from harness.report.benchmark import write_benchmark
 from harness.report.write import write_report
 from harness.spec import Suite
 from harness.trial import Workbench, context_gaps
@@ -24,14 +25,21 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace, suite: Suite) -> int:
-    print(f"report written to {write_report(suite, args.out)}")
+def cmd_report(args: argparse.Namespace, suites: list[Suite]) -> int:
+    if len(suites) == 1:
+        print(f"report written to {write_report(suites[0], args.out)}")
+        return 0
+    out = write_benchmark(suites, args.out)
+    print(f"reports of {len(suites)} suites and the cross-task benchmark written to {out}")
     return 0
 
 
 def cmd_gap(args: argparse.Namespace, suite: Suite) -> int:
     rows = context_gaps(Workbench(suite))
-    print(f"suite '{suite.name}', task {suite.task.name}: teacher (full context c) vs. untrained model with c'")
+    print(
+        f"suite '{suite.name}', task {suite.task.name}, validation split: teacher (full context c) vs. "
+        "untrained model with c'"
+    )
     print(f"{'context c′':<24} {'metric':<12} {'items':>5} {'teacher':>15} {'baseline':>15} {'gap (points)':>16}")
     low = []
     for r in rows:

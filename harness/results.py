@@ -12,7 +12,8 @@ from harness.scoring import ArmScore
 
 @dataclass(frozen=True)
 class Arms:
-    """The lm-eval scores of one trial: the three arms, plus the control task's two when the suite has one."""
+    """The lm-eval scores of one trial on one split: the three arms, plus the control task's two (test only)
+    when the suite has one."""
 
     teacher: ArmScore
     baseline: ArmScore
@@ -36,10 +37,14 @@ class TrainingInput:
 
 @dataclass(frozen=True)
 class TrialResult:
+    """One configuration trained with one seed: its metrics and the per-item scores on both splits."""
+
     metrics: TrialMetrics
-    arms: Arms
+    validation: Arms
+    test: Arms
     student_context: Context
     inputs: list[TrainingInput]
+    seed: int
 
 
 @dataclass(frozen=True)

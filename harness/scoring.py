@@ -4,8 +4,8 @@ All three arms go through `lm_eval.simple_evaluate` with HFLM wrapping the
 in-memory model (no reload per arm), the chat template and demonstrations as
 turns, so the prompts are the very strings the student was trained on.
 Teacher and baseline scores do not depend on the trial: they are cached by
-(model fingerprint, task, a hash of its documents, context, limit) and reused across
-trials and reruns.
+(model fingerprint, task, split and its items, a hash of its documents, context) and
+reused across trials, seeds and reruns.
 """
 
 from __future__ import annotations
@@ -115,8 +115,13 @@ def evaluate_arm(
     batch_size: int,
     seed: int = 0,
     task_manager: Any = None,
+    samples: list[int] | None = None,
 ) -> ArmScore:
-    """Score one model under one context with real lm-eval."""
+    """Score one model under one context with real lm-eval.
+
+    `task_config` is what lm-eval scores (its `test_split`: see `TaskBundle.lm_eval_task`); `samples`, when
+    given, are the positions of the items to score in it (a carved split) and `limit` must be None.
+    """
     start = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
@@ -127,6 +132,7 @@ def evaluate_arm(
         apply_chat_template=True,
         fewshot_as_multiturn=True,
         limit=limit,
+        samples={task_name: list(samples)} if samples else None,
         log_samples=True,
         bootstrap_iters=0,
         task_manager=task_manager or tasks.task_manager(None),
@@ -179,18 +185,20 @@ def evaluate_arm(
     return score
 
 
-def cached_arm(store: Store, fingerprint: str, *args: Any, data: str, **kwargs: Any) -> ArmScore:
-    """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once.
+def cached_arm(store: Store, fingerprint: str, *args: Any, data: str, split: dict[str, Any], **kwargs: Any) -> ArmScore:
+    """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once per split.
 
-    `data` is the task's `TaskBundle.data_fingerprint`: the key holds what the documents are, not
-    only where they were read from.
+    `data` is the split's `Split.fingerprint` (the key holds what the documents are, not only where they
+    were read from) and `split` its `Split.key()` (which split, which items: validation and test never share
+    an entry).
     """
     arm, _model, _tok, task_config, task_name, ctx = args
     parts = {
         "model": fingerprint,
-        "task": task_config,
+        "task": task_config if isinstance(task_config, dict | str) else task_name,
         "task_name": task_name,
         "data": data,
+        "split": split,
         "context": [ctx.system, ctx.n_demos],
         "metric": kwargs["metric"],
         "limit": kwargs["limit"],
@@ -213,26 +221,3 @@ def paired_difference(a: ArmScore, b: ArmScore) -> tuple[float, float, int]:
         return float("nan"), float("nan"), 0
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
     return float(diff.mean()), se, len(diff)
-
-
-def gap_closure(
-    teacher: ArmScore, baseline: ArmScore, student: ArmScore, *, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """(student − baseline) / (teacher − baseline) and its paired-bootstrap stderr over items."""
-    ids = sorted(set(teacher.per_item) & set(baseline.per_item) & set(student.per_item))
-    if not ids:
-        return float("nan"), float("nan")
-    t = np.array([teacher.per_item[i] for i in ids])
-    b = np.array([baseline.per_item[i] for i in ids])
-    s = np.array([student.per_item[i] for i in ids])
-    denom = t.mean() - b.mean()
-    if abs(denom) < 1e-12:
-        log.warning("teacher and baseline score the same: gap closure is undefined")
-        return float("nan"), float("nan")
-    value = float((s.mean() - b.mean()) / denom)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
-    d = t[idx].mean(1) - b[idx].mean(1)
-    ok = np.abs(d) > 1e-12
-    boots = (s[idx].mean(1)[ok] - b[idx].mean(1)[ok]) / d[ok]
-    return value, float(boots.std(ddof=1)) if len(boots) > 1 else float("nan")

@@ -84,7 +84,13 @@ class Task(_Strict):
     name: str = Field(description="lm-eval task name (local under `path`, or a registered lm-eval task)")
     path: str | None = Field(None, description="folder holding the local task YAML, relative to the suite file")
     metric: str | None = Field(None, description="main metric; default: the task's first metric")
-    eval_limit: Integer | None = Field(None, ge=1, description="held-out items scored per arm (None = all)")
+    eval_limit: Integer | None = Field(None, ge=1, description="test items scored per arm (None = all)")
+    validation_limit: Integer | None = Field(
+        None,
+        ge=1,
+        description="validation items scored per arm (None = all); for a task without its own validation split, "
+        "the size of the seeded slice carved from its test items (default: a fifth of them, at most 200)",
+    )
     control: ControlTask | None = Field(None, description="an unrelated task scored to show forgetting")
 
 
@@ -268,8 +274,12 @@ class Training(_Strict):
 
 class Evaluation(_Strict):
     batch_size: Integer = Field(16, ge=1)
-    heldout_inputs: Integer = Field(32, ge=1, description="held-out inputs for KL and greedy agreement")
-    bootstrap: Integer = Field(1000, ge=100, description="bootstrap resamples for the gap-closure stderr")
+    heldout_inputs: Integer = Field(
+        32, ge=1, description="validation inputs for held-out KL and greedy agreement (the pruner's signal)"
+    )
+    bootstrap: Integer = Field(
+        1000, ge=100, description="bootstrap resamples (items x seeds) for the 95% intervals and paired tests"
+    )
 
 
 Objective = Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]
@@ -277,10 +287,19 @@ Objective = Literal["gap_closure", "student_score", "train_tokens", "wall_time_s
 
 class Sweep(_Strict):
     sampler: Literal["tpe", "grid", "nsga2", "random"] = "tpe"
-    n_trials: Integer = Field(4, ge=1)
+    n_trials: Integer = Field(4, ge=1, description="configurations to run (one Optuna trial each, all seeds inside)")
+    seeds: Integer = Field(
+        3,
+        ge=1,
+        description="training seeds per configuration: suite.seed, suite.seed + 1, ...; a seed changes data order, "
+        "LoRA init, sampled targets and on-policy draws, nothing else; the objective is the mean over seeds",
+    )
     timeout: Positive | None = Field(None, description="seconds after which no new trial starts")
     objectives: list[Objective] = Field(
-        default_factory=lambda: list[Objective](["gap_closure"]), min_length=1, max_length=2
+        default_factory=lambda: list[Objective](["gap_closure"]),
+        min_length=1,
+        max_length=2,
+        description="what the sweep optimises: a score's mean over seeds on the validation split, or a cost",
     )
     pruner: Literal["auto", "median", "none"] = Field(
         "auto",
@@ -336,6 +355,43 @@ class Suite(_Strict):
 
     def resolved_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+    def training_seeds(self) -> list[int]:
+        """The seeds every configuration is trained with: `seed`, `seed + 1`, ... (`sweep.seeds` of them)."""
+        return [self.seed + i for i in range(self.sweep.seeds)]
+
+    def fast(self) -> Suite:
+        """The `--fast` variant: the same axes and statistics on fewer items, seeds and configurations.
+
+        Capped, never raised: 2 seeds (intervals and paired tests still need more than one), FAST items
+        scored per split, FAST held-out inputs and configurations. Named `<name>-fast`, so its study, MLflow
+        experiment and results folder never mix with the full suite's.
+        """
+        cap = lambda v, n: n if v is None else min(v, n)  # noqa: E731
+        return self.model_copy(
+            update={
+                "name": f"{self.name}-fast",
+                "task": self.task.model_copy(
+                    update={
+                        "eval_limit": cap(self.task.eval_limit, FAST["test_items"]),
+                        "validation_limit": cap(self.task.validation_limit, FAST["validation_items"]),
+                    }
+                ),
+                "evaluation": self.evaluation.model_copy(
+                    update={"heldout_inputs": min(self.evaluation.heldout_inputs, FAST["heldout_inputs"])}
+                ),
+                "sweep": self.sweep.model_copy(
+                    update={
+                        "seeds": min(self.sweep.seeds, FAST["seeds"]),
+                        "n_trials": min(self.sweep.n_trials, FAST["configurations"]),
+                    }
+                ),
+            }
+        )
+
+
+# What `--fast` caps a suite to (Suite.fast): enough for intervals and a paired test, in minutes.
+FAST = {"seeds": 2, "test_items": 80, "validation_items": 40, "heldout_inputs": 16, "configurations": 4}
 
 
 _NOT_HASHED: dict[str, Any] = {

@@ -1,5 +1,9 @@
 """The Optuna study over a suite's axes and hyperparameters, each trial an MLflow run.
 
+One trial is one configuration trained once per seed (`sweep.seeds`), each seed in its own MLflow
+run nested under the configuration's; the objective is the configuration's mean over seeds on the
+validation split, and only the first seed reports held-out KL (on validation items) to the pruner.
+
 The study lives in Optuna storage (SQLite by default, any RDB URL for several
 machines); rerunning the same suite resumes it and only runs the trials still
 missing. A trial that fails for a reason its configuration can cause (divergence,
@@ -19,9 +23,9 @@ from typing import Any, Literal
 import optuna
 import torch
 
-from harness import stores, tracking
+from harness import aggregate, stores, tracking
 from harness.config import HyperParams, TrialConfig
-from harness.metrics import HELDOUT_KL, METRICS, TrialMetrics
+from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
 from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
@@ -41,8 +45,8 @@ EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryErro
 
 
 def direction(objective: str) -> Literal["maximize", "minimize"]:
-    """The study direction of an objective, from the metric's definition."""
-    d = METRICS[objective].direction
+    """The study direction of an objective, from the definition of the metric it optimises."""
+    d = METRICS[OBJECTIVES[objective]].direction
     if d is None:
         raise ValueError(f"sweep.objectives: metric '{objective}' has no direction to optimise")
     return d
@@ -151,18 +155,24 @@ class _Reporter:
 
 
 def objective_values(suite: Suite, metrics: TrialMetrics) -> list[float]:
+    """The study's objective values: each objective's metric (a validation score, or a cost), mean over seeds."""
     vals = []
     for name in suite.sweep.objectives:
-        v = getattr(metrics, name)
+        metric = OBJECTIVES[name]
+        v = getattr(metrics, metric)
         if v is None or math.isnan(v):
-            raise ObjectiveUndefined(f"objective {name} is undefined (NaN): teacher and baseline score the same")
+            raise ObjectiveUndefined(
+                f"objective {name} is undefined ({metric} is NaN): teacher and baseline score the same "
+                "on the validation split"
+            )
         vals.append(float(v))
     return vals
 
 
 def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, base_tags: dict[str, str]) -> Any:
-    maximize = METRICS[suite.sweep.objectives[0]].direction == "maximize"
+    maximize = direction(suite.sweep.objectives[0]) == "maximize"
     prune = prunes(suite)
+    seeds = suite.training_seeds()
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         cfg = suggest(trial, suite)
@@ -170,20 +180,28 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
         try:
             with tracking.trial_run(exp_id, parent_id, f"trial-{trial.number}", tags) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
-                run.log_params(cfg.params())
-                reporter = _Reporter(trial, run, maximize, prune)
-                result = run_trial(bench, cfg, reporter)
-                run.log_metrics(result.metrics)
-                _log_artifacts(run, bench, result)
+                run.log_params({**cfg.params(), "training_seeds": ",".join(map(str, seeds))})
+                results = []
+                for i, seed in enumerate(seeds):
+                    seed_tags = {**tags, "harness.seed": str(seed)}
+                    with tracking.trial_run(
+                        exp_id, run.run_id, f"trial-{trial.number}-seed-{seed}", seed_tags, kind="seed"
+                    ) as seed_run:
+                        reporter = _Reporter(trial, seed_run, maximize, prune and i == 0)
+                        results.append(_run_seed(seed_run, bench, cfg, seed, reporter))
+                metrics = aggregate.combine(results, n_boot=suite.evaluation.bootstrap, seed=suite.seed)
+                run.log_metrics(metrics)
+                _log_artifacts(run, bench, results)
                 log.info(
-                    "trial %d (%s / %s / %s):\n%s",
+                    "trial %d (%s / %s / %s), %d seeds:\n%s",
                     trial.number,
                     cfg.target.label,
                     cfg.context.label,
                     cfg.loss.label,
-                    "\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.logged().items()),
+                    len(seeds),
+                    "\n".join(f"  {k:<28} {v:.4g}" for k, v in metrics.logged().items()),
                 )
-                values = objective_values(suite, result.metrics)
+                values = objective_values(suite, metrics)
                 run.set_tags({"optuna.trial_state": "COMPLETE"})
         except optuna.TrialPruned as e:
             trial.set_user_attr("reason", str(e))
@@ -208,20 +226,40 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
     return objective
 
 
+def _run_seed(
+    run: tracking.TrialRun, bench: Workbench, cfg: TrialConfig, seed: int, reporter: _Reporter
+) -> TrialResult:
+    """One seed of a configuration, logged to its own run: parameters, the seed's metrics, its per-item answers."""
+    run.log_params({**cfg.params(), "seed": seed})
+    result = run_trial(bench, cfg, seed, reporter)
+    run.log_metrics(result.metrics)
+    run.log_table(per_item_table(result), "per_item.json")
+    inputs = [dataclasses.asdict(i) for i in result.inputs]
+    run.log_inputs(inputs, name=f"{bench.task.name}-train-{len(inputs)}", context="training")
+    run.log_dict(
+        {
+            f"{split}/{arm}": a.raw
+            for split in ("validation", "test")
+            for arm, a in getattr(result, split).present().items()
+        },
+        "lm_eval_results.json",
+    )
+    return result
+
+
 def _tag_state(trial: optuna.Trial, state: str) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id:
         tracking.TrialRun(run_id).set_tags({"optuna.trial_state": state})
 
 
-def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: TrialResult) -> None:
+def _log_artifacts(run: tracking.TrialRun, bench: Workbench, results: list[TrialResult]) -> None:
+    """The configuration run's artifacts: the resolved suite, its contexts, and the per-item scores of every
+    arm, split and seed (`item_scores.json`), from which the report pairs configurations."""
     s = bench.suite
     run.log_text(s.resolved_yaml(), "suite.yaml")
-    run.log_table(per_item_table(result), "per_item.json")
-    inputs = [dataclasses.asdict(i) for i in result.inputs]
-    run.log_inputs(inputs, name=f"{bench.task.name}-train-{len(inputs)}", context="training")
-    run.log_dict({arm: a.raw for arm, a in result.arms.present().items()}, "lm_eval_results.json")
-    ctx = result.student_context
+    run.log_dict(aggregate.item_scores(results, bench.metric, bench.split_notes()), aggregate.SCORES_ARTIFACT)
+    ctx = results[0].student_context
     run.log_dict(
         {
             "teacher_context": {"system": bench.context.system, "demos": bench.context.n_demos},

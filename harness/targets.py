@@ -23,9 +23,12 @@ else:
 
 @dataclass(frozen=True)
 class TargetSpec(Entry):
-    """A named strategy: its function, its parameter model, and whether it needs the student."""
+    """A named strategy: its function, its parameter model, whether it needs the student, and whether
+    the seed changes its targets (sampling): the teacher cache keys only those on the seed, so the
+    seeds of a configuration share one set of greedy, beam or ground-truth targets."""
 
     uses_student: bool = False
+    seeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,12 @@ class TargetRequest:
 
 
 TARGETS: Registry[TargetSpec] = Registry("target strategy", TargetSpec)
-register = TARGETS.register  # @register("name", uses_student=...); params are the keyword-only arguments
+register = TARGETS.register  # @register("name", uses_student=..., seeded=...); params: the keyword-only arguments
+
+
+def target_seed(name: str, seed: int) -> int | None:
+    """The seed a strategy's targets depend on: `seed` for a sampling strategy, None for a deterministic one."""
+    return seed if TARGETS[name].seeded else None
 
 
 def cache_key_params(name: str, params: dict | None) -> dict:
@@ -116,13 +124,13 @@ def beam(req: TargetRequest, *, n_beams: PositiveInt = 4) -> list[list[int]]:
     return _most_likely(req, _generate(req, num_beams=n_beams, num_return_sequences=n_beams))
 
 
-@register("sample")
+@register("sample", seeded=True)
 def sample(req: TargetRequest, *, temperature: Temperature = 1.0, top_p: Probability = 0.95) -> list[list[int]]:
     """One nucleus sample: targets that cover the teacher's distribution rather than its mode."""
     return [outs[0] for outs in _generate(req, do_sample=True, temperature=temperature, top_p=top_p)]
 
 
-@register("best_of")
+@register("best_of", seeded=True)
 def best_of(
     req: TargetRequest, *, n: PositiveInt = 4, temperature: Temperature = 1.0, top_p: Probability = 0.95
 ) -> list[list[int]]:
@@ -158,5 +166,6 @@ def ground_truth(req: TargetRequest) -> list[list[int]]:
 @register("on_policy", uses_student=True)
 def on_policy(req: TargetRequest, *, mix: UnitInterval = 0.5) -> list[list[int]]:
     """GKD-style: the training loop samples from the student for a `mix` fraction of batches; the rest
-    use these teacher greedy targets, the only part that can be precomputed."""
+    use these teacher greedy targets, the only part that can be precomputed (so not seeded here: the
+    student's draws are seeded by the training loop)."""
     return greedy(req)

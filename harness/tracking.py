@@ -1,4 +1,4 @@
-"""MLflow: one parent run per study, one nested run per trial.
+"""MLflow: one parent run per study, one nested run per trial (a configuration), one nested run per seed under it.
 
 Logged by hand (Optuna's MLflowCallback is deprecated) so a trial's run opens
 before training, receives step metrics as they happen, and closes with the
@@ -128,11 +128,12 @@ class TrialRun:
 
 
 @contextmanager
-def trial_run(experiment_id: str, parent_id: str, name: str, tags: dict[str, str]) -> Any:
-    """Open a nested run; on an exception it is marked FAILED with the reason, and the exception goes on."""
+def trial_run(experiment_id: str, parent_id: str, name: str, tags: dict[str, str], kind: str = "trial") -> Any:
+    """Open a nested run (`kind` "trial": one configuration under the study; "seed": one of its seeds under
+    it); on an exception it is marked FAILED with the reason, and the exception goes on."""
     client = MlflowClient()
     run = client.create_run(
-        experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id, "harness.kind": "trial"}
+        experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id, "harness.kind": kind}
     )
     tr = TrialRun(run.info.run_id)
     try:

@@ -1,9 +1,11 @@
-"""One trial: a concrete configuration → teacher cache → trained student → metrics.
+"""One trial: a concrete configuration and one training seed → teacher cache → trained student → metrics.
 
-Knows nothing of Optuna or MLflow: the sweep hands it a configuration and an
+Knows nothing of Optuna or MLflow: the sweep hands it a configuration, a seed and an
 optional reporter (for intermediate values and pruning) and gets metrics back.
-State that does not depend on the trial (teacher model, task, caches, teacher
-and baseline scores) lives in `Workbench`, built once per study.
+State that does not depend on the trial (teacher model, task, its validation and test
+items, caches, teacher and baseline scores) lives in `Workbench`, built once per study.
+The student is scored on both splits; everything that chooses (held-out KL for the
+pruner, the objective) reads validation only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Protocol, cast
 import torch
 from peft import PeftModel
 
-from harness import intrinsic, models, scoring, stores
+from harness import aggregate, intrinsic, models, scoring, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.config import TrialConfig, train_settings
@@ -30,7 +32,7 @@ from harness.metrics import HELDOUT_KL, TrialMetrics
 from harness.results import Arms, ContextGap, TrainingInput, TrialResult
 from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
-from harness.tasks import TaskBundle, encode_prompt, load_task, task_manager
+from harness.tasks import SPLITS, Split, TaskBundle, encode_prompt, load_task, task_manager
 from harness.train import Example, OnPolicy, apply_lora, train
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,10 @@ class Workbench:
         self.tok = self.teacher.tokenizer
         self.pad_id = self.tok.pad_token_id
         self.task: TaskBundle = load_task(suite.task.name, suite.task_dir())
+        self.splits: dict[str, Split] = {
+            "validation": self.task.split("validation", suite.task.validation_limit, suite.seed),
+            "test": self.task.split("test", suite.task.eval_limit, suite.seed),
+        }
         stops = suite.training.stop_strings
         self.stop = self.task.stop_strings() if stops is None else tuple(stops)
         self.context = Context(suite.context.instruction, suite.context.demos)
@@ -91,6 +97,7 @@ class Workbench:
         if suite.task.control:
             self.control = load_task(suite.task.control.name, suite.control_dir())
             self.control_metric = scoring.main_metric(self.control.config, self.control.task, suite.task.control.metric)
+            self.control_split = self.control.scored_split(suite.task.control.eval_limit)
 
     # --- prompts -----------------------------------------------------------------------------------
     def student_context(self, mod: AxisValue) -> Context:
@@ -106,9 +113,10 @@ class Workbench:
 
     # --- held-out references, computed once per study ----------------------------------------------
     def heldout(self) -> HeldOut:
+        """The intrinsic metrics' inputs: the first `heldout_inputs` validation items (they feed the pruner)."""
         if self._heldout is None:
             s = self.suite
-            docs = self.task.eval_docs()[: s.evaluation.heldout_inputs]
+            docs = list(self.splits["validation"].docs[: s.evaluation.heldout_inputs])
             prompts = self.encode(docs, self.context)
             tgts = teacher_work.targets(
                 self.store,
@@ -172,29 +180,39 @@ class Workbench:
 
     # --- lm-eval arms ------------------------------------------------------------------------------
     def arm(
-        self, arm: str, model: torch.nn.Module, fingerprint: str | None, ctx: Context, control: bool = False
+        self,
+        arm: str,
+        model: torch.nn.Module,
+        fingerprint: str | None,
+        ctx: Context,
+        split: str = "test",
+        control: bool = False,
     ) -> scoring.ArmScore:
-        """Score a model under a context on the task (or the control task); fixed models (fingerprint
-        given) are scored once per study and rerun."""
+        """Score a model under a context on one split of the task (or on the control task); fixed models
+        (fingerprint given) are scored once per study, split and rerun. Scoring always uses the suite's seed:
+        a training seed changes the student, not how it is scored."""
         s = self.suite
         task = self.control if control else self.task
         if task is None:
             raise ValueError(f"arm '{arm}' scores the control task, but the suite names no task.control")
         metric = self.control_metric if control else self.metric
-        limit = s.task.control.eval_limit if control and s.task.control else s.task.eval_limit
-        args = (arm, model, self.tok, task.config, task.name, ctx)
+        items = self.control_split if control else self.splits[split]
+        args = (arm, model, self.tok, task.lm_eval_task(items), task.name, ctx)
         kwargs = {
             "metric": metric,
-            "limit": limit,
+            "limit": items.limit if items.indices is None else None,
+            "samples": None if items.indices is None else list(items.indices),
             "batch_size": s.evaluation.batch_size,
             "seed": s.seed,
             "task_manager": task_manager(task.folder),
         }
         if fingerprint is None:
             return scoring.evaluate_arm(*args, **kwargs)
-        key = ("arm", fingerprint, ctx, task.name)
+        key = ("arm", fingerprint, ctx, task.name, items.name)
         if key not in self.memo:
-            self.memo[key] = scoring.cached_arm(self.store, fingerprint, *args, data=task.data_fingerprint, **kwargs)
+            self.memo[key] = scoring.cached_arm(
+                self.store, fingerprint, *args, data=items.fingerprint, split=items.key(), **kwargs
+            )
         return self.memo[key]
 
     def control_context(self) -> Context:
@@ -203,12 +221,16 @@ class Workbench:
             raise ValueError("the suite names no task.control")
         return Context(c.instruction, c.demos)
 
-    def teacher_arm(self) -> scoring.ArmScore:
-        return self.arm("teacher", self.teacher.model, self.teacher.fingerprint, self.context)
+    def teacher_arm(self, split: str = "test") -> scoring.ArmScore:
+        return self.arm("teacher", self.teacher.model, self.teacher.fingerprint, self.context, split)
 
-    def baseline_arm(self, ctx: Context) -> scoring.ArmScore:
+    def baseline_arm(self, ctx: Context, split: str = "test") -> scoring.ArmScore:
         base = self.student_base or self.teacher
-        return self.arm("baseline", base.model, base.fingerprint, ctx)
+        return self.arm("baseline", base.model, base.fingerprint, ctx, split)
+
+    def split_notes(self) -> dict[str, str]:
+        """How each split's items were chosen (a carved validation slice says so), for the report."""
+        return {name: split.note for name, split in self.splits.items()}
 
 
 def _validate(cfg: TrialConfig) -> None:
@@ -219,8 +241,11 @@ def _validate(cfg: TrialConfig) -> None:
         )
 
 
-def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = None) -> TrialResult:
-    """Train one student and measure it. Raises on failure; the caller records why."""
+def run_trial(bench: Workbench, cfg: TrialConfig, seed: int, reporter: Reporter | None = None) -> TrialResult:
+    """Train one student with one seed and measure it on both splits. Raises on failure; the caller records why.
+
+    The seed changes the data order, the LoRA init, sampled teacher targets and on-policy draws, nothing else.
+    """
     _validate(cfg)
     s = bench.suite
     start = time.perf_counter()
@@ -242,7 +267,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         cfg.target.params,
         max_new_tokens=s.training.max_new_tokens,
         batch_size=s.training.generation_batch_size,
-        seed=s.seed,
+        seed=seed,
         stop_strings=bench.stop,
     )
     loss_params = cfg.loss.params
@@ -261,7 +286,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         reporter.log_step(0, {HELDOUT_KL.name: before["heldout_kl"]})
     student = copy.deepcopy(bench.base_model())
     if cfg.hp.lora_rank > 0:
-        torch.manual_seed(s.seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
+        torch.manual_seed(seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
         student = apply_lora(student, cfg.hp.lora_rank)
     on_policy = None
     if TARGETS[cfg.target.name].uses_student:
@@ -288,7 +313,7 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         if reporter:
             reporter.report(step, {HELDOUT_KL.name: kl})
 
-    settings = train_settings(cfg.hp, s.training, s.seed)
+    settings = train_settings(cfg.hp, s.training, seed)
     result = train(
         student,
         examples,
@@ -308,29 +333,27 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
     h = bench.heldout()
     saved = [len(a) - len(b) for a, b in zip(h.prompts, bench.encode(h.docs, c_student), strict=True)]
     eval_start = time.perf_counter()
-    t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
-    st_arm = bench.arm("student", student, None, c_student)
-    gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
+    split_arms = {
+        name: Arms(
+            bench.teacher_arm(name),
+            bench.baseline_arm(c_student, name),
+            bench.arm("student", student, None, c_student, name),
+        )
+        for name in SPLITS
+    }
     eval_s = time.perf_counter() - eval_start
-    arms = Arms(t_arm, b_arm, st_arm)
-    control: dict[str, float] = {}
     if bench.control is not None:
         c_base, c_student_arm = control_arms(bench, student)
-        arms = dataclasses.replace(arms, control_base=c_base, control_student=c_student_arm)
-        control = control_metrics(c_base, c_student_arm)
+        split_arms["test"] = dataclasses.replace(split_arms["test"], control_base=c_base, control_student=c_student_arm)
+    scores = aggregate.score_metrics(
+        [split_arms["validation"]], [split_arms["test"]], n_boot=s.evaluation.bootstrap, seed=s.seed
+    )
     inputs = [
         TrainingInput(str(bench.task.task.doc_to_text(d)), r, str(bench.tok.decode(t, skip_special_tokens=True)))
         for d, r, t in zip(docs, refs, tgts, strict=True)
     ]
     metrics = TrialMetrics(
-        gap_closure=gap,
-        gap_closure_stderr=gap_se,
-        teacher_score=t_arm.score,
-        teacher_stderr=t_arm.stderr,
-        baseline_score=b_arm.score,
-        baseline_stderr=b_arm.stderr,
-        student_score=st_arm.score,
-        student_stderr=st_arm.stderr,
+        **scores,
         heldout_kl=after["heldout_kl"],
         untrained_heldout_kl=before["heldout_kl"],
         greedy_agreement=after["greedy_agreement"],
@@ -346,9 +369,8 @@ def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = No
         wall_time_s=time.perf_counter() - start,
         peak_memory_mb=peak_memory_mb(bench.device),
         train_tokens_per_s=result.train_tokens / max(result.wall_time_s, 1e-9),
-        **control,
     )
-    return TrialResult(metrics=metrics, arms=arms, student_context=c_student, inputs=inputs)
+    return TrialResult(metrics, split_arms["validation"], split_arms["test"], c_student, inputs, seed)
 
 
 def control_arms(bench: Workbench, student: torch.nn.Module) -> tuple[scoring.ArmScore, scoring.ArmScore]:
@@ -361,29 +383,18 @@ def control_arms(bench: Workbench, student: torch.nn.Module) -> tuple[scoring.Ar
     )
 
 
-def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[str, float]:
-    """Forgetting = base − student on the control task (positive = the student lost skill), paired stderr."""
-    forgetting, se, _ = scoring.paired_difference(base, student)
-    return {
-        "control_base_score": base.score,
-        "control_base_stderr": base.stderr,
-        "control_student_score": student.score,
-        "control_student_stderr": student.stderr,
-        "control_forgetting": forgetting,
-        "control_forgetting_stderr": se,
-    }
-
-
-def context_gaps(bench: Workbench) -> list[ContextGap]:
+def context_gaps(bench: Workbench, split: str = "validation") -> list[ContextGap]:
     """Teacher (c) against the untrained model under each c' of the suite: does the task measure distillation?
 
-    Uses the same cached arms as the trials, so checking a task first makes the sweep's first trial cheaper.
+    On the validation split by default: deciding whether a task and its contexts are worth a study is a
+    choice, and choices never read test. Uses the same cached arms as the trials, so checking a task first
+    makes the sweep's first trial cheaper.
     """
-    t_arm = bench.teacher_arm()
+    t_arm = bench.teacher_arm(split)
     rows = []
     for mod in bench.suite.axes.contexts:
         ctx = bench.student_context(mod)
-        b_arm = bench.baseline_arm(ctx)
+        b_arm = bench.baseline_arm(ctx, split)
         gap, se, n = scoring.paired_difference(t_arm, b_arm)
         rows.append(
             ContextGap(mod.label, bench.metric, n, t_arm.score, t_arm.stderr, b_arm.score, b_arm.stderr, gap, se)
@@ -392,20 +403,23 @@ def context_gaps(bench: Workbench) -> list[ContextGap]:
 
 
 def per_item_table(result: TrialResult) -> list[dict[str, Any]]:
-    """Teacher, baseline and student answers side by side with the reference, one row per held-out item."""
-    t, b, s = result.arms.teacher, result.arms.baseline, result.arms.student
+    """Teacher, baseline and student answers side by side with the reference, one row per scored item and split."""
     rows = []
-    for i in sorted(s.per_item):
-        rows.append(
-            {
-                "doc_id": i,
-                "reference": s.references.get(i, ""),
-                "teacher": t.answers.get(i, ""),
-                "baseline": b.answers.get(i, ""),
-                "student": s.answers.get(i, ""),
-                "teacher_score": t.per_item.get(i),
-                "baseline_score": b.per_item.get(i),
-                "student_score": s.per_item.get(i),
-            }
-        )
+    for split in SPLITS:
+        arms: Arms = getattr(result, split)
+        t, b, s = arms.teacher, arms.baseline, arms.student
+        for i in sorted(s.per_item):
+            rows.append(
+                {
+                    "split": split,
+                    "doc_id": i,
+                    "reference": s.references.get(i, ""),
+                    "teacher": t.answers.get(i, ""),
+                    "baseline": b.answers.get(i, ""),
+                    "student": s.answers.get(i, ""),
+                    "teacher_score": t.per_item.get(i),
+                    "baseline_score": b.per_item.get(i),
+                    "student_score": s.per_item.get(i),
+                }
+            )
     return rows

@@ -179,11 +179,13 @@ def test_lora_trial_reproduces_in_one_process(tmp_path):
     hp = {"learning_rate": 1.0e-2, "epochs": 1, "batch_size": 4, "train_inputs": 8, "lora_rank": 4}
     suite = load_suite(write_suite(tmp_path, axes=ONE_CONFIG, hyperparameters=hp))
     bench = Workbench(suite)
-    first = run_trial(bench, fixed_config(suite))
+    first = run_trial(bench, fixed_config(suite), 0)
     torch.rand(1000)  # other random work between the trials
-    again = run_trial(bench, fixed_config(suite))
+    again = run_trial(bench, fixed_config(suite), 0)
     same = {k: v for k, v in again.metrics.logged().items() if k not in TIMING}
     assert same == {k: v for k, v in first.metrics.logged().items() if k not in TIMING}
+    other = run_trial(bench, fixed_config(suite), 1)  # another seed: another adapter init and data order
+    assert other.metrics.final_train_loss != first.metrics.final_train_loss
 
 
 # ----------------------------------------------------------------------------- 6. top_k in the baseline key

@@ -15,7 +15,7 @@ from helpers import ROOT, SUITES, write_suite
 
 from harness import contexts, losses, registry, spec, targets
 from harness.cli import main
-from harness.spec import Choices, Range, SuiteError, load_suite
+from harness.spec import FAST, Choices, Range, SuiteError, load_suite
 
 
 @pytest.mark.parametrize("path", sorted(SUITES.glob("*.yaml")), ids=lambda p: p.name)
@@ -165,10 +165,10 @@ def test_ranges_and_labels(tmp_path):
         ("description", "a new description"),
         ("work_dir", "elsewhere"),
         ("models", {"teacher": "tiny-random", "student": "same", "device": "cuda:1"}),
-        ("sweep", {"sampler": "grid", "n_trials": 40}),
-        ("sweep", {"sampler": "grid", "n_trials": 2, "timeout": 600}),
-        ("sweep", {"sampler": "grid", "n_trials": 2, "storage": "postgresql://db/optuna"}),
-        ("sweep", {"sampler": "grid", "n_trials": 2, "tracking_uri": "http://mlflow:5000"}),
+        ("sweep", {"sampler": "grid", "n_trials": 40, "seeds": 2}),
+        ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "timeout": 600}),
+        ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "storage": "postgresql://db/optuna"}),
+        ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "tracking_uri": "http://mlflow:5000"}),
     ],
 )
 def test_hash_ignores_what_does_not_change_results(tmp_path, field, value):
@@ -186,6 +186,8 @@ def test_hash_ignores_what_does_not_change_results(tmp_path, field, value):
         ("hyperparameters", {"learning_rate": 2.0e-3, "epochs": 1, "batch_size": 4, "train_inputs": 8}),
         ("axes", {"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "jsd"}]}),
         ("sweep", {"sampler": "tpe", "n_trials": 2}),
+        ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 3}),  # more seeds, other results: a new study
+        ("task", {"validation_limit": 10}),
         ("seed", 1),
         ("models", {"teacher": "tiny-random", "student": "tiny-random"}),
     ],
@@ -289,3 +291,17 @@ def test_registries_do_not_import_torch():
     code = "import sys, harness.spec; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_fast_caps_items_seeds_and_configurations(tmp_path):
+    """`--fast` keeps the standard (seeds >= 2, both splits, intervals) on fewer items, under its own name."""
+    suite = load_suite(write_suite(tmp_path, sweep={"seeds": 5, "n_trials": 9}, task={"eval_limit": 30}))
+    fast = suite.fast()
+    assert fast.name == "smoke-fast" and fast.content_hash() != suite.content_hash()
+    assert (fast.sweep.seeds, fast.sweep.n_trials) == (FAST["seeds"], FAST["configurations"])
+    assert fast.task.eval_limit == 30  # already below the cap: kept
+    assert fast.task.validation_limit == FAST["validation_items"]
+    assert fast.evaluation.heldout_inputs == min(suite.evaluation.heldout_inputs, FAST["heldout_inputs"])
+    assert fast.axes == suite.axes and fast.hyperparameters == suite.hyperparameters
+    assert fast.training_seeds() == [suite.seed, suite.seed + 1]
+    assert suite.training_seeds() == [0, 1, 2, 3, 4]

@@ -10,11 +10,14 @@ import importlib.util
 import itertools
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from harness.tasks import load_task
+from harness import scoring
+from harness.contexts import Context
+from harness.tasks import TaskError, load_task, task_manager, with_test_split
 
 TASKS = Path(__file__).resolve().parents[1] / "suites" / "tasks"
 SPLITS = ("train", "validation", "test", "demos")
@@ -90,3 +93,84 @@ def test_date_iso_references_are_iso_strings():
     assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", bundle.reference(d)) for d in docs)
     demos = bundle.demo_pairs(16)
     assert len(demos) == 16 and demos[0] == ("February 1, 2006", "2006-02-01")
+
+
+@pytest.fixture(scope="module")
+def no_validation(tmp_path_factory):
+    """The parity task as a task without its own validation split (like many registered lm-eval tasks)."""
+    folder = tmp_path_factory.mktemp("noval") / "parity"
+    shutil.copytree(TASKS / "parity", folder)
+    yaml_path = folder / "parity.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("validation_split: validation\n", ""))
+    return load_task("parity", folder)
+
+
+def test_own_validation_split_and_limits(parity):
+    val, test = parity.split("validation", 10, seed=0), parity.split("test", None, seed=0)
+    assert [d["question"] for d in val.docs] == [d["question"] for d in read("parity", "validation")[:10]]
+    assert [d["question"] for d in test.docs] == [d["question"] for d in read("parity", "test")]
+    assert (val.source, val.indices, val.limit, test.source) == ("validation", None, 10, "test")
+    assert parity.lm_eval_task(val)["test_split"] == "validation"  # lm-eval scores test_split: point it here
+    assert parity.lm_eval_task(test)["test_split"] == "test"
+    assert val.key() != test.key() and val.fingerprint != test.fingerprint
+    assert parity.split("validation", 10, seed=5) == val  # the seed only draws carved slices
+
+
+def test_validation_is_carved_from_the_scored_split_when_a_task_has_none(no_validation):
+    assert not no_validation.has_own_validation
+    val, test = no_validation.split("validation", None, seed=3), no_validation.split("test", None, seed=3)
+    pool = [d["question"] for d in read("parity", "test")]
+    assert len(val.docs) == len(pool) // 5 and len(test.docs) == len(pool) - len(val.docs)  # a fifth, the rest
+    assert set(val.indices).isdisjoint(test.indices) and set(val.indices) | set(test.indices) == set(range(40))
+    assert [d["question"] for d in val.docs] == [pool[i] for i in val.indices]
+    assert "carved" in val.note and "seed 3" in val.note and val.source == test.source == "test"
+    assert no_validation.split("validation", None, seed=3) == val  # seeded: the same slice every time
+    assert no_validation.split("validation", None, seed=4).indices != val.indices
+    capped = no_validation.split("test", 5, seed=3)
+    assert capped.indices == test.indices[:5]
+    assert len(no_validation.split("validation", 12, seed=3).docs) == 12  # validation_limit sets the carve
+    with pytest.raises(TaskError, match="cannot carve 40 validation items"):
+        no_validation.split("validation", 40, seed=3)
+
+
+def test_lm_eval_scores_exactly_the_carved_items(no_validation, tiny):
+    """`samples=` makes lm-eval score the carved positions; per-item keys are those positions in the source split."""
+    split = no_validation.split("validation", None, seed=3)
+    arm = scoring.evaluate_arm(
+        "teacher",
+        tiny.model,
+        tiny.tokenizer,
+        no_validation.lm_eval_task(split),
+        "parity",
+        Context(None, 0),
+        metric="acc",
+        limit=None,
+        samples=list(split.indices),
+        batch_size=8,
+        task_manager=task_manager(no_validation.folder),
+    )
+    assert sorted(arm.per_item) == list(split.indices)
+    for i, doc in zip(split.indices, split.docs, strict=True):
+        assert arm.prompts[i] == no_validation.render(doc, Context(None, 0), tiny.tokenizer)
+
+
+def test_a_loaded_task_object_can_score_its_validation_split(parity, tiny, monkeypatch):
+    """The route for a registered task (no config dict to edit): a fresh task object whose test_split is changed."""
+    monkeypatch.chdir(parity.folder)  # loaded by name, the local YAML's relative data_files resolve against the cwd
+    task = with_test_split(task_manager(parity.folder), "parity", "validation")
+    assert [d["question"] for d in task.eval_docs] == [d["question"] for d in read("parity", "validation")]
+    arm = scoring.evaluate_arm(
+        "teacher",
+        tiny.model,
+        tiny.tokenizer,
+        task,
+        "parity",
+        Context(None, 0),
+        metric="acc",
+        limit=3,
+        batch_size=8,
+        task_manager=task_manager(parity.folder),
+    )
+    docs = read("parity", "validation")[:3]
+    assert [arm.references[i] for i in range(3)] == [str(d["label"]) for d in docs]
+    assert "Number " + docs[0]["question"].split()[-1] in arm.prompts[0]

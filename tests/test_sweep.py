@@ -1,4 +1,5 @@
-"""Optuna studies with MLflow runs on the tiny model: resume, nesting, failed trials with reasons."""
+"""Optuna studies with MLflow runs on the tiny model: resume, nesting (study → configuration → seed), failed
+trials with reasons."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from harness import trial as trial_module
 from harness.spec import load_suite
 
 
-def _children(suite):
+def _children(suite, kind="trial"):
     exp = tracking.setup(suite)
     runs = mlflow.search_runs(
         experiment_ids=[exp], filter_string=f"tags.`harness.study` = '{stores.study_name(suite)}'"
     )
     parents = runs[runs["tags.harness.kind"] == "study"]
-    return parents, runs[runs["tags.harness.kind"] == "trial"]
+    return parents, runs[runs["tags.harness.kind"] == kind]
 
 
 @pytest.mark.slow
@@ -40,7 +41,7 @@ def test_resume_runs_only_missing_trials(tmp_path):
             "batch_size": 4,
             "train_inputs": 8,
         },
-        sweep={"sampler": "tpe", "n_trials": 4},
+        sweep={"sampler": "tpe", "n_trials": 4, "seeds": 1},
     )
     suite = load_suite(path)
     sweep.run(suite)
@@ -61,10 +62,12 @@ def test_resume_runs_only_missing_trials(tmp_path):
         "params.context",
         "params.loss",
         "params.hp.learning_rate",
-        "metrics.gap_closure",
-        "metrics.student_score",
-        "metrics.teacher_score",
-        "metrics.baseline_score",
+        "metrics.validation_gap_closure",
+        "metrics.test_gap_closure",
+        "metrics.test_gap_closure_low",
+        "metrics.test_student_score",
+        "metrics.test_teacher_score",
+        "metrics.test_baseline_score",
         "metrics.greedy_agreement",
         "metrics.context_tokens_saved",
         "metrics.peak_memory_mb",
@@ -73,11 +76,14 @@ def test_resume_runs_only_missing_trials(tmp_path):
         "tags.teacher",
     ):
         assert done[col].notna().all(), col
-    run = mlflow.MlflowClient().get_run(done.iloc[0].run_id)
-    assert run.inputs.dataset_inputs, "the distillation inputs are logged as an MLflow dataset"
-    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(done.iloc[0].run_id)}
-    assert {"suite.yaml", "per_item.json", "lm_eval_results.json"} <= arts
-    steps = mlflow.MlflowClient().get_metric_history(done.iloc[0].run_id, "train/loss")
+    _, seeds = _children(suite, "seed")
+    assert len(seeds) == 6 and set(seeds["tags.mlflow.parentRunId"]) == set(children.run_id)  # one seed each
+    client = mlflow.MlflowClient()
+    seed_run = seeds.iloc[0].run_id
+    assert client.get_run(seed_run).inputs.dataset_inputs, "the distillation inputs are logged as an MLflow dataset"
+    assert {a.path for a in client.list_artifacts(seed_run)} >= {"per_item.json", "lm_eval_results.json"}
+    assert {a.path for a in client.list_artifacts(done.iloc[0].run_id)} >= {"suite.yaml", "item_scores.json"}
+    steps = client.get_metric_history(seed_run, "train/loss")
     assert len(steps) == 2
     lines = sweep.summary(resumed)
     assert lines[0] == f"study {stores.study_name(suite)}: 6 trials"
@@ -174,7 +180,7 @@ def test_only_configuration_failures_are_caught(tmp_path):
         assert e in sweep.EXPECTED_FAILURES
     suite = load_suite(write_suite(tmp_path))
     with pytest.raises(sweep.ObjectiveUndefined, match="gap_closure is undefined"):
-        sweep.objective_values(suite, SimpleNamespace(gap_closure=math.nan))
+        sweep.objective_values(suite, SimpleNamespace(validation_gap_closure=math.nan))
 
 
 @pytest.mark.slow

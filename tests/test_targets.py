@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from harness import generation, targets
+from harness import generation, targets, teacher
+from harness.cache import Store
 
 MAX_NEW = 12
 
@@ -181,3 +182,19 @@ def test_cache_key_params_fills_defaults():
     assert targets.cache_key_params("best_of", None) == {"n": 4, "temperature": 1.0, "top_p": 0.95}
     assert targets.cache_key_params("on_policy", {}) == {"mix": 0.5}
     assert targets.TARGETS["best_of"].params == ("n", "temperature", "top_p")
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "seeded"),
+    [("greedy", {}, False), ("beam", {"n_beams": 2}, False), ("on_policy", {}, False), ("sample", {}, True)],
+)
+def test_teacher_cache_keys_only_sampled_targets_on_the_seed(tmp_path, sharp_tiny, prompts, name, params, seeded):
+    """Seeds of one configuration share deterministic targets (one teacher pass); sampled ones are drawn per seed."""
+    assert targets.TARGETS[name].seeded is seeded
+    store = Store(tmp_path)
+    kw = {"max_new_tokens": MAX_NEW, "batch_size": 4, "stop_strings": ()}
+    first = teacher.targets(store, sharp_tiny, prompts, None, name, params, seed=0, **kw)
+    second = teacher.targets(store, sharp_tiny, prompts, None, name, params, seed=1, **kw)
+    assert (store.misses, store.hits) == ((2, 0) if seeded else (1, 1))
+    assert (first != second) if seeded else (first == second)
+    assert first == _select(sharp_tiny, prompts, name, params, seed=0)

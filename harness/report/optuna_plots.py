@@ -14,12 +14,13 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.importance import FanovaImportanceEvaluator
 from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
+from harness.metrics import OBJECTIVES
 from harness.report.plots import SkipPlot
 from harness.spec import Suite
 
 
 def _optuna_target(suite: Suite, study: optuna.Study) -> dict[str, Any]:
-    name = suite.sweep.objectives[0].replace("_", " ")
+    name = OBJECTIVES[suite.sweep.objectives[0]].replace("_", " ")  # e.g. "validation gap closure": what Optuna saw
     if len(study.directions) > 1:
         return {"target": lambda t: t.values[0], "target_name": name}
     return {"target_name": name}

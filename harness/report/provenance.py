@@ -66,6 +66,7 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
         "teacher": suite.models.teacher,
         "student": suite.models.student,
         "objectives": list(suite.sweep.objectives),
+        "seeds": suite.training_seeds(),
         "git_commit_trials": distinct("git.commit"),
         "git_commit_report": tracking.git_commit(),
         "trials_machine": distinct("machine"),

@@ -30,6 +30,7 @@ TAGS = (
     "harness.study",
 )
 MAX_CURVES = 5
+VALIDATION, TEST = "validation_gap_closure", "test_gap_closure"
 
 
 def load_runs(suite: Suite) -> tuple[pd.DataFrame, str]:
@@ -73,7 +74,8 @@ def _numeric(col: pd.Series) -> pd.Series:
 
 
 def trial_table(runs: pd.DataFrame, study: optuna.Study | None = None) -> pd.DataFrame:
-    """One row per trial run: trial number, state, reason, then every param, metric and provenance tag."""
+    """One row per trial (configuration) run: trial number, state, reason, then every param, metric (means over
+    seeds, test intervals over items x seeds) and provenance tag. Seed runs are left out."""
     kind = runs.get("tags.harness.kind", pd.Series(index=runs.index, dtype=object))
     trials = runs[kind == "trial"].copy()
     optuna_trials = {t.number: t for t in study.get_trials(deepcopy=False)} if study is not None else {}
@@ -135,10 +137,25 @@ def trial_table(runs: pd.DataFrame, study: optuna.Study | None = None) -> pd.Dat
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed trials with a defined gap closure: the only ones that rank configurations."""
-    if "gap_closure" not in df:
+    """Completed configurations with a defined gap closure on both splits: the ones the plots can place."""
+    if not {VALIDATION, TEST} <= set(df.columns):
         return df.iloc[0:0]
-    return df[(df["state"] == "COMPLETE") & np.isfinite(df["gap_closure"].astype(float))]
+    ok = np.isfinite(df[VALIDATION].astype(float)) & np.isfinite(df[TEST].astype(float))
+    return df[(df["state"] == "COMPLETE") & ok]
+
+
+def seed_runs(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """Configuration run id → its seeds' run ids, in seed order (the seed runs hold the training curves)."""
+    kind = runs.get("tags.harness.kind", pd.Series(index=runs.index, dtype=object))
+    seeds = runs[kind == "seed"]
+    if seeds.empty:
+        return {}
+    order = pd.to_numeric(seeds.get("tags.harness.seed"), errors="coerce")
+    seeds = seeds.assign(_seed=order).sort_values("_seed")
+    out: dict[str, list[str]] = {}
+    for parent, rid in zip(seeds["tags.mlflow.parentRunId"], seeds["run_id"], strict=True):
+        out.setdefault(str(parent), []).append(str(rid))
+    return out
 
 
 def histories(run_ids: Sequence[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -151,5 +168,5 @@ def histories(run_ids: Sequence[str]) -> dict[str, dict[str, list[tuple[int, flo
 
 
 def best_trials(df: pd.DataFrame, n: int = MAX_CURVES) -> pd.DataFrame:
-    """The n completed trials with the highest gap closure."""
-    return completed(df).sort_values("gap_closure", ascending=False).head(n)
+    """The n completed configurations with the highest gap closure on validation (what chooses; never test)."""
+    return completed(df).sort_values(VALIDATION, ascending=False).head(n)

@@ -40,13 +40,6 @@ def fmt_param(v: Any) -> str:
     return fmt(v)
 
 
-def pm(v: Any, se: Any, digits: int = 3) -> str:
-    """value ± stderr, or just the value where the stderr is unknown."""
-    if not _isnum(v):
-        return "–"
-    return f"{v:.{digits}f} ± {se:.{digits}f}" if _isnum(se) else f"{v:.{digits}f}"
-
-
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table written by hand (tabulate is not one of our dependencies)."""
 
@@ -58,35 +51,41 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def mean_se(values: pd.Series, own_se: pd.Series) -> tuple[float, float]:
-    """Mean and its stderr across trials; one trial → that trial's own bootstrap stderr."""
-    v = values.astype(float).dropna()
-    if len(v) == 0:
-        return math.nan, math.nan
-    if len(v) == 1:
-        return float(v.iloc[0]), float(own_se.astype(float).loc[v.index[0]])
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+def ci(v: Any, low: Any, high: Any, digits: int = 3) -> str:
+    """value [low, high]: a figure with its 95% interval, or just the value where the interval is unknown."""
+    if not _isnum(v):
+        return "–"
+    v = float(v) + 0.0  # -0.0 → 0.0
+    if _isnum(low) and _isnum(high):
+        return f"{v:.{digits}f} [{float(low) + 0.0:.{digits}f}, {float(high) + 0.0:.{digits}f}]"
+    return f"{v:.{digits}f}"
 
 
 def _col_mean(df: pd.DataFrame, col: str) -> float:
     return float(df[col].astype(float).mean()) if col in df and len(df) and df[col].notna().any() else math.nan
 
 
+def _spread(df: pd.DataFrame, col: str) -> str:
+    """mean (min – max) over configurations: a description of the axis value's trials, not an interval."""
+    v = df[col].astype(float).dropna() if col in df else pd.Series(dtype=float)
+    if v.empty:
+        return "–"
+    return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ({v.min():.3f} – {v.max():.3f})"
+
+
 def axis_table(df: pd.DataFrame, axis: str) -> str:
-    """Per value of one axis: how many trials completed and how well they closed the gap, at what cost."""
+    """Per value of one axis: how many configurations completed, their validation and test gap closure, cost."""
     done = completed(df)
     rows = []
     for value in sorted(df[axis].dropna().astype(str).unique()):
         mine, ok = df[df[axis].astype(str) == value], done[done[axis].astype(str) == value]
-        best = ok.loc[ok["gap_closure"].astype(float).idxmax()] if len(ok) else None
-        m, se = mean_se(ok["gap_closure"], ok.get("gap_closure_stderr", pd.Series(math.nan, index=ok.index)))
         rows.append(
             [
                 value,
                 f"{len(ok)} / {len(mine)}",
-                pm(best["gap_closure"], best.get("gap_closure_stderr")) if best is not None else "–",
-                pm(m, se),
-                fmt_metric("student_score", _col_mean(ok, "student_score")),
+                _spread(ok, "validation_gap_closure"),
+                _spread(ok, "test_gap_closure"),
+                fmt_metric("test_student_score", _col_mean(ok, "test_student_score")),
                 fmt_metric("context_tokens_saved", _col_mean(ok, "context_tokens_saved")),
                 fmt_metric("train_tokens", _col_mean(ok, "train_tokens")),
                 fmt_metric("wall_time_s", _col_mean(ok, "wall_time_s")),
@@ -94,13 +93,13 @@ def axis_table(df: pd.DataFrame, axis: str) -> str:
         )
     headers = [
         axis,
-        "completed / trials",
-        "best gap closure",
-        "mean gap closure",
-        "mean student score",
+        "completed / configurations",
+        "validation gap closure, mean (min – max)",
+        "test gap closure, mean (min – max)",
+        "mean test student score",
         "mean context tokens saved",
         "mean training tokens",
-        "mean wall time (s)",
+        "mean wall time per seed (s)",
     ]
     return md_table(headers, rows)
 

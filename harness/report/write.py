@@ -1,6 +1,6 @@
 """A study's results as files: `results/<suite>/` tables, plots and provenance, read back from MLflow.
 
-MLflow (one run per trial) is the record; the report only reads it, so it can be
+MLflow (one run per configuration, one nested run per seed) is the record; the report only reads it, so it can be
 rewritten at any time, on any machine that sees the stores, and always agrees
 with what the MLflow UI shows. Plots that the data cannot support yet (one
 trial, no completed trial, nothing varied) are skipped with a note instead of
@@ -22,9 +22,10 @@ import pandas as pd
 from matplotlib.typing import RcKeyType
 
 from harness.report import optuna_plots, plots
-from harness.report.markdown import summary_md
+from harness.report.comparison import Comparison, compare, load_item_scores
+from harness.report.markdown import FOREST, summary_md
 from harness.report.provenance import provenance
-from harness.report.runs import best_trials, histories, load_runs, load_study, trial_table
+from harness.report.runs import best_trials, histories, load_runs, load_study, seed_runs, trial_table
 from harness.spec import Suite, SuiteError
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,21 @@ class ReportData:
     suite: Suite
     df: pd.DataFrame
     study: optuna.Study | None
-    hist: dict[str, dict[str, list[tuple[int, float]]]]
+    hist: dict[str, dict[str, list[tuple[int, float]]]]  # seed run id → step metric → [(step, value)]
+    seeds: dict[str, list[str]]  # configuration run id → its seed run ids
+    comparison: Comparison | None
 
 
 MAKERS: dict[str, Callable[[ReportData, Path], None]] = {
+    FOREST: lambda d, p: plots.plot_forest(d.comparison.table if d.comparison else None, p),
     "gap_by_target_loss.png": lambda d, p: plots.plot_gap_by_target_loss(d.df, p),
     "gap_vs_tokens_saved.png": lambda d, p: plots.plot_gap_vs_tokens_saved(d.df, p),
-    "training_curves.png": lambda d, p: plots.plot_training_curves(d.df, d.hist, p),
+    "training_curves.png": lambda d, p: plots.plot_training_curves(d.df, d.hist, d.seeds, p),
     "optuna_history.png": lambda d, p: optuna_plots.plot_optuna_history(d.suite, d.study, p),
     "optuna_importances.png": lambda d, p: optuna_plots.plot_optuna_importances(d.suite, d.study, p),
 }
 PLOTS = tuple(MAKERS)
+COMPARISON = "comparison.csv"
 FONT: dict[RcKeyType, Any] = {
     "font.size": 11,
     "axes.titlesize": 13,
@@ -60,7 +65,8 @@ FONT: dict[RcKeyType, Any] = {
 
 
 def write_report(suite: Suite, out: str | Path) -> Path:
-    """Write `<out>/<suite>/` (summary.csv, summary.md, plots, provenance.json) from the study's MLflow runs."""
+    """Write `<out>/<suite>/` (summary.md, summary.csv, comparison.csv, plots, provenance.json) from the
+    study's MLflow runs."""
     runs, uri = load_runs(suite)
     kinds = runs.get("tags.harness.kind", pd.Series(dtype=object))
     if runs.empty or not (kinds == "trial").any():
@@ -72,8 +78,14 @@ def write_report(suite: Suite, out: str | Path) -> Path:
     df.to_csv(folder / "summary.csv", index=False)
     prov = provenance(suite, df, uri)
     (folder / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
+    comparison = compare(suite, df, load_item_scores(list(df.loc[df["state"] == "COMPLETE", "run_id"])))
+    (folder / COMPARISON).unlink(missing_ok=True)
+    if comparison is not None:
+        comparison.table.to_csv(folder / COMPARISON, index=False)
 
-    data = ReportData(suite, df, study, histories(list(best_trials(df)["run_id"])))
+    seeds = seed_runs(runs)
+    curves = [rid for run in best_trials(df)["run_id"] for rid in seeds.get(run, [])]
+    data = ReportData(suite, df, study, histories(curves), seeds, comparison)
     matplotlib.use("Agg")  # files only, never a window; chosen before rc_context, which does not restore it
     skipped: dict[str, str | None] = {}
     with matplotlib.rc_context(FONT):
@@ -86,5 +98,5 @@ def write_report(suite: Suite, out: str | Path) -> Path:
             except plots.SkipPlot as e:
                 log.info("%s skipped: %s", name, e)
                 skipped[name] = str(e)
-    (folder / "summary.md").write_text(summary_md(suite, df, prov, skipped))
+    (folder / "summary.md").write_text(summary_md(suite, df, prov, skipped, comparison))
     return folder
