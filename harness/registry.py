@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, create_model
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "Entry",
@@ -103,7 +103,7 @@ def params_model(fn: Callable[..., Any], title: str) -> type[BaseModel]:
     return create_model(title, __config__=ConfigDict(extra="forbid", frozen=True, validate_default=True), **fields)
 
 
-def error_detail(kind: str, loc: tuple[str | int, ...], msg: str, value: Any) -> dict[str, Any]:
+def error_detail(kind: str, loc: tuple[str | int, ...], msg: str, value: Any) -> InitErrorDetails:
     """One error for `ValidationError.from_exception_data`: raised in a validator, it lands at `loc`
     below the value being validated, with `msg` as it is."""
     return {"type": PydanticCustomError(kind, "{msg}", {"msg": msg}), "loc": loc, "input": value}

@@ -16,8 +16,9 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 import yaml
 from pydantic import (
@@ -31,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from harness.contexts import MODIFICATIONS
 from harness.losses import LOSSES
@@ -144,16 +146,17 @@ def _axis(registry: Registry) -> Any:
             raise ValidationError.from_exception_data("axis", errors)
         return values
 
-    def _duplicates(values: list[AxisValue | None]) -> list[dict[str, Any]]:
+    def _duplicates(values: Sequence[AxisValue | None]) -> list[InitErrorDetails]:
         seen: dict[str, int] = {}
-        errors = []
+        errors: list[InitErrorDetails] = []
         for i, v in enumerate(values):
             if v is None:
                 continue
             key = json.dumps([v.name, registry.validate(v.name, v.params)], sort_keys=True, default=str)
             if key in seen:
                 first = values[seen[key]]
-                msg = f"duplicate: same {registry.kind} and effective parameters as item {seen[key]} ('{first.label}')"
+                label = first.label if first is not None else "?"
+                msg = f"duplicate: same {registry.kind} and effective parameters as item {seen[key]} ('{label}')"
                 errors.append(error_detail("duplicate", (i,), msg, v.label))
             seen.setdefault(key, i)
         return errors
@@ -161,10 +164,18 @@ def _axis(registry: Registry) -> Any:
     return Annotated[list[Annotated[AxisValue, AfterValidator(entry)]], WrapValidator(distinct), Field(min_length=1)]
 
 
+if TYPE_CHECKING:  # what the fields hold; pydantic builds the checking types below at run time
+    TargetAxis: TypeAlias = list[AxisValue]
+    ContextAxis: TypeAlias = list[AxisValue]
+    LossAxis: TypeAlias = list[AxisValue]
+else:
+    TargetAxis, ContextAxis, LossAxis = _axis(TARGETS), _axis(MODIFICATIONS), _axis(LOSSES)
+
+
 class Axes(_Strict):
-    targets: _axis(TARGETS) = Field(default_factory=lambda: [AxisValue(name="greedy")])
-    contexts: _axis(MODIFICATIONS) = Field(default_factory=lambda: [AxisValue(name="empty")])
-    losses: _axis(LOSSES) = Field(default_factory=lambda: [AxisValue(name="self_target_nll")])
+    targets: TargetAxis = Field(default_factory=lambda: [AxisValue(name="greedy")])
+    contexts: ContextAxis = Field(default_factory=lambda: [AxisValue(name="empty")])
+    losses: LossAxis = Field(default_factory=lambda: [AxisValue(name="self_target_nll")])
 
 
 T = TypeVar("T")
@@ -181,9 +192,10 @@ class Range(_Strict, Generic[T]):
 
     @model_validator(mode="after")
     def _order(self) -> Range:
-        if self.low > self.high:
+        low, high = cast(float, self.low), cast(float, self.high)  # T is a number type (see _hyper)
+        if low > high:
             raise ValueError(f"low ({self.low}) is above high ({self.high})")
-        if self.log and self.low <= 0:
+        if self.log and low <= 0:
             raise ValueError("a log range needs low > 0")
         if self.log and self.step is not None:
             raise ValueError("a range takes `log` or `step`, not both (Optuna cannot step on a log scale)")
@@ -210,7 +222,7 @@ class Choices(_Strict, Generic[T]):
     choices: list[T] = Field(min_length=1)
 
 
-def _hyper(value: Any, rng: type[Range] = Range) -> Any:
+def _hyper(value: Any, rng: Any = Range) -> Any:
     """A hyperparameter: a fixed `value`, a `{low, high, log, int, step}` range or `{choices: [...]}`.
 
     The shape picks the model (a mapping with `choices` → Choices, another mapping → Range, else a fixed
@@ -239,18 +251,27 @@ def _hyper(value: Any, rng: type[Range] = Range) -> Any:
     return Annotated[value | ranged | chosen, WrapValidator(pick)]
 
 
+if TYPE_CHECKING:  # what the fields hold; pydantic builds the checking types below at run time
+    PositiveHyper: TypeAlias = float | Range[Any] | Choices[Any]
+    UnitHyper: TypeAlias = float | Range[Any] | Choices[Any]
+    NonNegativeHyper: TypeAlias = float | Range[Any] | Choices[Any]
+    PositiveIntHyper: TypeAlias = int | Range[Any] | Choices[Any]
+    NonNegativeIntHyper: TypeAlias = int | Range[Any] | Choices[Any]
+else:
+    PositiveHyper, UnitHyper, NonNegativeHyper = _hyper(Positive), _hyper(UnitInterval), _hyper(NonNegative)
+    PositiveIntHyper, NonNegativeIntHyper = _hyper(PositiveInt, IntRange), _hyper(NonNegativeInt, IntRange)
+
+
 class Hyperparameters(_Strict):
     """Each value is fixed, a `{low, high, log}` range, or `{choices: [...]}`; the sweep samples them."""
 
-    learning_rate: _hyper(Positive) = 1e-4
-    epochs: _hyper(PositiveInt, IntRange) = 2
-    batch_size: _hyper(PositiveInt, IntRange) = 8
-    lora_rank: _hyper(NonNegativeInt, IntRange) = Field(0, description="0 = full fine-tune; > 0 = LoRA of that rank")
-    train_inputs: _hyper(PositiveInt, IntRange) = Field(
-        64, description="number of distillation inputs z from the train split"
-    )
-    warmup_ratio: _hyper(UnitInterval) = 0.1
-    weight_decay: _hyper(NonNegative) = 0.0
+    learning_rate: PositiveHyper = 1e-4
+    epochs: PositiveIntHyper = 2
+    batch_size: PositiveIntHyper = 8
+    lora_rank: NonNegativeIntHyper = Field(0, description="0 = full fine-tune; > 0 = LoRA of that rank")
+    train_inputs: PositiveIntHyper = Field(64, description="number of distillation inputs z from the train split")
+    warmup_ratio: UnitHyper = 0.1
+    weight_decay: NonNegativeHyper = 0.0
 
     def searched(self) -> dict[str, Range | Choices]:
         return {k: v for k, v in self if isinstance(v, Range | Choices)}
@@ -524,10 +545,11 @@ def _only_model(annotation: Any) -> Any:
 
 def _folder_problems(suite: Suite) -> list[str]:
     problems = []
-    if suite.task.path and not suite.task_dir().is_dir():
+    task_dir, control_dir = suite.task_dir(), suite.control_dir()
+    if suite.task.path and not (task_dir and task_dir.is_dir()):
         problems.append(f"task.path: folder {suite.task.path} not found next to the suite")
     control = suite.task.control
-    if control and control.path and not suite.control_dir().is_dir():
+    if control and control.path and not (control_dir and control_dir.is_dir()):
         problems.append(f"task.control.path: folder {control.path} not found next to the suite")
     return problems
 
