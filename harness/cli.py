@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from harness.redact import RedactingFilter
 from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
@@ -25,6 +26,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # store passwords never reach a log
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "lm_eval", "datasets", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -48,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=cmd_validate)
     r = sub.add_parser("run", help="run a suite: one trial, or an Optuna study over its axes")
     r.add_argument("suite")
-    r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
+    r.add_argument(
+        "--n-trials", type=int, default=None, help="trials the study should hold in all (default: the suite's)"
+    )
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
     r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
     r.set_defaults(fn="cmd_run")
@@ -84,10 +89,11 @@ def _command(fn: Command | str) -> Command:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
-    """ModelError and TaskError, from their modules if a command imported them (a command that did not
-    cannot raise them, and importing `models` here would cost every command torch's import time)."""
+    """ModelError, TaskError and StoreError, from their modules if a command imported them (a command that
+    did not cannot raise them, and importing `models` here would cost every command torch's import time)."""
     found = []
-    for module, name in (("harness.models", "ModelError"), ("harness.tasks", "TaskError")):
+    named = (("harness.models", "ModelError"), ("harness.tasks", "TaskError"), ("harness.stores", "StoreError"))
+    for module, name in named:
         if module in sys.modules:
             found.append(getattr(sys.modules[module], name))
     return tuple(found)
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; finished trials are kept in the study and MLflow", file=sys.stderr)
+        print("interrupted; finished trials are kept, the running one was requeued for the next start", file=sys.stderr)
         return 130
 
 
