@@ -247,6 +247,41 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: TrialResult
 POLL_S = 2.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """A worker's handle on the shared study: the study, its MLflow experiment and parent run, run tags."""
+
+    study: optuna.Study
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]
+
+
+def join(suite: Suite) -> Joined:
+    """Open (creating them on first use, safely when several workers start at once) the suite's study, its
+    MLflow experiment and its one parent run."""
+    study, created = workers.create_or_load(
+        stores.study_name(suite),
+        open_storage(stores.storage_url(suite)),
+        sampler=make_sampler(suite),
+        pruner=make_pruner(suite),
+        directions=[direction(o) for o in suite.sweep.objectives],
+    )
+    exp_id = tracking.setup(suite)
+    tags = {
+        "harness.suite": suite.name,
+        "harness.suite_hash": suite.content_hash(),
+        "harness.study": study.study_name,
+        "git.commit": tracking.git_commit(),
+        "teacher": suite.models.teacher,
+        "student": suite.models.student,
+        "task": suite.task.name,
+        "machine": platform.platform(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    return Joined(study, exp_id, workers.parent_run(study, created, exp_id, tags), tags)
+
+
 def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
     """Run (or resume, or join) the suite's study until it holds `n_trials` counted trials; returns the study.
 
@@ -255,28 +290,8 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     to take over any of them that is interrupted."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
     tracking.reset_outage()
-    url = stores.storage_url(suite)
-    name = stores.study_name(suite)
-    study, created = workers.create_or_load(
-        name,
-        open_storage(url),
-        sampler=make_sampler(suite),
-        pruner=make_pruner(suite),
-        directions=[direction(o) for o in suite.sweep.objectives],
-    )
-    exp_id = tracking.setup(suite)
-    base_tags = {
-        "harness.suite": suite.name,
-        "harness.suite_hash": suite.content_hash(),
-        "harness.study": name,
-        "git.commit": tracking.git_commit(),
-        "teacher": suite.models.teacher,
-        "student": suite.models.student,
-        "task": suite.task.name,
-        "machine": platform.platform(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
-    parent = workers.parent_run(study, created, exp_id, base_tags)
+    joined = join(suite)
+    study, exp_id = joined.study, joined.experiment_id
     target = n_trials if n_trials is not None else suite.sweep.n_trials
     limit = timeout or suite.sweep.timeout
     deadline = time.monotonic() + limit if limit else None
@@ -284,8 +299,8 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     t = workers.tally(study)
     log.info(
         "study %s in %s (worker %s): %d of %d trials done, %d running, %d queued",
-        name,
-        redact(url),
+        study.study_name,
+        redact(stores.storage_url(suite)),
         workers.worker_id(),
         t.counted,
         target,
@@ -310,8 +325,9 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
             continue
         waiting = False
         if objective is None:
+            bench = Workbench(suite)
             objective = workers.guarded(
-                make_objective(suite, Workbench(suite), exp_id, parent, base_tags), target, EXPECTED_FAILURES
+                make_objective(suite, bench, exp_id, joined.parent_run_id, joined.tags), target, EXPECTED_FAILURES
             )
         study.optimize(objective, n_trials=1, catch=(*EXPECTED_FAILURES, workers.Surplus), gc_after_trial=True)
     return study

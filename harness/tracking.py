@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -113,6 +114,7 @@ def setup(suite: Suite) -> str:
     (`stores.open_store`), and an experiment another worker created a moment earlier is reused."""
     uri = stores.tracking_uri(suite)
     mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # 4 lines a trial, with the URI in
     name = f"harness/{suite.name}"
     artifacts = stores.artifact_root(suite) if uri.startswith("sqlite") else None
 
