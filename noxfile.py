@@ -25,8 +25,10 @@ def install(session: nox.Session, *extras: str) -> None:
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """All tests, offline (CI); `nox -s tests -- -m "not slow"` skips the integration tests (under 30 s)."""
-    install(session, "dev")
+    """All tests, offline (CI); `nox -s tests -- -m "not slow"` skips the integration tests (under 30 s).
+
+    The multi-worker tests start a PostgreSQL server from the machine's binaries (initdb, pg_ctl)."""
+    install(session, "dev", "postgres")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
 
 

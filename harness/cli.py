@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from harness.redact import RedactingFilter
 from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
@@ -30,6 +31,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # store passwords never reach a log
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "lm_eval", "datasets", "mlflow", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -54,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=cmd_validate)
     r = sub.add_parser("run", help="run a suite: one trial, or an Optuna study over its axes")
     r.add_argument("suite")
-    r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
+    r.add_argument(
+        "--n-trials", type=int, default=None, help="trials the study should hold in all (default: the suite's)"
+    )
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
     r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
     r.add_argument("--fast", action="store_true", help=FAST_HELP)
@@ -111,10 +116,11 @@ def _load_all(paths: list[str], resources: bool, fast: bool) -> list[Suite]:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
-    """ModelError and TaskError, from their modules if a command imported them (a command that did not
-    cannot raise them, and importing `models` here would cost every command torch's import time)."""
+    """ModelError, TaskError and StoreError, from their modules if a command imported them (a command that
+    did not cannot raise them, and importing `models` here would cost every command torch's import time)."""
     found = []
-    for module, name in (("harness.models", "ModelError"), ("harness.tasks", "TaskError")):
+    named = (("harness.models", "ModelError"), ("harness.tasks", "TaskError"), ("harness.stores", "StoreError"))
+    for module, name in named:
         if module in sys.modules:
             found.append(getattr(sys.modules[module], name))
     return tuple(found)
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; finished trials are kept in the study and MLflow", file=sys.stderr)
+        print("interrupted; finished trials are kept, the running one was requeued for the next start", file=sys.stderr)
         return 130
 
 

@@ -7,21 +7,41 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
+from types import FrameType
 
-from harness import stores, sweep
+from filelock import FileLock
+
+from harness import stores, sweep, tracking, workers
+from harness.redact import redact
 from harness.report.benchmark import write_benchmark
 from harness.report.write import write_report
 from harness.spec import Suite
 from harness.trial import Workbench, context_gaps
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler's stop, `kill`) ends the trial as Ctrl-C does: requeued
+
+
 def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
-    study = sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout)
+    """Exit 0 when the study holds a completed trial; 1 when none completed or the tracking store was lost."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        study = sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout)
+    except tracking.TrackingUnavailable as e:
+        print(f"error: {e}; the running trial was requeued: rerun `harness run` when it answers", file=sys.stderr)
+        return 1
     print("\n".join(sweep.summary(study)))
-    if not args.no_report:
-        print(f"report written to {write_report(suite, 'results')}")
+    failed = workers.no_result(study)
+    if not args.no_report and study.get_trials(deepcopy=False):
+        with FileLock(stores.work_dir(suite) / "report.lock"):  # workers on one machine may finish together
+            print(f"report written to {write_report(suite, 'results')}")
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -63,15 +83,14 @@ def cmd_gap(args: argparse.Namespace, suite: Suite) -> int:
 def cmd_ui(args: argparse.Namespace, suite: Suite) -> int:
     uri = stores.tracking_uri(suite)
     print(
-        f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
+        f"MLflow UI for suite '{suite.name}' ({redact(uri)}) on http://{args.host}:{args.port}; "
         f"experiment harness/{suite.name}, Ctrl-C to stop"
     )
+    storage = redact(stores.storage_url(suite))
     if shutil.which("optuna-dashboard"):
-        print(f"Optuna dashboard: optuna-dashboard {stores.storage_url(suite)}")
+        print(f"Optuna dashboard: optuna-dashboard {storage}")
     else:
-        print(
-            f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {stores.storage_url(suite)}"
-        )
+        print(f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {storage}")
     cmd = [
         sys.executable,
         "-m",

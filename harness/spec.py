@@ -36,6 +36,7 @@ from pydantic_core import InitErrorDetails
 
 from harness.contexts import MODIFICATIONS
 from harness.losses import LOSSES
+from harness.redact import redact
 from harness.registry import (
     Integer,
     NonNegative,
@@ -327,8 +328,17 @@ class Sweep(_Strict):
         description="median: stop trials whose held-out KL is worse than the median at the same step; "
         "auto = median, except none for the grid sampler (an exhaustive grid wants every point finished)",
     )
-    storage: str | None = Field(None, description="Optuna storage URL; default SQLite under work_dir")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under work_dir")
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default $HARNESS_STORAGE, else SQLite under work_dir"
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else SQLite under work_dir"
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="teacher cache folder, may be shared by several machines (NFS); "
+        "default $HARNESS_CACHE_DIR, else work_dir/cache",
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -370,12 +380,13 @@ class Suite(_Strict):
         """Hash of what decides the trials' results: same hash, same study (resumed, not restarted).
 
         Leaves out what only says how long to run or where to store (n_trials, timeout, storage,
-        tracking URI, work_dir, device) and the description."""
+        tracking URI, cache_dir, work_dir, device) and the description."""
         blob = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=_NOT_HASHED), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def resolved_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+        """The suite with every default filled in, as logged with each trial: store passwords redacted."""
+        return redact(yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False))
 
     def training_seeds(self) -> list[int]:
         """The seeds every configuration is trained with: `seed`, `seed + 1`, ... (`sweep.seeds` of them)."""
@@ -419,7 +430,7 @@ _NOT_HASHED: dict[str, Any] = {
     "description": True,
     "work_dir": True,
     "models": {"device"},
-    "sweep": {"n_trials", "timeout", "storage", "tracking_uri"},
+    "sweep": {"n_trials", "timeout", "storage", "tracking_uri", "cache_dir"},
 }
 
 
@@ -583,11 +594,12 @@ def _in_hf_cache(repo_id: str) -> bool:
         return False
 
 
-class _TaskYamlLoader(yaml.SafeLoader):
-    """Reads lm-eval task YAMLs far enough to see their `task:` name: `!function` tags become None."""
+class TaskYamlLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs far enough to see their `task:` name: `!function` tags become None, so a
+    stray YAML in a task folder never runs its Python."""
 
 
-_TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 def _task_problems(suite: Suite) -> list[str]:
@@ -609,7 +621,7 @@ def _local_task_problems(field: str, task: Task | ControlTask, folder: Path) -> 
     name, names = task.name, []
     for f in sorted(folder.glob("*.yaml")):
         try:
-            cfg = yaml.load(f.read_text(encoding="utf-8"), Loader=_TaskYamlLoader)  # noqa: S506
+            cfg = yaml.load(f.read_text(encoding="utf-8"), Loader=TaskYamlLoader)  # noqa: S506
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             return [f"{field}.path: {f.name}: cannot read the task YAML ({str(e).splitlines()[0]})"]
         if not isinstance(cfg, dict):

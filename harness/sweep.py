@@ -6,10 +6,13 @@ validation split, and only the first seed reports held-out KL (on validation ite
 
 The study lives in Optuna storage (SQLite by default, any RDB URL for several
 machines); rerunning the same suite resumes it and only runs the trials still
-missing. A trial that fails for a reason its configuration can cause (divergence,
-an invalid axis combination, out of memory, an undefined objective) is recorded
-as failed with its reason and the study goes on; any other exception is a bug:
-the trial is marked failed and the study stops with the traceback.
+missing, and any number of workers may run it at once (`harness.workers`). A
+trial that fails for a reason its configuration can cause (divergence, an
+invalid axis combination, out of memory, an undefined objective) is recorded as
+failed with its reason and the study goes on; any other exception is a bug: the
+trial is marked failed, its configuration requeued, and the study stops with
+the traceback. A tracking store lost mid-trial requeues the trial and stops
+this worker with one line (TrackingUnavailable).
 """
 
 from __future__ import annotations
@@ -18,22 +21,23 @@ import dataclasses
 import logging
 import math
 import platform
+import time
+import warnings
 from typing import Any, Literal
 
 import optuna
 import torch
 
-from harness import aggregate, stores, tracking
+from harness import aggregate, stores, tracking, workers
 from harness.config import HyperParams, TrialConfig
 from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
+from harness.redact import redact
 from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
 from harness.trial import InvalidCombination, Workbench, per_item_table, run_trial
 
 log = logging.getLogger(__name__)
-
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
 class ObjectiveUndefined(ArithmeticError):
@@ -52,21 +56,22 @@ def direction(objective: str) -> Literal["maximize", "minimize"]:
     return d
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage | str:
-    """RDB storages get a heartbeat: a trial whose process died (kill, power loss) is marked FAIL on the
-    next run instead of staying RUNNING forever and counting as unfinished."""
-    if url.startswith(("sqlite", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=30, grace_period=90, heartbeat_stale_trial_callback=_mark_stale
-        )
-    return url
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The RDB storage, its schema created safely if several workers start together, with heartbeats: a
+    trial whose process died (kill, power loss) is failed and its configuration requeued by whichever
+    worker notices first (`workers.requeue_stale`), instead of staying RUNNING forever."""
 
+    def rdb() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=workers.HEARTBEAT_S,
+                grace_period=workers.GRACE_S,
+                heartbeat_stale_trial_callback=workers.requeue_stale,
+            )
 
-def _mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    log.warning("trial %d stopped sending heartbeats (its process died); recorded as FAIL", trial.number)
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        tracking.TrialRun(run_id).end("FAILED", "process died during the trial (no heartbeat)")
+    return stores.open_store(url, "Optuna storage", rdb)
 
 
 def grid_space(suite: Suite) -> dict[str, list[Any]]:
@@ -83,17 +88,24 @@ def grid_space(suite: Suite) -> dict[str, list[Any]]:
     return space
 
 
-def make_sampler(suite: Suite) -> optuna.samplers.BaseSampler:
+def make_sampler(suite: Suite) -> workers.PerTrialSeed:
+    """The suite's sampler, made afresh for every trial with a seed from the suite's seed and the trial's
+    number: workers never replay each other's draws, a study in one process is reproducible."""
     kind = suite.sweep.sampler
     if len(suite.sweep.objectives) == 2 and kind == "tpe":
         kind = "nsga2"
-    if kind == "grid":
-        return optuna.samplers.GridSampler(grid_space(suite), seed=suite.seed)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=suite.seed)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=suite.seed)
-    return optuna.samplers.TPESampler(seed=suite.seed)
+    space = grid_space(suite) if kind == "grid" else {}
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        if kind == "grid":
+            return optuna.samplers.GridSampler(space, seed=seed)
+        if kind == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    return workers.PerTrialSeed(make, suite.seed)
 
 
 def prunes(suite: Suite) -> bool:
@@ -269,29 +281,35 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, results: list[Trial
     )
 
 
-def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
-    """Run (or resume) the suite's study until it holds `n_trials` finished trials; returns the study."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
-    directions = [direction(o) for o in suite.sweep.objectives]
-    storage = stores.storage_url(suite)
-    name = stores.study_name(suite)
-    study = optuna.create_study(
-        study_name=name,
-        storage=open_storage(storage),
+# How often a worker with nothing to start looks again (another worker's trial may be interrupted).
+POLL_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """A worker's handle on the shared study: the study, its MLflow experiment and parent run, run tags."""
+
+    study: optuna.Study
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]
+
+
+def join(suite: Suite) -> Joined:
+    """Open (creating them on first use, safely when several workers start at once) the suite's study, its
+    MLflow experiment and its one parent run."""
+    study, created = workers.create_or_load(
+        stores.study_name(suite),
+        open_storage(stores.storage_url(suite)),
         sampler=make_sampler(suite),
         pruner=make_pruner(suite),
-        directions=directions,
-        load_if_exists=True,
+        directions=[direction(o) for o in suite.sweep.objectives],
     )
-    target = n_trials if n_trials is not None else suite.sweep.n_trials
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    todo = max(0, target - done)
-    log.info("study %s in %s: %d finished, %d to run", name, storage, done, todo)
     exp_id = tracking.setup(suite)
-    base_tags = {
+    tags = {
         "harness.suite": suite.name,
         "harness.suite_hash": suite.content_hash(),
-        "harness.study": name,
+        "harness.study": study.study_name,
         "git.commit": tracking.git_commit(),
         "teacher": suite.models.teacher,
         "student": suite.models.student,
@@ -299,28 +317,70 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
         "machine": platform.platform(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    parent = tracking.parent_run_id(exp_id, name, base_tags)
-    if todo:
-        bench = Workbench(suite)
-        study.optimize(
-            make_objective(suite, bench, exp_id, parent, base_tags),
-            n_trials=todo,
-            timeout=timeout or suite.sweep.timeout,
-            catch=EXPECTED_FAILURES,
-            gc_after_trial=True,
-        )
+    return Joined(study, exp_id, workers.parent_run(study, created, exp_id, tags), tags)
+
+
+def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
+    """Run (or resume, or join) the suite's study until it holds `n_trials` counted trials; returns the study.
+
+    Any number of processes may run this at once on the same stores. Each start first fails and requeues
+    the trials of dead workers; a worker with nothing left to start waits while others run the last trials,
+    to take over any of them that is interrupted."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
+    tracking.reset_outage()
+    joined = join(suite)
+    study, exp_id = joined.study, joined.experiment_id
+    target = n_trials if n_trials is not None else suite.sweep.n_trials
+    limit = timeout or suite.sweep.timeout
+    deadline = time.monotonic() + limit if limit else None
+    workers.recover(study, exp_id)
+    t = workers.tally(study)
+    log.info(
+        "study %s in %s (worker %s): %d of %d trials done, %d running, %d queued",
+        study.study_name,
+        redact(stores.storage_url(suite)),
+        workers.worker_id(),
+        t.counted,
+        target,
+        t.running,
+        t.waiting,
+    )
+    objective = None
+    waiting = False
+    while True:
+        workers.recover(study, exp_id)
+        t = workers.tally(study)
+        if t.counted >= target:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            log.info("timeout: no new trial is started (%d of %d trials done)", t.counted, target)
+            break
+        if t.counted + t.running >= target:
+            if not waiting:
+                log.info("the last %d trial(s) run in other workers; waiting to take over any interrupted", t.running)
+            waiting = True
+            time.sleep(POLL_S)
+            continue
+        waiting = False
+        if objective is None:
+            bench = Workbench(suite)
+            objective = workers.guarded(
+                make_objective(suite, bench, exp_id, joined.parent_run_id, joined.tags), target, EXPECTED_FAILURES
+            )
+        study.optimize(objective, n_trials=1, catch=(*EXPECTED_FAILURES, workers.Surplus), gc_after_trial=True)
     return study
 
 
 def summary(study: optuna.Study) -> list[str]:
-    """One line for the study, then one per trial: state, objective values, axes, why it failed."""
+    """One line for the study, then one per trial: state, objective values, axes, why it failed or reran."""
+    trials = study.get_trials(deepcopy=False)
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         done = t.values is not None and t.state == optuna.trial.TrialState.COMPLETE
         vals = ", ".join(f"{v:.3f}" for v in t.values) if done else ""
         rows.append(
             f"  #{t.number:<3} {t.state.name:<8} {vals:<16} target={t.params.get('target')} "
             f"context={t.params.get('context')} loss={t.params.get('loss')} "
-            f"{t.user_attrs.get('reason', '')}"
+            f"{workers.explain(t, trials)}"
         )
     return [f"study {study.study_name}: {len(rows)} trials", *rows]

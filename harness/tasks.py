@@ -17,12 +17,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import yaml
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from harness.contexts import Context, ContextEnv
-from harness.spec import lm_eval_index
+from harness.spec import TaskYamlLoader, lm_eval_index
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +84,29 @@ def _absolute_data_files(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def task_config(name: str, folder: Path | None) -> dict[str, Any] | str:
-    """A local task as an in-code config dict (absolute paths), or a registered task's name."""
+    """A local task as an in-code config dict (absolute paths), or a registered task's name.
+
+    Only the named task's YAML (and what it includes) goes through lm-eval's loader, which runs `!function`
+    tags: the other YAMLs of the folder are read with a loader that runs nothing, just to find the name."""
     if folder is None:
         return name
+    path = _task_file(name, folder)
+    cfg = load_yaml(path)
+    if "num_fewshot" in cfg:
+        raise TaskError(f"{path}: num_fewshot: remove it; the suite's context sets the demonstrations")
+    return _absolute_data_files(cfg, folder)
+
+
+def _task_file(name: str, folder: Path) -> Path:
+    """The YAML in `folder` whose `task:` is `name`, found without running any of the folder's code."""
     for path in sorted(folder.glob("*.yaml")):
-        cfg = load_yaml(path)
-        if cfg.get("task") == name:
-            if "num_fewshot" in cfg:
-                raise TaskError(f"{path}: num_fewshot: remove it; the suite's context sets the demonstrations")
-            return _absolute_data_files(cfg, folder)
+        try:
+            head = yaml.load(path.read_text(encoding="utf-8"), Loader=TaskYamlLoader)  # noqa: S506 (runs nothing)
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            log.debug("skipping %s: %s", path, e)
+            continue
+        if isinstance(head, dict) and head.get("task") == name:
+            return path
     raise TaskError(f"{folder}: no task YAML with 'task: {name}'")
 
 
@@ -270,10 +285,11 @@ def with_test_split(tm: Any, name: str, source: str) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def task_manager(folder: Path | None) -> Any:
-    """One TaskManager per task folder: indexing lm-eval's built-in tasks takes ~10 s, a local folder ~0."""
+    """lm-eval's index of registered tasks (~10 s to build, once), or for a local task an empty TaskManager:
+    its config comes in as a dict from `task_config`, so the folder's other YAMLs are never indexed."""
     if folder is None:
         return lm_eval_index()
-    return TaskManager(include_path=str(folder), include_defaults=False)
+    return TaskManager(include_defaults=False)
 
 
 def load_task(name: str, folder: Path | None) -> TaskBundle:

@@ -3,25 +3,36 @@
 Logged by hand (Optuna's MLflowCallback is deprecated) so a trial's run opens
 before training, receives step metrics as they happen, and closes with the
 status the trial really had (finished, failed, pruned) and why.
+
+A tracking store that stops answering (a server down longer than the MLflow
+client's own retries) raises TrackingUnavailable; after the first such failure
+the process's later calls fail at once instead of waiting out the retries again.
+Runs that a dead or cut-off worker left RUNNING are ended by `end_orphans`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import mlflow
 import pandas as pd
+import requests
+import sqlalchemy
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import stores
 from harness.metrics import STEP_METRICS, TrialMetrics
+from harness.redact import redact
 from harness.spec import Suite
 
 log = logging.getLogger(__name__)
@@ -34,17 +45,98 @@ def metric_name(name: str) -> str:
     return _BAD.sub("/", name)
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking store did not answer, even after the client's retries."""
+
+
+_outage: str | None = None  # why the store stopped answering; later calls fail at once
+
+
+def reset_outage() -> None:
+    """Forget an earlier outage (a new study run tries the store again)."""
+    global _outage
+    _outage = None
+
+
+def _unreachable(e: BaseException) -> bool:
+    """A failure to reach the store (connection refused, timeouts, retries used up), not a refused request.
+
+    MLflow's REST client wraps the requests error in an MlflowException without `from`, so the chain is
+    followed through __context__ as well."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+            return True
+        if isinstance(cur, requests.exceptions.RetryError | sqlalchemy.exc.OperationalError):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+@contextmanager
+def guard() -> Iterator[None]:
+    """Turn a tracking store that stopped answering into TrackingUnavailable (once; then fail fast)."""
+    global _outage
+    if _outage is not None:
+        raise TrackingUnavailable(_outage)
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, TrackingUnavailable) or not _unreachable(e):
+            raise
+        why = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        _outage = f"MLflow tracking store {redact(mlflow.get_tracking_uri())} is unreachable ({why[:300]})"
+        raise TrackingUnavailable(_outage) from e
+
+
+class _Client:
+    """MlflowClient whose every call goes through `guard`."""
+
+    def __init__(self) -> None:
+        self._client = MlflowClient()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with guard():
+                return method(*args, **kwargs)
+
+        return call
+
+
 def setup(suite: Suite) -> str:
-    """Point MLflow at the suite's store and experiment; returns the experiment id."""
+    """Point MLflow at the suite's store and experiment; returns the experiment id.
+
+    Safe for several workers starting at once: a database store's schema is created by one of them
+    (`stores.open_store`), and an experiment another worker created a moment earlier is reused."""
     uri = stores.tracking_uri(suite)
     mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # 4 lines a trial, with the URI in
     name = f"harness/{suite.name}"
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
-        artifacts = stores.artifact_root(suite) if uri.startswith("sqlite") else None
-        exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
+    artifacts = stores.artifact_root(suite) if uri.startswith("sqlite") else None
+
+    def experiment() -> str:
+        with guard():
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            try:
+                return mlflow.create_experiment(name, artifact_location=artifacts)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                found = mlflow.get_experiment_by_name(name)  # created by another worker meanwhile
+                if found is None:
+                    raise
+                return found.experiment_id
+
+    if "://" in uri and not uri.startswith(("http:", "https:", "file:")):
+        exp_id = stores.open_store(uri, "MLflow tracking store", experiment)
     else:
-        exp_id = exp.experiment_id
+        exp_id = experiment()
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -58,8 +150,10 @@ def git_commit() -> str:
 
 
 def parent_run_id(experiment_id: str, study_name: str, tags: dict[str, str]) -> str:
-    """The study's parent run, created on first use and found again on resume."""
-    client = MlflowClient()
+    """The study's parent run, found by its tags or created. The sweep calls this from one worker only
+    (the one that created the study) and shares the id through the study, so workers starting together
+    do not create one parent each."""
+    client = _Client()
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`harness.study` = '{study_name}' and tags.`harness.kind` = 'study'",
@@ -74,12 +168,43 @@ def parent_run_id(experiment_id: str, study_name: str, tags: dict[str, str]) -> 
     return run.info.run_id
 
 
+def run_in_experiment(run_id: str, experiment_id: str) -> bool:
+    """Whether `run_id` exists in this store's experiment (a study may have met another tracking store)."""
+    try:
+        with guard():
+            return MlflowClient().get_run(run_id).info.experiment_id == experiment_id
+    except MlflowException:
+        return False
+
+
+def end_orphans(experiment_id: str, study_name: str, live: set[int], reason: str) -> list[str]:
+    """End KILLED, with `reason`, the study's runs still RUNNING whose Optuna trial is not running any more
+    (`live` holds the numbers of the trials that are): their worker was killed or lost the tracking store
+    before it could end them. Returns the ids of the runs ended."""
+    client = _Client()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`harness.study` = '{study_name}' and attributes.status = 'RUNNING'",
+        max_results=5000,
+    )
+    ended = []
+    for r in runs:
+        number = r.data.tags.get("optuna.trial_number")
+        if r.data.tags.get("harness.kind") == "study" or (number is not None and int(number) in live):
+            continue
+        client.set_tag(r.info.run_id, "harness.reason", reason[:4000])
+        client.set_tag(r.info.run_id, "optuna.trial_state", "FAIL")
+        client.set_terminated(r.info.run_id, "KILLED")
+        ended.append(r.info.run_id)
+    return ended
+
+
 class TrialRun:
     """A nested MLflow run for one trial; also the trial's step logger."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        self.client = MlflowClient()
+        self.client = _Client()
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         """Per-step values; only defined step metrics (a typo would otherwise start a new curve silently)."""
@@ -109,7 +234,7 @@ class TrialRun:
 
     def log_table(self, rows: list[dict[str, Any]], path: str) -> None:
         if rows:
-            with mlflow.start_run(run_id=self.run_id, nested=True):
+            with guard(), mlflow.start_run(run_id=self.run_id, nested=True):
                 mlflow.log_table(pd.DataFrame(rows), artifact_file=path)
 
     def log_inputs(self, rows: list[dict[str, Any]], name: str, context: str) -> None:
@@ -118,7 +243,7 @@ class TrialRun:
             return
         df = pd.DataFrame(rows)
         ds = from_pandas(df, name=name)
-        with mlflow.start_run(run_id=self.run_id, nested=True):
+        with guard(), mlflow.start_run(run_id=self.run_id, nested=True):
             mlflow.log_input(ds, context=context)
 
     def end(self, status: str, reason: str | None = None) -> None:
@@ -130,8 +255,9 @@ class TrialRun:
 @contextmanager
 def trial_run(experiment_id: str, parent_id: str, name: str, tags: dict[str, str], kind: str = "trial") -> Any:
     """Open a nested run (`kind` "trial": one configuration under the study; "seed": one of its seeds under
-    it); on an exception it is marked FAILED with the reason, and the exception goes on."""
-    client = MlflowClient()
+    it); on an exception it is marked FAILED with the reason, and the exception goes on (KILLED for a pruned
+    or interrupted trial)."""
+    client = _Client()
     run = client.create_run(
         experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id, "harness.kind": kind}
     )
@@ -139,8 +265,13 @@ def trial_run(experiment_id: str, parent_id: str, name: str, tags: dict[str, str
     try:
         yield tr
     except BaseException as e:
-        status = "KILLED" if type(e).__name__ in ("TrialPruned", "KeyboardInterrupt") else "FAILED"
-        tr.end(status, f"{type(e).__name__}: {e}")
+        try:
+            if isinstance(e, KeyboardInterrupt):
+                tr.end("KILLED", "interrupted (Ctrl-C or SIGTERM); the configuration was requeued")
+            else:
+                tr.end("KILLED" if type(e).__name__ == "TrialPruned" else "FAILED", f"{type(e).__name__}: {e}")
+        except TrackingUnavailable:  # the run stays RUNNING until a later start ends it (end_orphans)
+            log.warning("could not end MLflow run %s: the tracking store is unreachable", tr.run_id)
         raise
     else:
         if client.get_run(tr.run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import write_suite
 
-from harness import stores, sweep, tracking
+from harness import cli, stores, sweep, tracking, workers
 from harness import trial as trial_module
 from harness.spec import load_suite
 
@@ -127,7 +127,75 @@ def test_nan_loss_trial_fails_with_reason_and_study_goes_on(tmp_path):
 )
 def test_sampler_choice(tmp_path, sampler, objectives, expected):
     suite = load_suite(write_suite(tmp_path, sweep={"sampler": sampler, "objectives": objectives}))
-    assert isinstance(sweep.make_sampler(suite), expected)
+    assert isinstance(sweep.make_sampler(suite).for_number(0), expected)
+
+
+def _draws(suite, study, numbers, sampler=None):
+    """Ask trials with the suite's sampler (a new process = a new sampler object) and return their configs."""
+    study.sampler = sampler or sweep.make_sampler(suite)
+    out = {}
+    for _ in numbers:
+        trial = study.ask()
+        cfg = sweep.suggest(trial, suite)
+        out[trial.number] = (cfg.context.label, cfg.hp.learning_rate)
+        study.tell(trial, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_sampler_seeds_follow_trial_numbers(tmp_path, sampler):
+    """One process: reproducible. A resume in a new process does not replay the first draws, and two
+    workers interleaving on one study never draw alike (each trial's seed comes from its number)."""
+    suite = load_suite(
+        write_suite(
+            tmp_path,
+            hyperparameters={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": 1},
+            sweep={"sampler": sampler},
+        )
+    )
+    first = _draws(suite, optuna.create_study(direction="maximize"), range(6))
+    again = _draws(suite, optuna.create_study(direction="maximize"), range(6))
+    assert first == again
+    assert len(set(first.values())) == 6
+    resumed = optuna.create_study(direction="maximize")
+    _draws(suite, resumed, range(3))
+    later = _draws(suite, resumed, range(3))  # a new sampler object, as a restarted process has
+    assert set(later) == {3, 4, 5} and not set(later.values()) & set(first.values()) - {first[3], first[4], first[5]}
+    shared = optuna.create_study(direction="maximize")
+    a, b = sweep.make_sampler(suite), sweep.make_sampler(suite)  # two workers, same suite seed
+    drawn = {}
+    for i in range(6):
+        drawn |= _draws(suite, shared, [i], a if i % 2 else b)
+    assert len(set(drawn.values())) == 6
+
+
+def test_trials_count_toward_n_trials_by_how_they_ended():
+    study = optuna.create_study()
+    add = study.add_trial
+    create = optuna.trial.create_trial
+    fail = optuna.trial.TrialState.FAIL
+    add(create(value=1.0))
+    add(create(state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 1.0}))
+    add(create(state=fail, user_attrs={"failure": "configuration", "reason": "TrainingDiverged: nan"}))
+    add(create(state=fail, user_attrs={"failure": "interrupted", "reason": "interrupted (Ctrl-C or SIGTERM)"}))
+    add(create(state=fail))  # its worker died: failed by the heartbeat check
+    add(create(state=fail, user_attrs={"failure": "bug", "reason": "KeyError: 'x' (stopped the study)"}))
+    add(create(state=fail, user_attrs={"failure": "surplus", "reason": "not run"}))
+    add(create(state=fail, user_attrs={"reason": "TrainingDiverged: nan"}))  # recorded before the marks existed
+    assert [workers.counts(t) for t in study.trials] == [True, True, True, False, False, False, False, True]
+    assert workers.tally(study) == workers.Tally(counted=4, running=0, waiting=0)
+
+
+def test_a_trial_claimed_when_the_study_is_full_is_surplus():
+    """Two workers claim the last trial at once: the lower number runs, the higher one is closed unrun."""
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    last, extra = study.ask(), study.ask()
+    workers.claim(last, target=2)
+    with pytest.raises(workers.Surplus):
+        workers.claim(extra, target=2)
+    assert extra.study.trials[extra.number].user_attrs["failure"] == "surplus"
+    workers.claim(extra, target=3)
 
 
 @pytest.mark.slow
@@ -202,12 +270,58 @@ def test_a_bug_stops_the_study_and_marks_the_trial_failed(tmp_path, monkeypatch)
     with pytest.raises(KeyError, match="no_such_setting"):
         sweep.run(suite)
     study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
-    assert len(study.trials) == 1, "the study stopped at the first bug"
-    bad = study.trials[0]
+    bad, queued = study.trials  # the study stopped at the first bug; its configuration waits for the fix
     assert bad.state == optuna.trial.TrialState.FAIL
     assert bad.user_attrs["reason"] == "KeyError: 'no_such_setting' (stopped the study)"
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["requeued_from"] == 0
+    assert study.trials[1].system_attrs["fixed_params"] == bad.params
     _, children = _children(suite)
     assert len(children) == 1
     row = children.iloc[0]
     assert row["status"] == "FAILED" and row["tags.optuna.trial_state"] == "FAIL"
     assert row["tags.harness.reason"] == "KeyError: 'no_such_setting'"
+
+
+@pytest.mark.slow
+def test_ctrl_c_requeues_the_trial_and_ends_its_run_killed(tmp_path, monkeypatch):
+    """Ctrl-C mid-trial: the trial is failed as interrupted, its configuration requeued at once and its MLflow
+    run ended KILLED with the reason; the next start runs that configuration, and only it."""
+    path = write_suite(
+        tmp_path,
+        hyperparameters={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": 1, "train_inputs": 8},
+        sweep={"sampler": "random", "n_trials": 1},
+    )
+    suite = load_suite(path)
+    real_train = trial_module.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trial_module, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(suite)
+    study = optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
+    cut, queued = study.trials
+    assert cut.state == optuna.trial.TrialState.FAIL and cut.user_attrs["reason"].startswith("interrupted")
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.user_attrs["requeued_from"] == cut.number
+    _, children = _children(suite)
+    assert list(children.status) == ["KILLED"] and children.iloc[0]["tags.harness.reason"].startswith("interrupted")
+
+    monkeypatch.setattr(trial_module, "train", real_train)
+    study = sweep.run(suite)
+    cut, rerun = study.trials
+    assert rerun.state == optuna.trial.TrialState.COMPLETE and rerun.params == cut.params
+    assert "rerun as #1" in sweep.summary(study)[1] and "rerun of #0" in sweep.summary(study)[2]
+
+
+@pytest.mark.slow
+def test_run_exits_1_when_no_trial_completed(tmp_path, capsys):
+    path = write_suite(
+        tmp_path,
+        axes={"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "forward_kl"}]},
+        hyperparameters={"learning_rate": 1e30, "epochs": 2, "batch_size": 4, "train_inputs": 8},
+        sweep={"sampler": "grid", "n_trials": 1},
+    )
+    assert cli.main(["run", str(path), "--no-report"]) == 1
+    err = capsys.readouterr().err
+    assert "error: no trial completed (1 trials: 1 × TrainingDiverged)" in err

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from harness import stores, tracking
+from harness.redact import redact
 from harness.spec import Suite
 
 PACKAGES = ("torch", "transformers", "lm_eval", "mlflow", "optuna", "peft", "pandas", "numpy", "matplotlib")
@@ -37,10 +38,11 @@ def gpu_name() -> str:
 
 
 def _portable(uri: str) -> str:
-    """A store URI with this machine's working directory and home made relative, for committed reports."""
+    """A store URI with this machine's working directory and home made relative and its password
+    redacted, for committed reports."""
     for root, short in ((str(Path.cwd().resolve()), "."), (str(Path.home()), "~")):
         uri = uri.replace(root + "/", short + "/")
-    return uri
+    return redact(uri)
 
 
 def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import stores, tracking
 from harness.metrics import METRICS, STEP_METRICS
+from harness.redact import redact
 from harness.spec import Suite
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def load_study(suite: Suite) -> optuna.Study | None:
         log.warning(
             "optuna study %s not loaded from %s (%s: %s); its plots are skipped",
             stores.study_name(suite),
-            stores.storage_url(suite),
+            redact(stores.storage_url(suite)),
             type(e).__name__,
             e,
         )
