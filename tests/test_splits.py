@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lm_eval.tasks import TaskManager
 
 from harness import scoring
 from harness.contexts import Context
@@ -157,7 +158,8 @@ def test_lm_eval_scores_exactly_the_carved_items(no_validation, tiny):
 def test_a_loaded_task_object_can_score_its_validation_split(parity, tiny, monkeypatch):
     """The route for a registered task (no config dict to edit): a fresh task object whose test_split is changed."""
     monkeypatch.chdir(parity.folder)  # loaded by name, the local YAML's relative data_files resolve against the cwd
-    task = with_test_split(task_manager(parity.folder), "parity", "validation")
+    registry = TaskManager(include_path=str(parity.folder), include_defaults=False)  # parity as if registered
+    task = with_test_split(registry, "parity", "validation")
     assert [d["question"] for d in task.eval_docs] == [d["question"] for d in read("parity", "validation")]
     arm = scoring.evaluate_arm(
         "teacher",
@@ -169,7 +171,7 @@ def test_a_loaded_task_object_can_score_its_validation_split(parity, tiny, monke
         metric="acc",
         limit=3,
         batch_size=8,
-        task_manager=task_manager(parity.folder),
+        task_manager=registry,
     )
     docs = read("parity", "validation")[:3]
     assert [arm.references[i] for i in range(3)] == [str(d["label"]) for d in docs]
