@@ -169,6 +169,7 @@ def test_ranges_and_labels(tmp_path):
         ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "timeout": 600}),
         ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "storage": "postgresql://db/optuna"}),
         ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "tracking_uri": "http://mlflow:5000"}),
+        ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "cache_dir": "/nfs/harness-cache"}),
     ],
 )
 def test_hash_ignores_what_does_not_change_results(tmp_path, field, value):

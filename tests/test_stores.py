@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 
 import pytest
 import yaml
@@ -113,3 +114,13 @@ def test_unreachable_storage_is_one_line_without_password():
     message = str(e.value)
     assert "\n" not in message and "s3cret-pw" not in message
     assert message.startswith("cannot open Optuna storage postgresql://harness:***@127.0.0.1:1/optuna: ")
+
+
+def test_postgresql_url_without_the_driver_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as on a machine without the [postgres] extra
+    with pytest.raises(stores.StoreError) as e:
+        sweep.open_storage("postgresql://harness:s3cret-pw@127.0.0.1:1/optuna")
+    assert str(e.value) == (
+        "Optuna storage postgresql://harness:***@127.0.0.1:1/optuna: the PostgreSQL driver is not installed: "
+        "pip install 'harness[postgres]' (psycopg 3)"
+    )
