@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -243,8 +244,17 @@ class TrialRun:
             return
         df = pd.DataFrame(rows)
         ds = from_pandas(df, name=name)
-        with guard(), mlflow.start_run(run_id=self.run_id, nested=True):
-            mlflow.log_input(ds, context=context)
+        for attempt in range(3):
+            try:
+                with guard(), mlflow.start_run(run_id=self.run_id, nested=True):
+                    mlflow.log_input(ds, context=context)
+                return
+            except MlflowException as e:
+                # Two workers logging the same dataset race on MLflow's unique (experiment, name, digest)
+                # row; the loser's retry finds the winner's row and only links it to this run.
+                if attempt == 2 or "unique constraint" not in str(e).lower():
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def end(self, status: str, reason: str | None = None) -> None:
         if reason:

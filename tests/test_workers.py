@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from threading import Barrier
 
 import mlflow
 import optuna
@@ -21,6 +23,7 @@ from services import MlflowServer, Postgres
 
 from harness import stores, sweep
 from harness.spec import load_suite
+from harness.tracking import TrialRun
 
 pytestmark = pytest.mark.slow
 
@@ -290,3 +293,24 @@ def test_tracking_server_down_mid_trial(tmp_path):
     assert (children.status == "FINISHED").sum() == 2
     orphan = children[children.run_id == cut.user_attrs["mlflow_run_id"]].iloc[0]
     assert orphan.status == "KILLED" and "interrupted" in orphan["tags.harness.reason"]
+
+
+def test_workers_logging_the_same_inputs_at_once_do_not_collide(mlflow_server):
+    """Two workers' seeds log the same training inputs (same name and digest) at once: MLflow's unique
+    (experiment, name, digest) row races; each run still gets the dataset and nothing raises (as in CI)."""
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    client = mlflow.MlflowClient()
+    rows = [{"input": f"x{i}", "reference": str(i)} for i in range(8)]
+    for attempt in range(4):
+        exp = client.create_experiment(f"race-{attempt}-{time.time_ns()}")
+        runs = [client.create_run(exp).info.run_id for _ in range(8)]
+        barrier = Barrier(len(runs))
+
+        def log(run_id: str, barrier: Barrier = barrier) -> None:
+            barrier.wait()
+            TrialRun(run_id).log_inputs(rows, name="parity-train-8", context="training")
+
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(log, runs))
+        for run_id in runs:
+            assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["parity-train-8"]
