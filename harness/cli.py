@@ -9,24 +9,13 @@ second.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Callable
 
+from harness import __version__, console
 from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("httpx", "urllib3", "filelock", "alembic", "lm_eval", "datasets", "mlflow", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
@@ -41,7 +30,10 @@ def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Benchmark harness for context distillation.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, every library's warnings and progress bars"
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check a suite file and print what it sweeps")
     v.add_argument("suite")
@@ -51,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
     r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the trials it would run and stop (loads no model, opens no study)",
+    )
     r.set_defaults(fn="cmd_run")
     rep = sub.add_parser("report", help="write tables and plots of a suite's study to results/<suite>/")
     rep.add_argument("suite")
@@ -64,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument(
+        "--dashboard-port", type=int, default=8080, help="optuna-dashboard's port, when it is installed (default 8080)"
+    )
+    u.add_argument("--no-dashboard", action="store_true", help="MLflow only, even where optuna-dashboard is installed")
     u.set_defaults(fn="cmd_ui")
     return p
 
@@ -95,8 +96,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    console.setup(args.verbose)
     try:
         suite = load_suite(args.suite, resources=args.command in CHECK_RESOURCES)
         return _command(args.fn)(args, suite)

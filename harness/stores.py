@@ -7,6 +7,7 @@ and the CLI's `ui` agree on the same places without importing each other.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from harness.spec import Suite
@@ -48,3 +49,8 @@ def artifact_root(suite: Suite) -> str:
 def cache_root(suite: Suite) -> Path:
     """The teacher cache (targets, top-k log-probs, fixed arms' scores), shared by every trial and rerun."""
     return work_dir(suite) / "cache"
+
+
+def display_url(url: str) -> str:
+    """A storage or tracking URL fit to print: a password in it is replaced by ***."""
+    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", url)

@@ -33,9 +33,12 @@ MAX_CURVES = 5
 
 
 def load_runs(suite: Suite) -> tuple[pd.DataFrame, str]:
-    """The study's MLflow runs (parent and trials) as one pandas frame, and the tracking URI they came from."""
-    exp_id = tracking.setup(suite)
+    """The study's MLflow runs (parent and trials) as one pandas frame, and the tracking URI they came from.
+    Reads only: a suite never run has no experiment, and gets none."""
+    exp_id = tracking.find_experiment(suite)
     uri = mlflow.get_tracking_uri()
+    if exp_id is None:
+        return pd.DataFrame(), uri
     runs = mlflow.search_runs(
         experiment_ids=[exp_id],
         filter_string=f"tags.`harness.study` = '{stores.study_name(suite)}'",
