@@ -16,7 +16,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import optuna
@@ -309,7 +309,7 @@ class Progress:
     k counts every finished trial of the study (a resumed study starts past 0); the ETA extrapolates this
     process's own pace over the trials still missing."""
 
-    def __init__(self, objectives: list[str], target: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, objectives: Sequence[str], target: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.objectives, self.target, self.clock = objectives, target, clock
         self.start = clock()
         self.ran = 0
