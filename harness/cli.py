@@ -30,15 +30,21 @@ def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Benchmark harness for context distillation.")
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logging, every library's warnings and progress bars"
-    )
+    verbose = "debug logging, every library's warnings and progress bars"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # `harness run SUITE -v` works too: the subcommands accept it without overriding one given before them
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
     sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check a suite file and print what it sweeps")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    v = add("validate", "check a suite file and print what it sweeps")
     v.add_argument("suite")
     v.set_defaults(fn=cmd_validate)
-    r = sub.add_parser("run", help="run a suite: one trial, or an Optuna study over its axes")
+    r = add("run", "run a suite: one trial, or an Optuna study over its axes")
     r.add_argument("suite")
     r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
@@ -49,15 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the trials it would run and stop (loads no model, opens no study)",
     )
     r.set_defaults(fn="cmd_run")
-    rep = sub.add_parser("report", help="write tables and plots of a suite's study to results/<suite>/")
+    rep = add("report", "write tables and plots of a suite's study to results/<suite>/")
     rep.add_argument("suite")
     rep.add_argument("--out", default="results", help="results folder (default: results)")
     rep.set_defaults(fn="cmd_report")
-    g = sub.add_parser("gap", help="score teacher (c) and untrained model (each c'): is there a gap to close?")
+    g = add("gap", "score teacher (c) and untrained model (each c'): is there a gap to close?")
     g.add_argument("suite")
     g.add_argument("--min-gap", type=float, default=15.0, help="exit 1 if a gap is below this many points (default 15)")
     g.set_defaults(fn="cmd_gap")
-    u = sub.add_parser("ui", help="start the MLflow UI on a suite's tracking store")
+    u = add("ui", "start the MLflow UI (and optuna-dashboard, when installed) on a suite's stores")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)

@@ -22,7 +22,7 @@ from helpers import ROOT, write_suite
 
 from harness import __version__, sweep
 from harness import models as models_module
-from harness.cli import main
+from harness.cli import build_parser, main
 from harness.commands import dashboard_command
 
 TRIALS = 2  # the smoke suite's grid
@@ -227,3 +227,10 @@ def test_ui_stops_every_process_it_started(tmp_path):
                 os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_verbose_goes_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["-v", "run", "s.yaml"]).verbose is True
+    assert parser.parse_args(["run", "s.yaml", "--verbose"]).verbose is True
+    assert parser.parse_args(["run", "s.yaml"]).verbose is False
