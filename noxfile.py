@@ -72,6 +72,6 @@ def report(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def ui(session: nox.Session) -> None:
-    """MLflow UI on 127.0.0.1 against a suite's store: `nox -s ui -- [SUITE] [--port 5000]`."""
-    install(session)
+    """MLflow UI, and optuna-dashboard beside it, on 127.0.0.1: `nox -s ui -- [SUITE] [--port 5000]`."""
+    install(session, "dashboard")
     session.run("harness", "ui", *session.posargs, env=OFFLINE)

@@ -9,13 +9,11 @@ second.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness.redact import RedactingFilter
+from harness import __version__, console
 from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
@@ -23,18 +21,6 @@ FAST_HELP = (
     "the suite capped for a quick look (Suite.fast): 2 seeds, 80 test and 40 validation items, 16 held-out "
     "inputs, 4 configurations, as study and results '<name>-fast'; intervals and paired tests as usual"
 )
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())  # store passwords never reach a log
-    for noisy in ("httpx", "urllib3", "filelock", "alembic", "lm_eval", "datasets", "mlflow", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
@@ -50,12 +36,21 @@ def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Benchmark harness for context distillation.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbose = "debug logging, every library's warnings and progress bars"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # `harness run SUITE -v` works too: the subcommands accept it without overriding one given before them
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
     sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check a suite file and print what it sweeps")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    v = add("validate", "check a suite file and print what it sweeps")
     v.add_argument("suite")
     v.set_defaults(fn=cmd_validate)
-    r = sub.add_parser("run", help="run a suite: one trial, or an Optuna study over its axes")
+    r = add("run", "run a suite: one trial, or an Optuna study over its axes")
     r.add_argument("suite")
     r.add_argument(
         "--n-trials", type=int, default=None, help="trials the study should hold in all (default: the suite's)"
@@ -63,24 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
     r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
     r.add_argument("--fast", action="store_true", help=FAST_HELP)
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the trials it would run and stop (loads no model, opens no study)",
+    )
     r.set_defaults(fn="cmd_run")
-    rep = sub.add_parser(
+    rep = add(
         "report",
-        help="write tables and plots of a suite's study to results/<suite>/; with several suites, also "
+        "write tables and plots of a suite's study to results/<suite>/; with several suites, also "
         "OUT/benchmark.md and .csv across them",
     )
     rep.add_argument("suite", nargs="+")
     rep.add_argument("--out", default="results", help="results folder (default: results)")
     rep.add_argument("--fast", action="store_true", help="report the `--fast` variant of the suites")
     rep.set_defaults(fn="cmd_report")
-    g = sub.add_parser("gap", help="score teacher (c) and untrained model (each c'): is there a gap to close?")
+    g = add("gap", "score teacher (c) and untrained model (each c'): is there a gap to close?")
     g.add_argument("suite")
     g.add_argument("--min-gap", type=float, default=15.0, help="exit 1 if a gap is below this many points (default 15)")
     g.set_defaults(fn="cmd_gap")
-    u = sub.add_parser("ui", help="start the MLflow UI on a suite's tracking store")
+    u = add("ui", "start the MLflow UI (and optuna-dashboard, when installed) on a suite's stores")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument(
+        "--dashboard-port", type=int, default=8080, help="optuna-dashboard's port, when it is installed (default 8080)"
+    )
+    u.add_argument("--no-dashboard", action="store_true", help="MLflow only, even where optuna-dashboard is installed")
     u.set_defaults(fn="cmd_ui")
     return p
 
@@ -128,8 +132,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    console.setup(args.verbose)
     try:
         if isinstance(args.suite, list):  # `report` takes several suites (a benchmark across tasks)
             suites = _load_all(args.suite, args.command in CHECK_RESOURCES, args.fast)

@@ -6,17 +6,19 @@ Kept apart from `cli` so that `harness validate` imports none of that and answer
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
-import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
 
 from filelock import FileLock
 
-from harness import stores, sweep, tracking, workers
+from harness import stores, supervise, sweep, tracking, workers
 from harness.redact import redact
 from harness.report.benchmark import write_benchmark
+from harness.report.runs import best_trials, load_runs, load_study, trial_table
 from harness.report.write import write_report
 from harness.spec import Suite
 from harness.trial import Workbench, context_gaps
@@ -28,6 +30,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
     """Exit 0 when the study holds a completed trial; 1 when none completed or the tracking store was lost."""
+    if args.dry_run:
+        print("\n".join(sweep.plan(suite)))
+        return 0
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         study = sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout)
@@ -35,10 +40,13 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
         print(f"error: {e}; the running trial was requeued: rerun `harness run` when it answers", file=sys.stderr)
         return 1
     print("\n".join(sweep.summary(study)))
+    print(f"compare the trials in the MLflow UI: harness ui {args.suite}")
     failed = workers.no_result(study)
     if not args.no_report and study.get_trials(deepcopy=False):
         with FileLock(stores.work_dir(suite) / "report.lock"):  # workers on one machine may finish together
-            print(f"report written to {write_report(suite, 'results')}")
+            folder = write_report(suite, "results")
+            summarise_study(suite, folder)
+        print(f"report written to {folder}")
     if failed:
         print(f"error: {failed}", file=sys.stderr)
         return 1
@@ -47,11 +55,29 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
 
 def cmd_report(args: argparse.Namespace, suites: list[Suite]) -> int:
     if len(suites) == 1:
-        print(f"report written to {write_report(suites[0], args.out)}")
+        folder = write_report(suites[0], args.out)
+        summarise_study(suites[0], folder)
+        print(f"report written to {folder}")
         return 0
     out = write_benchmark(suites, args.out)
+    for suite in suites:
+        summarise_study(suite, Path(args.out) / suite.name)
     print(f"reports of {len(suites)} suites and the cross-task benchmark written to {out}")
     return 0
+
+
+def summarise_study(suite: Suite, report_dir: Path | None) -> None:
+    """Attach the study's summary (best trial's params and metrics, the report's files) to its parent run."""
+    runs, _ = load_runs(suite)
+    kind = runs.get("tags.harness.kind")
+    if kind is None:
+        return
+    parents = runs[kind == "study"]
+    if parents.empty:
+        return
+    best = best_trials(trial_table(runs, load_study(suite)), 1)
+    best_id = None if best.empty else str(best.iloc[0]["run_id"])
+    tracking.log_study_summary(str(parents.iloc[0]["run_id"]), best_id, report_dir)
 
 
 def cmd_gap(args: argparse.Namespace, suite: Suite) -> int:
@@ -80,30 +106,40 @@ def cmd_gap(args: argparse.Namespace, suite: Suite) -> int:
     return 0
 
 
+def dashboard_command() -> str | None:
+    """optuna-dashboard's entry point (`pip install .[dashboard]`): beside this Python first, then on PATH."""
+    beside = Path(sys.executable).parent / "optuna-dashboard"
+    return str(beside) if beside.is_file() else shutil.which("optuna-dashboard")
+
+
 def cmd_ui(args: argparse.Namespace, suite: Suite) -> int:
     uri = stores.tracking_uri(suite)
-    print(
-        f"MLflow UI for suite '{suite.name}' ({redact(uri)}) on http://{args.host}:{args.port}; "
-        f"experiment harness/{suite.name}, Ctrl-C to stop"
-    )
-    storage = redact(stores.storage_url(suite))
-    if shutil.which("optuna-dashboard"):
-        print(f"Optuna dashboard: optuna-dashboard {storage}")
+    base = f"http://{args.host}:{args.port}"
+    exp_id = tracking.find_experiment(suite)
+    if exp_id is not None:  # refresh the experiment's kind, description and runs view (older stores lack them)
+        tracking.setup(suite)
+        objective = sweep.direction(suite.sweep.objectives[0])
+        tracking.save_trials_view(exp_id, sweep.view_metrics(suite), sweep.view_params(suite), objective == "maximize")
+        where = f"runs of harness/{suite.name}: {tracking.ui_url(base, exp_id)}"
     else:
-        print(f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {storage}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+        where = f"{base} (no runs of suite '{suite.name}' yet: `harness run {args.suite}` first)"
+    print(f"MLflow UI ({redact(uri)}), {where}")
+    # One web worker and no background job runners (they serve MLflow's GenAI features): 2 processes, not 11.
+    env = {**os.environ}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    mlflow_cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    mlflow_cmd += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
+    if not args.verbose:  # the web server's access log and a deprecation note meant for MLflow's developers
+        mlflow_cmd += ["--uvicorn-opts", "--log-level warning"]
+        env.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated")
+    commands = {"mlflow ui": mlflow_cmd}
+    dashboard = None if args.no_dashboard else dashboard_command()
+    storage = stores.storage_url(suite)
+    if dashboard:
+        commands["optuna-dashboard"] = [dashboard, storage, "--host", args.host, "--port", str(args.dashboard_port)]
+        print(f"Optuna dashboard ({redact(storage)}): http://{args.host}:{args.dashboard_port}")
+    elif not args.no_dashboard:
+        print("Optuna dashboard (optional): pip install '.[dashboard]', then `harness ui` starts it here too")
+    print("Ctrl-C stops " + ("both" if dashboard else "it"))
+
+    return supervise.run(commands, env)

@@ -162,7 +162,8 @@ def _as_lm(model: torch.nn.Module) -> PreTrainedModel:
 
 
 def _progress(total: int, enabled: bool, desc: str) -> tqdm[Any]:
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
+    """A bar only where someone watches: tqdm's disable=None turns it off when stderr is not a terminal."""
+    return tqdm(total=total, disable=None if enabled else True, desc=desc, unit="prompt")
 
 
 # ----------------------------------------------------------------------------- generation

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import lm_eval
+import lm_eval.evaluator
 import numpy as np
 from lm_eval.models.huggingface import HFLM
 
@@ -25,6 +30,38 @@ from harness.cache import Store
 from harness.contexts import Context
 
 log = logging.getLogger(__name__)
+
+
+class _HFLM(HFLM):
+    """HFLM whose progress bars show only on a terminal: lm-eval passes `disable_tqdm=False` explicitly, so
+    neither tqdm's terminal check nor its TQDM_DISABLE default reach these bars, and a log file got one
+    redrawn line per request batch."""
+
+    def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not sys.stderr.isatty())
+
+    def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or not sys.stderr.isatty())
+
+    def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        return super().generate_until(requests, disable_tqdm=disable_tqdm or not sys.stderr.isatty())
+
+
+def _git_describe() -> str | None:
+    out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+@contextmanager
+def _quiet_git_lookup() -> Iterator[None]:
+    """lm-eval records the current directory's git commit with `git describe` and lets git's stderr through, so
+    outside a checkout every scoring call printed 'fatal: not a git repository'. Same lookup, stderr captured."""
+    own = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = _git_describe
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = own
 
 
 @dataclass
@@ -102,6 +139,7 @@ def main_metric(task_config: dict[str, Any] | str, task: Any, requested: str | N
     return "acc" if task.config.output_type == "multiple_choice" else "exact_match"
 
 
+@_quiet_git_lookup()
 def evaluate_arm(
     arm: str,
     model: Any,
@@ -123,7 +161,7 @@ def evaluate_arm(
     given, are the positions of the items to score in it (a carved split) and `limit` must be None.
     """
     start = time.perf_counter()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = _HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=[task_config],

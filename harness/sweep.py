@@ -18,11 +18,13 @@ this worker with one line (TrackingUnavailable).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import platform
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import optuna
@@ -190,21 +192,21 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
         cfg = suggest(trial, suite)
         tags = {**base_tags, "optuna.trial_number": str(trial.number)}
         try:
-            with tracking.trial_run(exp_id, parent_id, f"trial-{trial.number}", tags) as run:
+            name = tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label)
+            with tracking.trial_run(exp_id, parent_id, name, tags) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
                 run.log_params({**cfg.params(), "training_seeds": ",".join(map(str, seeds))})
                 results = []
                 for i, seed in enumerate(seeds):
                     seed_tags = {**tags, "harness.seed": str(seed)}
-                    with tracking.trial_run(
-                        exp_id, run.run_id, f"trial-{trial.number}-seed-{seed}", seed_tags, kind="seed"
-                    ) as seed_run:
+                    seed_name = tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label, seed)
+                    with tracking.trial_run(exp_id, run.run_id, seed_name, seed_tags, kind="seed") as seed_run:
                         reporter = _Reporter(trial, seed_run, maximize, prune and i == 0)
                         results.append(_run_seed(seed_run, bench, cfg, seed, reporter))
                 metrics = aggregate.combine(results, n_boot=suite.evaluation.bootstrap, seed=suite.seed)
                 run.log_metrics(metrics)
                 _log_artifacts(run, bench, results)
-                log.info(
+                log.debug(
                     "trial %d (%s / %s / %s), %d seeds:\n%s",
                     trial.number,
                     cfg.target.label,
@@ -221,8 +223,7 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
             raise
         except EXPECTED_FAILURES as e:
             trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
-            _tag_state(trial, "FAIL")
-            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            _tag_state(trial, "FAIL")  # the study's progress line says why
             raise
         except Exception as e:  # not a result but a bug: Optuna marks the trial FAIL and re-raises, stopping the study
             trial.set_user_attr("reason", f"{type(e).__name__}: {e} (stopped the study)")
@@ -331,6 +332,10 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     joined = join(suite)
     study, exp_id = joined.study, joined.experiment_id
     target = n_trials if n_trials is not None else suite.sweep.n_trials
+    tracking.save_trials_view(
+        exp_id, view_metrics(suite), view_params(suite), direction(suite.sweep.objectives[0]) == "maximize"
+    )
+    progress = Progress(suite.sweep.objectives, target)
     limit = timeout or suite.sweep.timeout
     deadline = time.monotonic() + limit if limit else None
     workers.recover(study, exp_id)
@@ -345,6 +350,14 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
         t.running,
         t.waiting,
     )
+    with tracking.study_running(joined.parent_run_id):
+        _work(suite, joined, target, deadline, progress)
+    return study
+
+
+def _work(suite: Suite, joined: Joined, target: int, deadline: float | None, progress: Progress) -> None:
+    """Start trials one at a time until the study holds `target` counted trials (or the deadline passes)."""
+    study, exp_id = joined.study, joined.experiment_id
     objective = None
     waiting = False
     while True:
@@ -367,8 +380,116 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
             objective = workers.guarded(
                 make_objective(suite, bench, exp_id, joined.parent_run_id, joined.tags), target, EXPECTED_FAILURES
             )
-        study.optimize(objective, n_trials=1, catch=(*EXPECTED_FAILURES, workers.Surplus), gc_after_trial=True)
-    return study
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(*EXPECTED_FAILURES, workers.Surplus),
+            gc_after_trial=True,
+            callbacks=[progress],
+        )
+
+
+# Columns of the saved MLflow runs view after the objectives: the arms' scores and what a trial cost.
+VIEW_METRICS = ("gap_closure", "gap_closure_stderr", "student_score", "teacher_score", "baseline_score", "heldout_kl")
+
+
+def view_metrics(suite: Suite) -> list[str]:
+    """The runs view's metric columns: the objectives first (the view sorts by the first), then the headline ones."""
+    names = [*suite.sweep.objectives, *(m for m in VIEW_METRICS if m in METRICS)]
+    return list(dict.fromkeys(names))
+
+
+def view_params(suite: Suite) -> list[str]:
+    """The runs view's parameter columns: the three axes and the searched hyperparameters."""
+    return ["target", "context", "loss", *(f"hp.{h}" for h in suite.hyperparameters.searched())]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
+
+
+class Progress:
+    """Optuna callback: one line per finished trial, the study's progress in words, e.g.
+    `trial 3/8 greedy|empty|forward_kl done (gap_closure 0.970) — elapsed 6 min, ETA 10 min`.
+    k counts every finished trial of the study (a resumed study starts past 0); the ETA extrapolates this
+    process's own pace over the trials still missing."""
+
+    def __init__(self, objectives: Sequence[str], target: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.objectives, self.target, self.clock = objectives, target, clock
+        self.start = clock()
+        self.ran = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.ran += 1
+        k = workers.tally(study).counted
+        level, line = self.line(trial, k)
+        log.log(level, line)
+
+    def line(self, trial: optuna.trial.FrozenTrial, k: int) -> tuple[int, str]:
+        p = trial.params
+        what = tracking.run_name(str(p.get("target")), str(p.get("context")), str(p.get("loss")))
+        level = logging.INFO
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.values is not None:
+            outcome = (
+                "done (" + ", ".join(f"{o} {v:.3f}" for o, v in zip(self.objectives, trial.values, strict=True)) + ")"
+            )
+        else:
+            reason = str(trial.user_attrs.get("reason", ""))[:160]
+            outcome = f"{trial.state.name.lower().replace('fail', 'failed')} ({reason})"
+            level = logging.INFO if trial.state == optuna.trial.TrialState.PRUNED else logging.WARNING
+        elapsed = self.clock() - self.start
+        left = max(0, self.target - k)
+        timing = f"elapsed {_duration(elapsed)}" + (f", ETA {_duration(elapsed / self.ran * left)}" if left else "")
+        return level, f"trial {k}/{self.target} {what} {outcome} — {timing}"
+
+
+def _sampler_kind(sampler: optuna.samplers.BaseSampler) -> str:
+    return sampler.kind if isinstance(sampler, workers.PerTrialSeed) else type(sampler).__name__
+
+
+def plan(suite: Suite) -> list[str]:
+    """What `harness run` would do, for `--dry-run`: the grid's every point, or the axes and ranges a sampler
+    draws from; the fixed hyperparameters. Reads the suite only (no model, no study)."""
+    sw = suite.sweep
+    lines = [
+        f"suite '{suite.name}': study {stores.study_name(suite)}, {sw.n_trials} trials, "
+        f"objectives {', '.join(sw.objectives)}, sampler {_sampler_kind(make_sampler(suite))}, "
+        f"pruner {make_pruner(suite).__class__.__name__}, seed {suite.seed}"
+    ]
+    searched = suite.hyperparameters.searched()
+    if sw.sampler == "grid":
+        space = grid_space(suite)
+        points = list(itertools.product(*space.values()))
+        lines.append(
+            f"grid: {len(points)} points"
+            + ("" if sw.n_trials >= len(points) else f", of which {sw.n_trials} run (the sampler picks which)")
+            + "; a resumed study runs only the missing ones"
+        )
+        for i, point in enumerate(points, 1):
+            values = dict(zip(space, point, strict=True))
+            hp = " ".join(f"{k}={values[k]}" for k in space if k not in ("target", "context", "loss"))
+            lines.append(f"  {i:>3}. {tracking.run_name(values['target'], values['context'], values['loss'])} {hp}")
+    else:
+        for axis, axis_values in (
+            ("target", suite.axes.targets),
+            ("context", suite.axes.contexts),
+            ("loss", suite.axes.losses),
+        ):
+            lines.append(f"  {axis:<14} {', '.join(v.label for v in axis_values)}")
+        for name, v in searched.items():
+            if isinstance(v, Range):
+                scale = ", log scale" if v.log else ""
+                step = f", step {v.step}" if v.step else ""
+                lines.append(f"  {name:<14} {'integer' if v.int_ else 'float'} in [{v.low}, {v.high}]{scale}{step}")
+            else:
+                lines.append(f"  {name:<14} {', '.join(str(c) for c in v.choices)}")
+    fixed = {k: v for k, v in suite.hyperparameters if k not in searched}
+    lines.append("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    return lines
 
 
 def summary(study: optuna.Study) -> list[str]:

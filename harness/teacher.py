@@ -93,7 +93,7 @@ def score_topk(
     out: list[TopKSeq] = []
     device = next(model.parameters()).device
     ranges = chunks(len(prompts), batch_size)
-    for r in tqdm(ranges, desc="teacher top-k", disable=not progress, leave=False):
+    for r in tqdm(ranges, desc="teacher top-k", disable=None if progress else True, leave=False):
         batch = make_batch([prompts[i] for i in r], [target_seqs[i] for i in r], pad_id).to(device)
         logits = target_logits(model, batch).float()
         top = topk_with_tail(logits, k, temperature)

@@ -166,7 +166,8 @@ def train(
     eval_every = settings.eval_every or per_epoch
     result = TrainResult()
     start = time.perf_counter()
-    bar = tqdm(total=per_epoch * settings.epochs, desc=f"train {loss_name}", leave=False)
+    # disable=None: a bar on a terminal, nothing in a log file
+    bar = tqdm(total=per_epoch * settings.epochs, desc=f"train {loss_name}", leave=False, disable=None)
     step = 0
     for _epoch in range(settings.epochs):
         order = list(range(len(examples)))

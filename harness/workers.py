@@ -70,6 +70,11 @@ class PerTrialSeed(BaseSampler):
         self._make, self._seed = make, seed
         self._live: dict[int, BaseSampler] = {}
 
+    @property
+    def kind(self) -> str:
+        """The wrapped sampler's class name (TPESampler, RandomSampler, ...), for messages."""
+        return type(self._make(0)).__name__
+
     def for_number(self, number: int) -> BaseSampler:
         """The sampler that trial `number` uses (made on first use)."""
         if number not in self._live:

@@ -35,9 +35,12 @@ VALIDATION, TEST = "validation_gap_closure", "test_gap_closure"
 
 
 def load_runs(suite: Suite) -> tuple[pd.DataFrame, str]:
-    """The study's MLflow runs (parent and trials) as one pandas frame, and the tracking URI they came from."""
-    exp_id = tracking.setup(suite)
+    """The study's MLflow runs (parent and trials) as one pandas frame, and the tracking URI they came from.
+    Reads only: a suite never run has no experiment, and gets none."""
+    exp_id = tracking.find_experiment(suite)
     uri = mlflow.get_tracking_uri()
+    if exp_id is None:
+        return pd.DataFrame(), uri
     runs = mlflow.search_runs(
         experiment_ids=[exp_id],
         filter_string=f"tags.`harness.study` = '{stores.study_name(suite)}'",
