@@ -135,7 +135,12 @@ def cmd_ui(args: argparse.Namespace, suite: Suite) -> int:
     commands = {"mlflow ui": mlflow_cmd}
     dashboard = None if args.no_dashboard else dashboard_command()
     storage = stores.storage_url(suite)
-    if dashboard:
+    db = stores.sqlite_file(storage)
+    if dashboard and db is not None and not db.exists():
+        # optuna-dashboard opens a storage without creating its tables, and exits on an empty one
+        print(f"Optuna dashboard: no study yet in {redact(storage)} (`harness run {args.suite}` first)")
+        dashboard = None
+    elif dashboard:
         commands["optuna-dashboard"] = [dashboard, storage, "--host", args.host, "--port", str(args.dashboard_port)]
         print(f"Optuna dashboard ({redact(storage)}): http://{args.host}:{args.dashboard_port}")
     elif not args.no_dashboard:

@@ -389,13 +389,24 @@ def _work(suite: Suite, joined: Joined, target: int, deadline: float | None, pro
         )
 
 
-# Columns of the saved MLflow runs view after the objectives: the arms' scores and what a trial cost.
-VIEW_METRICS = ("gap_closure", "gap_closure_stderr", "student_score", "teacher_score", "baseline_score", "heldout_kl")
+# Columns of the saved MLflow runs view after the objectives: the selection metric, the reported test figures
+# with their intervals, the arms' scores and the held-out KL.
+VIEW_METRICS = (
+    "validation_gap_closure",
+    "test_gap_closure",
+    "test_gap_closure_low",
+    "test_gap_closure_high",
+    "test_student_score",
+    "test_teacher_score",
+    "test_baseline_score",
+    "heldout_kl",
+)
 
 
 def view_metrics(suite: Suite) -> list[str]:
-    """The runs view's metric columns: the objectives first (the view sorts by the first), then the headline ones."""
-    names = [*suite.sweep.objectives, *(m for m in VIEW_METRICS if m in METRICS)]
+    """The runs view's metric columns: the objectives' metrics first (the view sorts by the first: validation,
+    what chooses), then the headline ones."""
+    names = [OBJECTIVES[o] for o in suite.sweep.objectives] + [m for m in VIEW_METRICS if m in METRICS]
     return list(dict.fromkeys(names))
 
 

@@ -3,6 +3,7 @@ from helpers.write_suite)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,8 +16,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 from helpers import PARITY, ROOT, write_suite  # noqa: E402
 
-from harness import models  # noqa: E402
+from harness import console, models  # noqa: E402
 from harness.tasks import TaskBundle, load_task  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels():
+    """An in-process `main()` quiets loggers (harness/console.py) for the rest of the process: restore them, so a
+    later test's caplog sees what it asks for."""
+    names = ("harness", *console.NOISY_LOGGERS, *console.DETAIL_LOGGERS, "lm_eval")
+    levels = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
 
 
 @pytest.fixture(scope="session")
