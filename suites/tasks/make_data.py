@@ -4,6 +4,8 @@ Tasks:
   plural       generate_until: a singular English noun -> its plural ("box" -> "boxes").
   name_gender  multiple_choice: a first name -> "girl" or "boy".
   date_iso     generate_until: a date in words -> ISO 8601 ("5 March 2021" -> "2021-03-05"), ~10 tokens.
+  date_iso_many  date_iso's test, validation and train splits with a pool of 256 demonstrations (its first 16
+               are date_iso's), for many-shot contexts of several thousand tokens.
 
 A bare word alone does not say which job is asked; the suite's context (instruction and
 demonstrations) does.
@@ -207,7 +209,18 @@ def make_name_gender(rng: random.Random) -> None:
 MONTHS = "January February March April May June July August September October November December".split()
 
 
-def make_date_iso(rng: random.Random) -> None:
+def date_doc(rng: random.Random, seen: set[tuple[int, int, int]]) -> dict | None:
+    """A fresh date (None when the draw repeats one in `seen`), US or UK order."""
+    year, month, day = rng.randint(1950, 2030), rng.randint(1, 12), rng.randint(1, 28)
+    us = rng.random() < 0.5
+    if (year, month, day) in seen:
+        return None
+    seen.add((year, month, day))
+    text = f"{MONTHS[month - 1]} {day}, {year}" if us else f"{day} {MONTHS[month - 1]} {year}"
+    return {"question": text, "year": year, "month": month, "day": day}
+
+
+def make_date_iso(rng: random.Random) -> tuple[dict[str, list[dict]], set[tuple[int, int, int]]]:
     """date_iso: a date written out in words, US or UK order -> ISO 8601 (e.g. "5 March 2021" -> "2021-03-05").
 
     The answer is stored as year/month/day integers and formatted by the task YAML's doc_to_target:
@@ -218,20 +231,28 @@ def make_date_iso(rng: random.Random) -> None:
     seen: set[tuple[int, int, int]] = set()
     docs: list[dict] = []
     while len(docs) < 16 + 160 + 100 + 290:
-        year, month, day = rng.randint(1950, 2030), rng.randint(1, 12), rng.randint(1, 28)
-        us = rng.random() < 0.5
-        if (year, month, day) in seen:
-            continue
-        seen.add((year, month, day))
-        text = f"{MONTHS[month - 1]} {day}, {year}" if us else f"{day} {MONTHS[month - 1]} {year}"
-        docs.append({"question": text, "year": year, "month": month, "day": day})
-    write(
-        HERE / "date_iso",
-        {"demos": docs[:16], "test": docs[16:176], "validation": docs[176:276], "train": docs[276:]},
-    )
+        d = date_doc(rng, seen)
+        if d is not None:
+            docs.append(d)
+    splits = {"demos": docs[:16], "test": docs[16:176], "validation": docs[176:276], "train": docs[276:]}
+    write(HERE / "date_iso", splits)
+    return splits, seen
+
+
+def make_date_iso_many(rng: random.Random, base: dict[str, list[dict]], seen: set[tuple[int, int, int]]) -> None:
+    """date_iso_many: date_iso's splits unchanged (so the two tasks' figures compare item by item) and 256
+    demonstrations: date_iso's 16, then 240 more dates that no split holds (drawn from their own generator,
+    so date_iso's files do not change)."""
+    demos = list(base["demos"])
+    while len(demos) < 256:
+        d = date_doc(rng, seen)
+        if d is not None:
+            demos.append(d)
+    write(HERE / "date_iso_many", {**base, "demos": demos})
 
 
 if __name__ == "__main__":
     make_plural(random.Random(SEED))
     make_name_gender(random.Random(SEED))
-    make_date_iso(random.Random(SEED))
+    date_splits, date_seen = make_date_iso(random.Random(SEED))
+    make_date_iso_many(random.Random(SEED + 1), date_splits, date_seen)
