@@ -10,6 +10,7 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 CONSTRAINTS = ("-c", "constraints.txt")
+SOURCES = ("harness", "tests", "suites", "noxfile.py")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -24,16 +25,23 @@ def install(session: nox.Session, *extras: str) -> None:
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests (tiny model + a few on the embedded model), offline."""
-    install(session, "dev")
+    """All tests, offline (CI); `nox -s tests -- -m "not slow"` skips the integration tests (under 30 s).
+
+    The multi-worker tests start a PostgreSQL server from the machine's binaries (initdb, pg_ctl)."""
+    install(session, "dev", "postgres")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
 
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests and this file."""
-    session.install("ruff", *CONSTRAINTS)
-    session.run("ruff", "check", "harness", "tests", "noxfile.py", "suites")
+    """ruff (lint + format), codespell, then mypy over harness/ against the pinned libraries' own types."""
+    session.install("ruff", "codespell", *CONSTRAINTS)
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+    session.run("codespell", *SOURCES, "README.md", "results", "pyproject.toml")
+    install(session)  # mypy needs the real torch, transformers, pydantic, ... to check our calls into them
+    session.install("mypy", "types-PyYAML", "types-tqdm", *CONSTRAINTS)
+    session.run("mypy")  # files and settings: [tool.mypy] in pyproject.toml
 
 
 @nox.session(python="3.11")
@@ -64,13 +72,14 @@ def validate(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def report(session: nox.Session) -> None:
-    """Rewrite results/<suite>/ from the study's MLflow runs: `nox -s report -- [SUITE]`."""
+    """Rewrite results/<suite>/ from the study's MLflow runs: `nox -s report -- [SUITE...] [--out DIR] [--fast]`;
+    several suites also write the cross-task benchmark (DIR/benchmark.md)."""
     install(session)
     session.run("harness", "report", *(session.posargs or ["suites/quickstart.yaml"]), env=OFFLINE)
 
 
 @nox.session(python="3.11")
 def ui(session: nox.Session) -> None:
-    """MLflow UI on 127.0.0.1 against a suite's store: `nox -s ui -- [SUITE] [--port 5000]`."""
-    install(session)
+    """MLflow UI, and optuna-dashboard beside it, on 127.0.0.1: `nox -s ui -- [SUITE] [--port 5000]`."""
+    install(session, "dashboard")
     session.run("harness", "ui", *session.posargs, env=OFFLINE)

@@ -80,7 +80,8 @@ def target_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the (possibly PEFT-wrapped) model's forward takes `logits_to_keep`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)  # a peft wrapper's own forward takes **kwargs
+    base = get_base() if callable(get_base) else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 

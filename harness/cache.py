@@ -3,7 +3,9 @@
 An entry's key is the hash of everything it depends on (model fingerprint,
 prompts, strategy and its effective settings, generation limits), so trials and
 reruns that need the same thing share it, and anything that changes makes a new
-entry instead of serving a stale one.
+entry instead of serving a stale one. The root may be a folder that several
+workers (machines, over NFS) share: a file lock per entry lets one of them
+compute it while the others wait and then read it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -39,33 +42,55 @@ class Store:
         return self.root / kind / f"{key}.pt"
 
     def get_or_compute(self, kind: str, parts: dict[str, Any], compute: Callable[[], Any]) -> Any:
-        """Return the stored value for these parts, computing and storing it on a miss."""
+        """Return the stored value for these parts, computing and storing it on a miss.
+
+        A miss takes the entry's lock first: a worker that finds it held waits for the other to finish,
+        then reads the entry instead of computing it a second time."""
         key = content_hash(parts)
         path = self.path(kind, key)
-        if path.exists():
-            try:
-                value = torch.load(path, weights_only=True)
-            except Exception as e:  # written by an older version, or damaged: recompute rather than stop a study
-                log.warning(
-                    "teacher cache entry %s %s unreadable (%s: %s); recomputing",
-                    kind,
-                    key,
-                    type(e).__name__,
-                    str(e).splitlines()[0][:120],
-                )
-            else:
-                self.hits += 1
-                log.info("teacher cache hit: %s %s (reused)", kind, key)
-                return value
-        self.misses += 1
-        log.info("teacher cache miss: %s %s (computing)", kind, key)
-        value = compute()
+        found = self._load(kind, key, path)
+        if found is not None:
+            return found[0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(value, tmp)
-        tmp.replace(path)  # atomic: parallel workers never read half an entry
-        path.with_suffix(".json").write_text(json.dumps(_describe(parts), indent=1, default=str))
-        return value
+        lock = FileLock(path.with_suffix(".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("teacher cache %s %s: another worker is computing it; waiting", kind, key)
+            lock.acquire()
+        try:
+            found = self._load(kind, key, path)
+            if found is not None:
+                return found[0]
+            self.misses += 1
+            log.info("teacher cache miss: %s %s (computing)", kind, key)
+            value = compute()
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(value, tmp)
+            tmp.replace(path)  # atomic: a reader that takes no lock never sees half an entry
+            path.with_suffix(".json").write_text(json.dumps(_describe(parts), indent=1, default=str))
+            return value
+        finally:
+            lock.release()
+
+    def _load(self, kind: str, key: str, path: Path) -> tuple[Any] | None:
+        """(value,) if the entry is stored and readable, else None (a damaged entry is recomputed)."""
+        if not path.exists():
+            return None
+        try:
+            value = torch.load(path, weights_only=True)
+        except Exception as e:  # written by an older version, or damaged: recompute rather than stop a study
+            log.warning(
+                "teacher cache entry %s %s unreadable (%s: %s); recomputing",
+                kind,
+                key,
+                type(e).__name__,
+                str(e).splitlines()[0][:120],
+            )
+            return None
+        self.hits += 1
+        log.info("teacher cache hit: %s %s (reused)", kind, key)
+        return (value,)
 
 
 def _describe(parts: dict[str, Any]) -> dict[str, Any]:

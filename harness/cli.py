@@ -1,163 +1,153 @@
 """`harness validate | run | report | gap | ui`: the user's commands.
 
-Every expected failure (bad suite, missing model, bad task) ends as one line on
-stderr and a non-zero exit code; tracebacks are for bugs.
+Every expected failure (bad suite, missing model, bad task) ends as one line per
+problem on stderr and exit code 2; tracebacks are for bugs. Heavy libraries are
+imported by the command that needs them, so `validate` answers in well under a
+second.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
-from harness.spec import SuiteError, load_suite
+from harness import __version__, console
+from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
+FAST_HELP = (
+    "the suite capped for a quick look (Suite.fast): 2 seeds, 80 test and 40 validation items, 16 held-out "
+    "inputs, 4 configurations, as study and results '<name>-fast'; intervals and paired tests as usual"
+)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("httpx", "urllib3", "filelock", "alembic", "lm_eval", "datasets", "mlflow", "optuna"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
+def cmd_validate(args: argparse.Namespace, suite: Suite) -> int:
     ax = suite.axes
     print(
         f"{args.suite}: ok — suite '{suite.name}' (hash {suite.content_hash()}), task {suite.task.name}, "
         f"{len(ax.targets)} target × {len(ax.contexts)} context × {len(ax.losses)} loss values, "
-        f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}"
+        f"searched hyperparameters: {', '.join(suite.hyperparameters.searched()) or 'none'}, "
+        f"{suite.sweep.seeds} seed{'s' if suite.sweep.seeds != 1 else ''} per configuration"
     )
     return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
-    from harness import sweep
-
-    return sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout, report=not args.no_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
-    from harness import report
-
-    out = report.write(suite, args.out)
-    print(f"report written to {out}")
-    return 0
-
-
-def cmd_gap(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
-    from harness.trial import Workbench, context_gaps
-
-    rows = context_gaps(Workbench(suite))
-    print(f"suite '{suite.name}', task {suite.task.name}: teacher (full context c) vs. untrained model with c'")
-    print(f"{'context c′':<24} {'metric':<12} {'items':>5} {'teacher':>15} {'baseline':>15} {'gap (points)':>16}")
-    low = []
-    for r in rows:
-        print(
-            f"{r['context']:<24} {r['metric']:<12} {r['items']:>5} "
-            f"{r['teacher']:>7.3f} ± {r['teacher_stderr']:.3f} {r['baseline']:>7.3f} ± {r['baseline_stderr']:.3f} "
-            f"{100 * r['gap']:>+8.1f} ± {100 * r['gap_stderr']:.1f}"
-        )
-        if 100 * r["gap"] < args.min_gap:
-            low.append(r["context"])
-    if low:
-        print(
-            f"gap below {args.min_gap:g} points for: {', '.join(low)} — the context barely helps there, "
-            "so gap closure is noise; fix the task or the context",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def cmd_ui(args: argparse.Namespace) -> int:
-    suite = load_suite(args.suite)
-    import shutil
-    import subprocess
-
-    from harness import sweep, tracking
-
-    uri = tracking.tracking_uri(suite)
-    print(
-        f"MLflow UI for suite '{suite.name}' ({uri}) on http://{args.host}:{args.port}; "
-        f"experiment harness/{suite.name}, Ctrl-C to stop"
-    )
-    if shutil.which("optuna-dashboard"):
-        print(f"Optuna dashboard: optuna-dashboard {sweep.storage_url(suite)}")
-    else:
-        print(
-            f"Optuna dashboard (optional): pip install optuna-dashboard && optuna-dashboard {sweep.storage_url(suite)}"
-        )
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Benchmark harness for context distillation.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbose = "debug logging, every library's warnings and progress bars"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # `harness run SUITE -v` works too: the subcommands accept it without overriding one given before them
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose)
     sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check a suite file and print what it sweeps")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    v = add("validate", "check a suite file and print what it sweeps")
     v.add_argument("suite")
     v.set_defaults(fn=cmd_validate)
-    r = sub.add_parser("run", help="run a suite: one trial, or an Optuna study over its axes")
+    r = add("run", "run a suite: one trial, or an Optuna study over its axes")
     r.add_argument("suite")
-    r.add_argument("--n-trials", type=int, default=None, help="trials to run now (default: the suite's)")
+    r.add_argument(
+        "--n-trials", type=int, default=None, help="trials the study should hold in all (default: the suite's)"
+    )
     r.add_argument("--timeout", type=float, default=None, help="stop starting new trials after N seconds")
     r.add_argument("--no-report", action="store_true", help="skip writing results/<suite>/ at the end")
-    r.set_defaults(fn=cmd_run)
-    rep = sub.add_parser("report", help="write tables and plots of a suite's study to results/<suite>/")
-    rep.add_argument("suite")
+    r.add_argument("--fast", action="store_true", help=FAST_HELP)
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the trials it would run and stop (loads no model, opens no study)",
+    )
+    r.set_defaults(fn="cmd_run")
+    rep = add(
+        "report",
+        "write tables and plots of a suite's study to results/<suite>/; with several suites, also "
+        "OUT/benchmark.md and .csv across them",
+    )
+    rep.add_argument("suite", nargs="+")
     rep.add_argument("--out", default="results", help="results folder (default: results)")
-    rep.set_defaults(fn=cmd_report)
-    g = sub.add_parser("gap", help="score teacher (c) and untrained model (each c'): is there a gap to close?")
+    rep.add_argument("--fast", action="store_true", help="report the `--fast` variant of the suites")
+    rep.set_defaults(fn="cmd_report")
+    g = add("gap", "score teacher (c) and untrained model (each c'): is there a gap to close?")
     g.add_argument("suite")
     g.add_argument("--min-gap", type=float, default=15.0, help="exit 1 if a gap is below this many points (default 15)")
-    g.set_defaults(fn=cmd_gap)
-    u = sub.add_parser("ui", help="start the MLflow UI on a suite's tracking store")
+    g.set_defaults(fn="cmd_gap")
+    u = add("ui", "start the MLflow UI (and optuna-dashboard, when installed) on a suite's stores")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
-    u.set_defaults(fn=cmd_ui)
+    u.add_argument(
+        "--dashboard-port", type=int, default=8080, help="optuna-dashboard's port, when it is installed (default 8080)"
+    )
+    u.add_argument("--no-dashboard", action="store_true", help="MLflow only, even where optuna-dashboard is installed")
+    u.set_defaults(fn="cmd_ui")
     return p
+
+
+Command = Callable[[argparse.Namespace, Any], int]  # the Suite, or the list of them for `report`
+# Commands that start work check the models and the task first: a typo must not leave an empty study behind.
+CHECK_RESOURCES = ("validate", "run", "gap")
+
+
+def _command(fn: Command | str) -> Command:
+    """A heavy command by name from `harness.commands`, imported only when it runs: the one import inside a
+    function in the package, so that `validate` never pays for torch, lm-eval, MLflow and Optuna."""
+    if callable(fn):
+        return fn
+    from harness import commands
+
+    return getattr(commands, fn)
+
+
+def _load_all(paths: list[str], resources: bool, fast: bool) -> list[Suite]:
+    """Every suite, or one SuiteError listing the problems of all of them."""
+    suites, problems = [], []
+    for path in paths:
+        try:
+            suite = load_suite(path, resources=resources)
+        except SuiteError as e:
+            problems += e.problems
+            continue
+        suites.append(suite.fast() if fast else suite)
+    if problems:
+        raise SuiteError(problems)
+    return suites
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """ModelError, TaskError and StoreError, from their modules if a command imported them (a command that
+    did not cannot raise them, and importing `models` here would cost every command torch's import time)."""
+    found = []
+    named = (("harness.models", "ModelError"), ("harness.tasks", "TaskError"), ("harness.stores", "StoreError"))
+    for module, name in named:
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from harness.models import ModelError
-    from harness.tasks import TaskError
-
+    console.setup(args.verbose)
     try:
-        return args.fn(args)
-    except (SuiteError, ModelError, TaskError) as e:
+        if isinstance(args.suite, list):  # `report` takes several suites (a benchmark across tasks)
+            suites = _load_all(args.suite, args.command in CHECK_RESOURCES, args.fast)
+            return _command(args.fn)(args, suites)
+        suite = load_suite(args.suite, resources=args.command in CHECK_RESOURCES)
+        return _command(args.fn)(args, suite.fast() if getattr(args, "fast", False) else suite)
+    except SuiteError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _input_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; finished trials are kept in the study and MLflow", file=sys.stderr)
+        print("interrupted; finished trials are kept, the running one was requeued for the next start", file=sys.stderr)
         return 130
 
 

@@ -8,9 +8,11 @@ are built by the same code (see `tasks.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from harness.registry import Entry, NonNegativeInt, PositiveInt, Registry
 
 
 @dataclass(frozen=True)
@@ -19,10 +21,6 @@ class Context:
 
     system: str | None
     n_demos: int = 0
-
-    def describe(self) -> str:
-        sys = "none" if not self.system else f"{len(self.system)} chars"
-        return f"instruction={sys}, demos={self.n_demos}"
 
 
 class Tokenizer(Protocol):
@@ -40,23 +38,12 @@ class ContextEnv:
 
 
 @dataclass(frozen=True)
-class Modification:
-    name: str
-    fn: Callable[..., Context]
-    params: tuple[str, ...]
+class Modification(Entry):
+    """A named c → c' function `fn(c, env, **params)`; its keyword-only arguments are its parameters."""
 
 
-MODIFICATIONS: dict[str, Modification] = {}
-
-
-def register(name: str, params: tuple[str, ...] = ()) -> Callable[[Callable[..., Context]], Callable[..., Context]]:
-    """Add a modification to the registry; the suite validator and the sweep read it from here."""
-
-    def deco(fn: Callable[..., Context]) -> Callable[..., Context]:
-        MODIFICATIONS[name] = Modification(name, fn, params)
-        return fn
-
-    return deco
+MODIFICATIONS: Registry[Modification] = Registry("context modification", Modification)
+register = MODIFICATIONS.register  # the suite validator and the sweep read the registry
 
 
 @register("full")
@@ -83,8 +70,8 @@ def demos_only(c: Context, env: ContextEnv) -> Context:
     return Context(system=None, n_demos=c.n_demos)
 
 
-@register("fewer_demos", params=("k",))
-def fewer_demos(c: Context, env: ContextEnv, k: int = 1) -> Context:
+@register("fewer_demos")
+def fewer_demos(c: Context, env: ContextEnv, *, k: NonNegativeInt = 1) -> Context:
     """Keep the instruction and the first k demonstrations."""
     if k < 0:
         raise ValueError(f"fewer_demos: k must be ≥ 0, got {k}")
@@ -98,8 +85,8 @@ def flatten(c: Context, env: ContextEnv) -> str:
     return "\n\n".join(parts)
 
 
-@register("truncate", params=("n",))
-def truncate(c: Context, env: ContextEnv, n: int = 32) -> Context:
+@register("truncate")
+def truncate(c: Context, env: ContextEnv, *, n: PositiveInt = 32) -> Context:
     """Keep the first n tokens of c (flattened to text) as the instruction; a budget cut, not a summary."""
     if env.tokenizer is None:
         raise ValueError("truncate needs the tokenizer")
@@ -110,19 +97,13 @@ def truncate(c: Context, env: ContextEnv, n: int = 32) -> Context:
     return Context(system=text or None, n_demos=0)
 
 
-@register("tag", params=("text",))
-def tag(c: Context, env: ContextEnv, text: str | None = None) -> Context:
+@register("tag")
+def tag(c: Context, env: ContextEnv, *, text: str | None = None) -> Context:
     """A short task tag replaces the context: the student learns to expand the tag into the skill."""
     return Context(system=text if text is not None else f"Task: {env.task_name}", n_demos=0)
 
 
 def modify(name: str, c: Context, env: ContextEnv, params: dict[str, Any] | None = None) -> Context:
-    """Apply a registered modification by name."""
-    if name not in MODIFICATIONS:
-        raise ValueError(f"unknown context modification '{name}' (known: {', '.join(sorted(MODIFICATIONS))})")
-    spec = MODIFICATIONS[name]
-    params = dict(params or {})
-    unknown = set(params) - set(spec.params)
-    if unknown:
-        raise ValueError(f"context '{name}' takes no parameter {sorted(unknown)} (allowed: {list(spec.params)})")
-    return spec.fn(c, env, **params)
+    """Apply a registered modification by name (parameters checked, defaults filled in)."""
+    spec, effective = MODIFICATIONS.resolve(name, params)
+    return spec.fn(c, env, **effective)

@@ -8,6 +8,7 @@ greedy answer with them.
 from __future__ import annotations
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from harness import generation
 from harness.batching import chunks, make_batch, target_logits
@@ -42,7 +43,7 @@ def heldout_kl(
 
 def greedy_answers(
     model: torch.nn.Module,
-    tokenizer: object,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[int]],
     *,
     max_new_tokens: int,

@@ -11,6 +11,7 @@ When the requests share no usable prefix (or a row was truncated), the plain cal
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import torch
@@ -20,8 +21,23 @@ from lm_eval.models.huggingface import HFLM
 from harness import generation
 
 
+class QuietHFLM(HFLM):
+    """HFLM whose progress bars show only on a terminal: lm-eval passes `disable_tqdm=False` explicitly, so
+    neither tqdm's terminal check nor its TQDM_DISABLE default reach these bars, and a log file got one
+    redrawn line per request batch."""
+
+    def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not sys.stderr.isatty())
+
+    def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or not sys.stderr.isatty())
+
+    def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+        return super().generate_until(requests, disable_tqdm=disable_tqdm or not sys.stderr.isatty())
+
+
 @register_model("hf-prefix-reuse")
-class PrefixReuseLM(HFLM):
+class PrefixReuseLM(QuietHFLM):
     """HFLM whose model calls reuse the KV cache of the prefix every request shares."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,14 +101,16 @@ class PrefixReuseLM(HFLM):
         (each context keeps a token of its own), so the dropped positions are never read.
         """
         prefix = self._ll_prefix
-        p = len(prefix) if prefix else 0
         if (
-            not p
+            not prefix
             or attn_mask is not None
-            or inps.shape[1] <= p
-            or not torch.equal(inps[:, :p], torch.tensor(prefix, device=inps.device).expand(inps.shape[0], -1))
+            or inps.shape[1] <= len(prefix)
+            or not torch.equal(
+                inps[:, : len(prefix)], torch.tensor(prefix, device=inps.device).expand(inps.shape[0], -1)
+            )
         ):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        p = len(prefix)
         kv = generation._expand_cache(self.model, self._prefix_kv(prefix), inps.shape[0])
         self.prefix_hits += 1
         with torch.no_grad(), self._precision():

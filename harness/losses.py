@@ -17,18 +17,26 @@ Conventions shared by every loss:
   tau values; fold any rescaling into the learning rate.
 - Arithmetic runs in at least float32 (bf16/fp16 logits are upcast), float64 stays float64.
 
-Adding a loss touches only this file: write the function and decorate it with `register`.
+Adding a loss touches only this file: write the function and decorate it with `register`; its
+keyword-only parameters (typed and range-checked, e.g. `beta: UnitInterval = 0.5`) are what a suite
+may set, and `harness validate` checks them. Every loss takes `temperature`; the divergences also
+take `top_k`, the teacher support the cache keeps for them (None = the suite's `training.top_k`).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from harness.registry import Entry, PositiveInt, Registry, UnitInterval, lazy_import
+from harness.registry import Positive as Temperature
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")  # the registry is read by `harness validate`, which must not wait for torch
 
 __all__ = [
     "LOSSES",
@@ -113,30 +121,14 @@ def topk_with_tail(logits: Tensor, k: int | None, temperature: float = 1.0) -> T
 
 
 @dataclass(frozen=True)
-class LossSpec:
-    """One registered loss: its function, whether it needs the teacher, and its named params."""
+class LossSpec(Entry):
+    """One registered loss: its function, its parameter model, and whether it needs the teacher."""
 
-    name: str
-    fn: Callable[..., Tensor]
-    needs_teacher: bool
-    params: tuple[str, ...]
+    needs_teacher: bool = False
 
 
-LOSSES: dict[str, LossSpec] = {}
-
-
-def register(
-    name: str, *, needs_teacher: bool, params: tuple[str, ...] = ()
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Decorator adding a loss to `LOSSES`, so a sweep can name it without an if-chain anywhere."""
-
-    def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        LOSSES[name] = LossSpec(name=name, fn=fn, needs_teacher=needs_teacher, params=tuple(params))
-        return fn
-
-    return decorator
+LOSSES: Registry[LossSpec] = Registry("loss", LossSpec)
+register = LOSSES.register  # @register("name", needs_teacher=...)
 
 
 def compute_loss(
@@ -145,24 +137,13 @@ def compute_loss(
     target_ids: Tensor,
     mask: Tensor,
     teacher: TeacherTopK | None,
-    *,
-    temperature: float = 1.0,
-    **params: float,
+    **params: object,
 ) -> Tensor:
     """Look up loss `name` and compute it (scalar); clear errors for unknown names/params/teacher."""
-    spec = LOSSES.get(name)
-    if spec is None:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    spec, effective = LOSSES.resolve(name, params)
     if spec.needs_teacher and teacher is None:
         raise ValueError(f"loss {name!r} needs the teacher's top-k distribution, but teacher is None")
-    unexpected = sorted(set(params) - set(spec.params))
-    if unexpected:
-        raise ValueError(f"loss {name!r} takes params {list(spec.params)}, got unexpected {unexpected}")
-    required = inspect.signature(spec.fn).parameters
-    missing = [p for p in spec.params if p not in params and required[p].default is inspect.Parameter.empty]
-    if missing:
-        raise ValueError(f"loss {name!r} needs params {missing}")
-    return spec.fn(student_logits, target_ids, mask, teacher, temperature=temperature, **params)
+    return spec.fn(student_logits, target_ids, mask, teacher, **effective)
 
 
 # --------------------------------------------------------------------------- shared plumbing
@@ -199,11 +180,14 @@ def _require_teacher(teacher: TeacherTopK | None, name: str) -> TeacherTopK:
     return teacher
 
 
-def _buckets(student_logits: Tensor, mask: Tensor, teacher: TeacherTopK, temperature: float) -> tuple[Tensor, Tensor]:
+def _buckets(
+    student_logits: Tensor, mask: Tensor, teacher: TeacherTopK, temperature: float, top_k: int | None
+) -> tuple[Tensor, Tensor]:
     """Teacher and student log-probs on the k+1 buckets (top-k tokens + tail), each [N, k+1].
 
     The student's tail is the logsumexp of its log-probs over every token outside the teacher's
     top-k, so with k == V both tails are -inf and the k+1-bucket divergence is the full one.
+    `top_k`, when given, is the support the caller asked for: a teacher cached with another k is an error.
     """
     m = _positions(student_logits, mask)
     idx, t_lp, t_tail = teacher.indices, teacher.logprobs, teacher.tail
@@ -213,6 +197,8 @@ def _buckets(student_logits: Tensor, mask: Tensor, teacher: TeacherTopK, tempera
             f"teacher shapes indices {tuple(idx.shape)}, logprobs {tuple(t_lp.shape)}, tail "
             f"{tuple(t_tail.shape)} must be [B, T, k], [B, T, k], [B, T] with [B, T] = {bt}"
         )
+    if top_k is not None and idx.shape[-1] != min(top_k, student_logits.shape[-1]):
+        raise ValueError(f"top_k={top_k}, but the teacher distribution keeps {idx.shape[-1]} tokens per position")
     s_all = _student_logp(student_logits, m, temperature)
     device = s_all.device
     idx = idx.to(device)[m]
@@ -243,7 +229,7 @@ def self_target_nll(
     mask: Tensor,
     teacher: TeacherTopK | None = None,
     *,
-    temperature: float = 1.0,
+    temperature: Temperature = 1.0,
 ) -> Tensor:
     """Self-target NLL: mean over target tokens of −log Pr_s(ŷ_t | c', z, ŷ_<t).
 
@@ -262,7 +248,8 @@ def forward_kl(
     mask: Tensor,
     teacher: TeacherTopK | None,
     *,
-    temperature: float = 1.0,
+    temperature: Temperature = 1.0,
+    top_k: PositiveInt | None = None,
 ) -> Tensor:
     """Forward KL(t‖s) = Σ_v p_t(v) (log p_t(v) − log p_s(v)), mean over target tokens.
 
@@ -270,7 +257,7 @@ def forward_kl(
     mass on all other tokens); exact when k == V, a lower bound on the full KL otherwise.
     Mode-covering: the student is pushed to cover everything the teacher finds likely.
     """
-    lt, ls = _buckets(student_logits, mask, _require_teacher(teacher, "forward_kl"), temperature)
+    lt, ls = _buckets(student_logits, mask, _require_teacher(teacher, "forward_kl"), temperature, top_k)
     return _masked_mean(_kl(lt, ls))
 
 
@@ -281,25 +268,27 @@ def reverse_kl(
     mask: Tensor,
     teacher: TeacherTopK | None,
     *,
-    temperature: float = 1.0,
+    temperature: Temperature = 1.0,
+    top_k: PositiveInt | None = None,
 ) -> Tensor:
     """Reverse KL(s‖t) = Σ_v p_s(v) (log p_s(v) − log p_t(v)) on the same k+1 buckets, mean over tokens.
 
     Mode-seeking: the student is penalised for mass where the teacher has little.
     """
-    lt, ls = _buckets(student_logits, mask, _require_teacher(teacher, "reverse_kl"), temperature)
+    lt, ls = _buckets(student_logits, mask, _require_teacher(teacher, "reverse_kl"), temperature, top_k)
     return _masked_mean(_kl(ls, lt))
 
 
-@register("jsd", needs_teacher=True, params=("beta",))
+@register("jsd", needs_teacher=True)
 def jsd(
     student_logits: Tensor,
     target_ids: Tensor,
     mask: Tensor,
     teacher: TeacherTopK | None,
     *,
-    beta: float = 0.5,
-    temperature: float = 1.0,
+    beta: UnitInterval = 0.5,
+    temperature: Temperature = 1.0,
+    top_k: PositiveInt | None = None,
 ) -> Tensor:
     """Generalised JSD, normalised so it is continuous in beta, on the k+1 buckets.
 
@@ -313,10 +302,10 @@ def jsd(
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
     if beta == 0.0:
-        return forward_kl(student_logits, target_ids, mask, teacher, temperature=temperature)
+        return forward_kl(student_logits, target_ids, mask, teacher, temperature=temperature, top_k=top_k)
     if beta == 1.0:
-        return reverse_kl(student_logits, target_ids, mask, teacher, temperature=temperature)
-    lt, ls = _buckets(student_logits, mask, _require_teacher(teacher, "jsd"), temperature)
+        return reverse_kl(student_logits, target_ids, mask, teacher, temperature=temperature, top_k=top_k)
+    lt, ls = _buckets(student_logits, mask, _require_teacher(teacher, "jsd"), temperature, top_k)
     log_b, log_1mb = math.log(beta), math.log1p(-beta)
     t_ok, s_ok = torch.isfinite(lt), torch.isfinite(ls)
     zero = torch.zeros_like(lt)

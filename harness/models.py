@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -85,7 +87,7 @@ def _embedded_dir() -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
     # A GGUF load is flagged as quantized; the weights are already de-quantised float32, so the
     # flag only blocks saving and fine-tuning. Drop it and save a plain copy.
-    model.hf_quantizer = None
+    cast(Any, model).hf_quantizer = None  # set by from_pretrained, not declared by transformers' types
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + ".tmp")
@@ -97,12 +99,10 @@ def _embedded_dir() -> Path:
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer built in code, with SmolLM2's special tokens and chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     chars = [chr(i) for i in range(32, 127)] + ["\n", "\t", "<unk>"]
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk = Tokenizer(tokenizer_models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
@@ -237,7 +237,7 @@ def load(name: str, device: str = "auto", frozen_bf16: bool = False) -> LoadedMo
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         raise ModelError(f"model '{name}' has no chat template; the harness renders contexts as chat turns")
-    model.to(target)
+    cast(torch.nn.Module, model).to(target)  # transformers' decorated `to` confuses type checkers
     model.eval()
     fp = fingerprint(path) + ("+bf16" if dtype == torch.bfloat16 else "")
     return LoadedModel(name=name, model=model, tokenizer=tok, fingerprint=fp)
@@ -257,13 +257,3 @@ def check_same_tokenizer(teacher: PreTrainedTokenizerBase, student: PreTrainedTo
         problems.append("chat templates differ")
     if problems:
         raise ModelError("teacher and student tokenizers do not match: " + "; ".join(problems))
-
-
-def describe(m: LoadedModel) -> dict[str, str]:
-    """Flat facts about a model for tags and reports."""
-    return {
-        "name": m.name,
-        "fingerprint": m.fingerprint,
-        "params": str(sum(p.numel() for p in m.model.parameters())),
-        "arch": json.dumps(m.model.config.architectures or []),
-    }

@@ -37,10 +37,13 @@ from typing import Any
 
 import torch
 
-from harness import generation, models, teacher
+from harness import generation, models, scoring, teacher
 from harness.batching import make_batch, target_logits
+from harness.contexts import Context
 from harness.losses import compute_loss
-from harness.train import Example, TrainSettings, train
+from harness.spec import SuiteError, Training, load_suite
+from harness.tasks import TaskError, load_task, task_manager
+from harness.train import Example, TrainSettings, student_of, train
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ class Goal:
 
 def goal(
     name: str,
-    r: tuple[float, float, float],
+    r: tuple[float, float, float, float],
     *,
     at_least: float | None = None,
     at_most: float | None = None,
@@ -143,6 +146,24 @@ def goal(
         return Goal(name, value, low, high, of_mins, f"≥ {at_least:g}", value >= at_least, repeats)
     assert at_most is not None
     return Goal(name, value, low, high, of_mins, f"≤ {at_most:g}", value <= at_most, repeats)
+
+
+def settings(learning_rate: float, epochs: int, batch_size: int, scheduler: str = "constant") -> TrainSettings:
+    """The loop's settings: the suite defaults (spec.Training) with no warmup and no decay."""
+    t = Training()
+    return TrainSettings(
+        learning_rate=learning_rate,
+        epochs=epochs,
+        batch_size=batch_size,
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        grad_accum=t.grad_accum,
+        scheduler=scheduler,
+        max_grad_norm=t.max_grad_norm,
+        eval_every=0,
+        dtype=t.dtype,
+        seed=0,
+    )
 
 
 # --------------------------------------------------------------------------------------------- prompts
@@ -184,9 +205,7 @@ def harness_step(
 
     The first step is left out: it allocates the optimizer's state, which a run of many steps pays once.
     """
-    settings = TrainSettings(
-        learning_rate=1e-6, epochs=steps + 1, batch_size=len(batch), warmup_ratio=0.0, scheduler="constant"
-    )
+    loop = settings(1e-6, steps + 1, len(batch))
 
     def run() -> float:
         stamps: list[float] = []
@@ -196,7 +215,7 @@ def harness_step(
             if hook:
                 hook()
 
-        train(student, batch, loss, LOSS_PARAMS.get(loss, {}), settings, pad_id=pad_id, on_step=on_step)
+        train(student, batch, loss, LOSS_PARAMS.get(loss, {}), loop, pad_id=pad_id, on_step=on_step)
         return statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
     return run
@@ -229,13 +248,7 @@ class SteppedTrain:
         self._error: BaseException | None = None
         self._t0 = 0.0
         bs = batch_size or len(examples)
-        settings = TrainSettings(
-            learning_rate=1e-6,
-            epochs=-(-total // -(-len(examples) // bs)),
-            batch_size=bs,
-            warmup_ratio=0.0,
-            scheduler="constant",
-        )
+        loop = settings(1e-6, -(-total // -(-len(examples) // bs)), bs)
 
         def on_step(step: int, _m: dict[str, float]) -> None:
             self._times.append(time.perf_counter() - self._t0)
@@ -249,7 +262,7 @@ class SteppedTrain:
             self._go.acquire()
             self._t0 = time.perf_counter()
             try:
-                train(student, examples, loss, LOSS_PARAMS.get(loss, {}), settings, pad_id=pad_id, on_step=on_step)
+                train(student, examples, loss, LOSS_PARAMS.get(loss, {}), loop, pad_id=pad_id, on_step=on_step)
             except _Enough:
                 pass
             except BaseException as e:  # handed to the caller of step()
@@ -324,7 +337,7 @@ class TRLStep:
 
     def step(self) -> None:
         """One inner-loop step as `Trainer.train` does it (no gradient accumulation)."""
-        tr = self.trainer
+        tr: Any = self.trainer
         tr.training_step(tr.model, dict(self.inputs))
         tr.accelerator.clip_grad_norm_(tr.model.parameters(), tr.args.max_grad_norm)
         tr.optimizer.step()
@@ -334,7 +347,7 @@ class TRLStep:
         import gc
 
         self.trainer.accelerator.free_memory()
-        tr = self.trainer
+        tr: Any = self.trainer
         tr.model = tr.model_wrapped = tr.teacher_model = tr.optimizer = None
         gc.collect()
 
@@ -344,14 +357,16 @@ class TRLStep:
         return time.perf_counter() - t0
 
 
-def _phases_harness(student: torch.nn.Module, opt: torch.optim.Optimizer, batch: list[Example], loss: str, pad: int):
+def _phases_harness(
+    student: torch.nn.Module, opt: torch.optim.Optimizer, batch: list[Example], loss: str, pad: int
+) -> dict[str, float]:
     """One step of `train` cut into phases (same calls, same order), seconds per phase."""
     device = next(student.parameters()).device
     t = [time.perf_counter()]
     b = make_batch([e.prompt for e in batch], [e.target for e in batch], pad)
     dist = None
     if loss != "self_target_nll":
-        d = teacher.stack([e.teacher for e in batch], b.target_ids.shape[1])
+        d = teacher.stack([e.teacher for e in batch if e.teacher is not None], b.target_ids.shape[1])
         dist = type(d)(*(x.to(device) for x in (d.indices, d.logprobs, d.tail)))
     b = b.to(device)
     t.append(time.perf_counter())
@@ -371,7 +386,8 @@ def _phases_harness(student: torch.nn.Module, opt: torch.optim.Optimizer, batch:
 
 def _phases_trl(trl: TRLStep) -> dict[str, float]:
     """TRL's compute_loss cut into phases (same calls as GKDTrainer.compute_loss), then its optimizer step."""
-    tr, inputs = trl.trainer, trl.inputs
+    tr: Any = trl.trainer
+    inputs = trl.inputs
     model = tr.model
     model.train()
     t = [time.perf_counter()]
@@ -417,7 +433,13 @@ def profile_missed(g: Goal, arms: dict[str, Callable[[], float]]) -> None:
     if g.met or g.target == "(info)":
         return
     for name, fn in arms.items():
-        MISSED_PROFILES.append(_profile(lambda step, fn=fn: (fn(), step(), fn(), step()), f"{g.name} — {name}"))
+
+        def twice(step: Callable[[], None], fn: Callable[[], float] = fn) -> None:
+            for _ in range(2):
+                fn()
+                step()
+
+        MISSED_PROFILES.append(_profile(twice, f"{g.name} — {name}"))
 
 
 @dataclass
@@ -485,25 +507,27 @@ def bench_train(
     # where the time goes: phases of one step (interleaved), and the profiler's table of one step each
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-6, fused=True)
     phase_arms: dict[str, Callable[[], dict[str, float]]] = {
-        f"harness {loss}": (lambda loss=loss: _phases_harness(student, opt, examples, loss, pad))
+        f"harness {loss}": functools.partial(_phases_harness, student, opt, examples, loss, pad)
         for loss in ("self_target_nll", "forward_kl")
     }
     if trl is not None:
-        phase_arms["trl gkd forward_kl"] = lambda: _phases_trl(trl)
-    for f in phase_arms.values():
-        f()
+        phase_arms["trl gkd forward_kl"] = functools.partial(_phases_trl, trl)
+    for phase in phase_arms.values():
+        phase()
     samples: dict[str, list[dict[str, float]]] = {n: [] for n in phase_arms}
-    for r in range(3):
+    for rnd in range(3):
         names = list(phase_arms)
-        for n in names[r % len(names) :] + names[: r % len(names)]:
+        for n in names[rnd % len(names) :] + names[: rnd % len(names)]:
             samples[n].append(phase_arms[n]())
     phases = {n: {k: statistics.median(s[k] for s in v) for k in v[0]} for n, v in samples.items()}
 
     profile = ""
     for loss in ("self_target_nll", "forward_kl"):
-        profile += _profile(
-            lambda step, loss=loss: harness_step(student, examples, loss, pad, 2, hook=step)(), f"harness {loss}"
-        )
+
+        def steps(step: Callable[[], None], loss: str = loss) -> None:
+            harness_step(student, examples, loss, pad, 2, hook=step)()
+
+        profile += _profile(steps, f"harness {loss}")
     if trl is not None:
 
         def trl_steps(step: Callable[[], None]) -> None:
@@ -674,15 +698,13 @@ def bench_teacher(
 def bench_lmeval(
     m: models.LoadedModel, suite_path: str, *, repeats: int, limit: int | None
 ) -> tuple[list[dict[str, Any]], list[Goal]]:
-    """The suite's teacher arm (c = instruction + demos) through plain HFLM vs `hf-prefix-reuse`, same items."""
-    from harness import scoring
-    from harness.contexts import Context
-    from harness.spec import load_suite
-    from harness.tasks import load_task, task_manager
+    """The suite's teacher arm (c = instruction + demos) on its test split through plain HFLM vs
+    `hf-prefix-reuse`, the same lm-eval call a trial makes (`trial.Workbench.arm`)."""
 
     suite = load_suite(suite_path)
     limit = limit if limit is not None else suite.task.eval_limit
     bundle = load_task(suite.task.name, suite.task_dir())
+    items = bundle.split("test", limit, suite.seed)
     ctx = Context(suite.context.instruction, suite.context.demos)
     metric = scoring.main_metric(bundle.config, bundle.task, suite.task.metric)
     scores: dict[bool, scoring.ArmScore] = {}
@@ -694,11 +716,12 @@ def bench_lmeval(
                 "teacher",
                 m.model,
                 m.tokenizer,
-                bundle.config,
+                bundle.lm_eval_task(items),
                 bundle.name,
                 ctx,
                 metric=metric,
-                limit=limit,
+                limit=items.limit if items.indices is None else None,
+                samples=None if items.indices is None else list(items.indices),
                 batch_size=suite.evaluation.batch_size,
                 seed=suite.seed,
                 task_manager=task_manager(bundle.folder),
@@ -738,8 +761,6 @@ def memory_probe(model: str, mode: str, batch_size: int) -> dict[str, float]:
     """In a fresh process: load the base (bf16 on CUDA), build the teacher's work, train 2 steps; peak memory."""
     import resource
 
-    from harness.train import student_of
-
     rank, share = MEMORY_MODES[mode]
     m = models.load(model, frozen_bf16=True)
     device = next(m.model.parameters()).device
@@ -750,9 +771,9 @@ def memory_probe(model: str, mode: str, batch_size: int) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats(device)
     else:
         base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    settings = TrainSettings(learning_rate=1e-5, epochs=2, batch_size=batch_size, lora_rank=rank, warmup_ratio=0.0)
+    loop = settings(1e-5, 2, batch_size)
     with student_of(m.model, rank, share_base=share) as (student, _as_teacher):
-        train(student, examples, "forward_kl", {}, settings, pad_id=m.tokenizer.pad_token_id)
+        train(student, examples, "forward_kl", {}, loop, pad_id=m.tokenizer.pad_token_id)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
         kind = "CUDA max_memory_allocated"
@@ -801,7 +822,7 @@ def _teacher_work(
 def _student_epoch(m: models.LoadedModel, examples: list[Example], batch_size: int) -> list[float]:
     """One epoch of forward_kl training on a fresh copy; cumulative seconds after each step."""
     student = copy.deepcopy(m.model)
-    settings = TrainSettings(learning_rate=1e-5, epochs=1, batch_size=batch_size, warmup_ratio=0.0)
+    loop = settings(1e-5, 1, batch_size)
     t0 = time.perf_counter()
     stamps: list[float] = []
     train(
@@ -809,7 +830,7 @@ def _student_epoch(m: models.LoadedModel, examples: list[Example], batch_size: i
         examples,
         "forward_kl",
         {},
-        settings,
+        loop,
         pad_id=m.tokenizer.pad_token_id,
         on_step=lambda _s, _m: stamps.append(time.perf_counter() - t0),
     )
@@ -890,16 +911,16 @@ def bench_scaling(
     qs = queries(max(inputs))
     prompts = [chat_prompt(m.tokenizer, d0, q) for q in qs]
     cumulative: dict[int, float] = {}
-    tgts: list[list[int]] = []
-    tops: list[teacher.TopKSeq] = []
+    all_t: list[list[int]] = []
+    all_k: list[teacher.TopKSeq] = []
     done = 0.0
     for i in range(0, len(prompts), chunk):
         t0 = time.perf_counter()
-        t, k = _teacher_work(m, prompts[i : i + chunk], teacher_batch, top_k)
+        part_t, part_k = _teacher_work(m, prompts[i : i + chunk], teacher_batch, top_k)
         done += time.perf_counter() - t0
-        tgts, tops = tgts + t, tops + k
+        all_t, all_k = all_t + part_t, all_k + part_k
         cumulative[i + chunk] = done
-    stamps = _student_epoch(m, _examples(m, qs, tgts, tops), batch_size)
+    stamps = _student_epoch(m, _examples(m, qs, all_t, all_k), batch_size)
     ctx_tokens = generation.common_prefix_length(prompts)
     for n in inputs:
         steps = -(-n // batch_size)
@@ -1185,8 +1206,6 @@ PARTS = ("memory", "train", "topk", "generate", "lmeval", "scaling")
 
 def main(argv: list[str] | None = None) -> int:
     """Bad input (suite, model, task) or a fast path that changed an output: one line, exit 1."""
-    from harness.spec import SuiteError
-    from harness.tasks import TaskError
 
     try:
         return _main(argv)
@@ -1232,8 +1251,6 @@ def _main(argv: list[str] | None) -> int:
 
     prompts, teacher_repeats = per_demo(args.prompts, "--prompts"), per_demo(args.teacher_repeats, "--teacher-repeats")
     if "lmeval" in parts:  # a bad suite fails now, not after twenty minutes
-        from harness.spec import load_suite
-
         load_suite(args.suite)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started, load_before = time.time(), load_average()

@@ -4,26 +4,50 @@ All three arms go through `lm_eval.simple_evaluate` with HFLM wrapping the
 in-memory model (no reload per arm), the chat template and demonstrations as
 turns, so the prompts are the very strings the student was trained on.
 Teacher and baseline scores do not depend on the trial: they are cached by
-(model fingerprint, task, a hash of its documents, context, limit) and reused across
-trials and reruns.
+(model fingerprint, task, split and its items, a hash of its documents, context) and
+reused across trials, seeds and reruns.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import lm_eval
+import lm_eval.evaluator
 import numpy as np
 
+from harness import tasks
 from harness.cache import Store
 from harness.contexts import Context
+from harness.lm import PrefixReuseLM, QuietHFLM
 
 log = logging.getLogger(__name__)
 
 REUSE_PREFIX = True  # lm-eval through `hf-prefix-reuse` (harness.lm) unless an arm asks otherwise
+
+
+def _git_describe() -> str | None:
+    out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+@contextmanager
+def _quiet_git_lookup() -> Iterator[None]:
+    """lm-eval records the current directory's git commit with `git describe` and lets git's stderr through, so
+    outside a checkout every scoring call printed 'fatal: not a git repository'. Same lookup, stderr captured."""
+    own = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = _git_describe
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = own
 
 
 @dataclass
@@ -101,6 +125,7 @@ def main_metric(task_config: dict[str, Any] | str, task: Any, requested: str | N
     return "acc" if task.config.output_type == "multiple_choice" else "exact_match"
 
 
+@_quiet_git_lookup()
 def evaluate_arm(
     arm: str,
     model: Any,
@@ -114,21 +139,18 @@ def evaluate_arm(
     batch_size: int,
     seed: int = 0,
     task_manager: Any = None,
+    samples: list[int] | None = None,
     reuse_prefix: bool | None = None,
 ) -> ArmScore:
     """Score one model under one context with real lm-eval.
 
+    `task_config` is what lm-eval scores (its `test_split`: see `TaskBundle.lm_eval_task`); `samples`, when
+    given, are the positions of the items to score in it (a carved split) and `limit` must be None.
     `reuse_prefix` (default `REUSE_PREFIX`): lm-eval's HFLM with the shared few-shot prefix computed once
     (`harness.lm`; same per-item outputs); False runs plain HFLM.
     """
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    from harness.lm import PrefixReuseLM
-    from harness.tasks import task_manager as default_manager
-
     start = time.perf_counter()
-    lm_class = PrefixReuseLM if (REUSE_PREFIX if reuse_prefix is None else reuse_prefix) else HFLM
+    lm_class = PrefixReuseLM if (REUSE_PREFIX if reuse_prefix is None else reuse_prefix) else QuietHFLM
     lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(
         model=lm,
@@ -138,9 +160,10 @@ def evaluate_arm(
         apply_chat_template=True,
         fewshot_as_multiturn=True,
         limit=limit,
+        samples={task_name: list(samples)} if samples else None,
         log_samples=True,
         bootstrap_iters=0,
-        task_manager=task_manager or default_manager(None),
+        task_manager=task_manager or tasks.task_manager(None),
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
@@ -190,20 +213,20 @@ def evaluate_arm(
     return score
 
 
-def cached_arm(store: Store, fingerprint: str, *args: Any, data: str, **kwargs: Any) -> ArmScore:
-    """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once.
+def cached_arm(store: Store, fingerprint: str, *args: Any, data: str, split: dict[str, Any], **kwargs: Any) -> ArmScore:
+    """`evaluate_arm` for a model that does not change across trials (teacher, baseline): computed once per split.
 
-    `data` is the task's `TaskBundle.data_fingerprint`: the key holds what the documents are, not
-    only where they were read from.
+    `data` is the split's `Split.fingerprint` (the key holds what the documents are, not only where they
+    were read from) and `split` its `Split.key()` (which split, which items: validation and test never share
+    an entry).
     """
     arm, _model, _tok, task_config, task_name, ctx = args
-    import lm_eval
-
     parts = {
         "model": fingerprint,
-        "task": task_config,
+        "task": task_config if isinstance(task_config, dict | str) else task_name,
         "task_name": task_name,
         "data": data,
+        "split": split,
         "context": [ctx.system, ctx.n_demos],
         "metric": kwargs["metric"],
         "limit": kwargs["limit"],
@@ -226,26 +249,3 @@ def paired_difference(a: ArmScore, b: ArmScore) -> tuple[float, float, int]:
         return float("nan"), float("nan"), 0
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
     return float(diff.mean()), se, len(diff)
-
-
-def gap_closure(
-    teacher: ArmScore, baseline: ArmScore, student: ArmScore, *, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """(student − baseline) / (teacher − baseline) and its paired-bootstrap stderr over items."""
-    ids = sorted(set(teacher.per_item) & set(baseline.per_item) & set(student.per_item))
-    if not ids:
-        return float("nan"), float("nan")
-    t = np.array([teacher.per_item[i] for i in ids])
-    b = np.array([baseline.per_item[i] for i in ids])
-    s = np.array([student.per_item[i] for i in ids])
-    denom = t.mean() - b.mean()
-    if abs(denom) < 1e-12:
-        log.warning("teacher and baseline score the same: gap closure is undefined")
-        return float("nan"), float("nan")
-    value = float((s.mean() - b.mean()) / denom)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
-    d = t[idx].mean(1) - b[idx].mean(1)
-    ok = np.abs(d) > 1e-12
-    boots = (s[idx].mean(1)[ok] - b[idx].mean(1)[ok]) / d[ok]
-    return value, float(boots.std(ddof=1)) if len(boots) > 1 else float("nan")

@@ -2,21 +2,64 @@
 
 Everything downstream receives these objects, never raw dicts, so a typo in a
 suite fails here with the file and the field path instead of deep in a trial.
+`load_suite(..., resources=True)` also resolves the model names and the task
+names, without loading either, so `harness validate` catches what `run` would
+trip on. Nothing here imports torch, transformers, lm-eval, MLflow or Optuna
+(lm-eval only to look up a registered task name): validation answers in well
+under a second.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from harness.contexts import MODIFICATIONS
+from harness.losses import LOSSES
+from harness.redact import redact
+from harness.registry import (
+    Integer,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    Registry,
+    UnitInterval,
+    error_detail,
+)
+from harness.targets import TARGETS
+
+# The model aliases `models.resolve` knows (models.EMBEDDED, models.TINY; a test keeps them in step).
+# Listed here because importing `models` means importing torch and transformers.
+MODEL_ALIASES = ("smollm2-135m", "tiny-random")
 
 
 class SuiteError(ValueError):
-    """A suite file that cannot be used; the message is one line naming file and field."""
+    """A suite file that cannot be used: one line per problem, each naming the file and the field."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 class _Strict(BaseModel):
@@ -35,8 +78,8 @@ class ControlTask(_Strict):
     name: str = Field(description="lm-eval task name (local under `path`, or a registered lm-eval task)")
     path: str | None = Field(None, description="folder holding the local task YAML, relative to the suite file")
     metric: str | None = Field(None, description="main metric; default: the task's first metric")
-    eval_limit: int | None = Field(None, ge=1, description="items scored per model (None = all)")
-    demos: int = Field(0, ge=0, description="demonstrations from the control task's own few-shot split")
+    eval_limit: Integer | None = Field(None, ge=1, description="items scored per model (None = all)")
+    demos: Integer = Field(0, ge=0, description="demonstrations from the control task's own few-shot split")
     instruction: str | None = Field(None, description="system instruction for the control task")
 
 
@@ -44,7 +87,13 @@ class Task(_Strict):
     name: str = Field(description="lm-eval task name (local under `path`, or a registered lm-eval task)")
     path: str | None = Field(None, description="folder holding the local task YAML, relative to the suite file")
     metric: str | None = Field(None, description="main metric; default: the task's first metric")
-    eval_limit: int | None = Field(None, ge=1, description="held-out items scored per arm (None = all)")
+    eval_limit: Integer | None = Field(None, ge=1, description="test items scored per arm (None = all)")
+    validation_limit: Integer | None = Field(
+        None,
+        ge=1,
+        description="validation items scored per arm (None = all); for a task without its own validation split, "
+        "the size of the seeded slice carved from its test items (default: a fifth of them, at most 200)",
+    )
     control: ControlTask | None = Field(None, description="an unrelated task scored to show forgetting")
 
 
@@ -52,11 +101,11 @@ class ContextSpec(_Strict):
     """The teacher's full context c: a system instruction plus the first `demos` demonstrations."""
 
     instruction: str | None = None
-    demos: int = Field(4, ge=0)
+    demos: Integer = Field(4, ge=0)
 
 
 class AxisValue(BaseModel):
-    """One value of a sweep axis: a registry name plus its parameters."""
+    """One value of a sweep axis: a registry name plus its parameters (checked against the registry entry)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str
@@ -72,113 +121,224 @@ class AxisValue(BaseModel):
         return self.name if not p else f"{self.name}(" + ",".join(f"{k}={p[k]}" for k in sorted(p)) + ")"
 
 
+def _axis(registry: Registry) -> Any:
+    """A list of axis values whose names and parameters `registry` checks (errors land on the value's
+    own path, e.g. `axes.losses.1.beta`), with no two values meaning the same thing."""
+
+    def entry(v: AxisValue) -> AxisValue:
+        registry.validate(v.name, v.params)
+        return v
+
+    def distinct(values: Any, handler: Any) -> list[AxisValue]:
+        """Per-value errors plus duplicates among the values that are valid, all in one report."""
+        try:
+            return _no_duplicates(handler(values))
+        except ValidationError as e:
+            errors = [error_detail(err["type"], err["loc"], err["msg"], err["input"]) for err in e.errors()]
+        if isinstance(values, list):
+            bad = {err["loc"][0] for err in errors if err["loc"]}
+            valid = [AxisValue.model_validate(v) if i not in bad else None for i, v in enumerate(values)]
+            errors += _duplicates(valid)
+        raise ValidationError.from_exception_data("axis", errors)
+
+    def _no_duplicates(values: list[AxisValue]) -> list[AxisValue]:
+        errors = _duplicates(values)
+        if errors:
+            raise ValidationError.from_exception_data("axis", errors)
+        return values
+
+    def _duplicates(values: Sequence[AxisValue | None]) -> list[InitErrorDetails]:
+        seen: dict[str, int] = {}
+        errors: list[InitErrorDetails] = []
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            key = json.dumps([v.name, registry.validate(v.name, v.params)], sort_keys=True, default=str)
+            if key in seen:
+                first = values[seen[key]]
+                label = first.label if first is not None else "?"
+                msg = f"duplicate: same {registry.kind} and effective parameters as item {seen[key]} ('{label}')"
+                errors.append(error_detail("duplicate", (i,), msg, v.label))
+            seen.setdefault(key, i)
+        return errors
+
+    return Annotated[list[Annotated[AxisValue, AfterValidator(entry)]], WrapValidator(distinct), Field(min_length=1)]
+
+
+if TYPE_CHECKING:  # what the fields hold; pydantic builds the checking types below at run time
+    TargetAxis: TypeAlias = list[AxisValue]
+    ContextAxis: TypeAlias = list[AxisValue]
+    LossAxis: TypeAlias = list[AxisValue]
+else:
+    TargetAxis, ContextAxis, LossAxis = _axis(TARGETS), _axis(MODIFICATIONS), _axis(LOSSES)
+
+
 class Axes(_Strict):
-    targets: list[AxisValue] = Field(default_factory=lambda: [AxisValue(name="greedy")], min_length=1)
-    contexts: list[AxisValue] = Field(default_factory=lambda: [AxisValue(name="empty")], min_length=1)
-    losses: list[AxisValue] = Field(default_factory=lambda: [AxisValue(name="self_target_nll")], min_length=1)
-
-    @model_validator(mode="after")
-    def _registered(self) -> Axes:
-        from harness import contexts, losses, targets
-
-        for field, registry in (
-            ("targets", targets.TARGETS),
-            ("contexts", contexts.MODIFICATIONS),
-            ("losses", losses.LOSSES),
-        ):
-            seen = set()
-            for i, v in enumerate(getattr(self, field)):
-                if v.name not in registry:
-                    raise ValueError(f"{field}.{i}.name: unknown '{v.name}' (known: {', '.join(sorted(registry))})")
-                allowed = set(registry[v.name].params) | ({"temperature", "top_k"} if field == "losses" else set())
-                extra = set(v.params) - allowed
-                if extra:
-                    raise ValueError(
-                        f"{field}.{i}: '{v.name}' takes no parameter {sorted(extra)} "
-                        f"(allowed: {sorted(allowed) or 'none'})"
-                    )
-                if v.label in seen:
-                    raise ValueError(f"{field}.{i}: duplicate value '{v.label}'")
-                seen.add(v.label)
-        return self
+    targets: TargetAxis = Field(default_factory=lambda: [AxisValue(name="greedy")])
+    contexts: ContextAxis = Field(default_factory=lambda: [AxisValue(name="empty")])
+    losses: LossAxis = Field(default_factory=lambda: [AxisValue(name="self_target_nll")])
 
 
-class Range(_Strict):
-    """A hyperparameter searched by the sweep."""
+T = TypeVar("T")
 
-    low: float
-    high: float
+
+class Range(_Strict, Generic[T]):
+    """A hyperparameter searched by the sweep over [low, high]; the bounds obey the field's own limits."""
+
+    low: T
+    high: T
     log: bool = False
-    step: float | None = None
+    step: Positive | None = None
     int_: bool = Field(False, alias="int")
 
     @model_validator(mode="after")
     def _order(self) -> Range:
-        if self.low > self.high:
+        low, high = cast(float, self.low), cast(float, self.high)  # T is a number type (see _hyper)
+        if low > high:
             raise ValueError(f"low ({self.low}) is above high ({self.high})")
-        if self.log and self.low <= 0:
+        if self.log and low <= 0:
             raise ValueError("a log range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("a range takes `log` or `step`, not both (Optuna cannot step on a log scale)")
         return self
 
 
-class Choices(_Strict):
-    choices: list[float | int | str] = Field(min_length=1)
+class IntRange(Range[T], Generic[T]):
+    """The range of an integer hyperparameter: always sampled as integers."""
+
+    step: PositiveInt | None = None
+    int_: bool = Field(True, alias="int")
+
+    @field_validator("int_")
+    @classmethod
+    def _always_int(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError("this hyperparameter is an integer, so its range is always sampled as integers")
+        return v
 
 
-HyperValue = float | int | str | Range | Choices
+class Choices(_Strict, Generic[T]):
+    """A hyperparameter the sweep picks from a list; each choice obeys the field's own limits."""
+
+    choices: list[T] = Field(min_length=1)
+
+
+def _hyper(value: Any, rng: Any = Range) -> Any:
+    """A hyperparameter: a fixed `value`, a `{low, high, log, int, step}` range or `{choices: [...]}`.
+
+    The shape picks the model (a mapping with `choices` → Choices, another mapping → Range, else a fixed
+    value), so a typo inside a range is an unknown field, not three failed guesses at a union."""
+    ranged, chosen = rng[value], Choices[value]
+    fixed_of, range_of, choices_of = TypeAdapter(value), TypeAdapter(ranged), TypeAdapter(chosen)
+
+    def pick(v: Any, _handler: Any) -> Any:
+        if isinstance(v, BaseModel):
+            v = v.model_dump(by_alias=True)
+        if not isinstance(v, dict):
+            return fixed_of.validate_python(v)
+        model, adapter = (chosen, choices_of) if "choices" in v else (ranged, range_of)
+        try:
+            return adapter.validate_python(v)
+        except ValidationError as e:  # name the fields of the shape that was picked
+            known = ", ".join(f.alias or n for n, f in model.model_fields.items())
+            errors = [
+                error_detail(err["type"], err["loc"], f"unknown field (known: {known})", err["input"])
+                if err["type"] == "extra_forbidden"
+                else error_detail(err["type"], err["loc"], err["msg"], err["input"])
+                for err in e.errors()
+            ]
+            raise ValidationError.from_exception_data(model.__name__, errors) from None
+
+    return Annotated[value | ranged | chosen, WrapValidator(pick)]
+
+
+if TYPE_CHECKING:  # what the fields hold; pydantic builds the checking types below at run time
+    PositiveHyper: TypeAlias = float | Range[Any] | Choices[Any]
+    UnitHyper: TypeAlias = float | Range[Any] | Choices[Any]
+    NonNegativeHyper: TypeAlias = float | Range[Any] | Choices[Any]
+    PositiveIntHyper: TypeAlias = int | Range[Any] | Choices[Any]
+    NonNegativeIntHyper: TypeAlias = int | Range[Any] | Choices[Any]
+else:
+    PositiveHyper, UnitHyper, NonNegativeHyper = _hyper(Positive), _hyper(UnitInterval), _hyper(NonNegative)
+    PositiveIntHyper, NonNegativeIntHyper = _hyper(PositiveInt, IntRange), _hyper(NonNegativeInt, IntRange)
 
 
 class Hyperparameters(_Strict):
     """Each value is fixed, a `{low, high, log}` range, or `{choices: [...]}`; the sweep samples them."""
 
-    learning_rate: HyperValue = 1e-4
-    epochs: HyperValue = 2
-    batch_size: HyperValue = 8
-    lora_rank: HyperValue = Field(0, description="0 = full fine-tune; > 0 = LoRA of that rank")
-    train_inputs: HyperValue = Field(64, description="number of distillation inputs z from the train split")
-    warmup_ratio: HyperValue = 0.1
-    weight_decay: HyperValue = 0.0
+    learning_rate: PositiveHyper = 1e-4
+    epochs: PositiveIntHyper = 2
+    batch_size: PositiveIntHyper = 8
+    lora_rank: NonNegativeIntHyper = Field(0, description="0 = full fine-tune; > 0 = LoRA of that rank")
+    train_inputs: PositiveIntHyper = Field(64, description="number of distillation inputs z from the train split")
+    warmup_ratio: UnitHyper = 0.1
+    weight_decay: NonNegativeHyper = 0.0
 
     def searched(self) -> dict[str, Range | Choices]:
         return {k: v for k, v in self if isinstance(v, Range | Choices)}
 
 
 class Training(_Strict):
-    max_new_tokens: int = Field(24, ge=1, description="teacher target length limit")
+    max_new_tokens: Integer = Field(24, ge=1, description="teacher target length limit")
     stop_strings: list[str] | None = Field(
         None,
         description="where teacher targets and greedy answers end; None = the task's own generation_kwargs.until "
         "(what lm-eval generates to); a list overrides it",
     )
-    top_k: int = Field(64, ge=1, description="teacher log-probs kept per position in the cache")
-    grad_accum: int = Field(1, ge=1)
+    top_k: Integer = Field(64, ge=1, description="teacher log-probs kept per position in the cache")
+    grad_accum: Integer = Field(1, ge=1)
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
-    max_grad_norm: float = 1.0
-    eval_every: int = Field(0, ge=0, description="steps between held-out KL checks (0 = once per epoch)")
-    generation_batch_size: int = Field(16, ge=1)
+    max_grad_norm: Positive = 1.0
+    eval_every: Integer = Field(0, ge=0, description="steps between held-out KL checks (0 = once per epoch)")
+    generation_batch_size: Integer = Field(16, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class Evaluation(_Strict):
-    batch_size: int = Field(16, ge=1)
-    heldout_inputs: int = Field(32, ge=1, description="held-out inputs for KL and greedy agreement")
-    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the gap-closure stderr")
+    batch_size: Integer = Field(16, ge=1)
+    heldout_inputs: Integer = Field(
+        32, ge=1, description="validation inputs for held-out KL and greedy agreement (the pruner's signal)"
+    )
+    bootstrap: Integer = Field(
+        1000, ge=100, description="bootstrap resamples (items x seeds) for the 95% intervals and paired tests"
+    )
+
+
+Objective = Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]
 
 
 class Sweep(_Strict):
     sampler: Literal["tpe", "grid", "nsga2", "random"] = "tpe"
-    n_trials: int = Field(4, ge=1)
-    timeout: float | None = None
-    objectives: list[Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]] = Field(
-        default_factory=lambda: ["gap_closure"], min_length=1, max_length=2
+    n_trials: Integer = Field(4, ge=1, description="configurations to run (one Optuna trial each, all seeds inside)")
+    seeds: Integer = Field(
+        3,
+        ge=1,
+        description="training seeds per configuration: suite.seed, suite.seed + 1, ...; a seed changes data order, "
+        "LoRA init, sampled targets and on-policy draws, nothing else; the objective is the mean over seeds",
+    )
+    timeout: Positive | None = Field(None, description="seconds after which no new trial starts")
+    objectives: list[Objective] = Field(
+        default_factory=lambda: list[Objective](["gap_closure"]),
+        min_length=1,
+        max_length=2,
+        description="what the sweep optimises: a score's mean over seeds on the validation split, or a cost",
     )
     pruner: Literal["auto", "median", "none"] = Field(
         "auto",
         description="median: stop trials whose held-out KL is worse than the median at the same step; "
         "auto = median, except none for the grid sampler (an exhaustive grid wants every point finished)",
     )
-    storage: str | None = Field(None, description="Optuna storage URL; default SQLite under work_dir")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default SQLite under work_dir")
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default $HARNESS_STORAGE, else SQLite under work_dir"
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else SQLite under work_dir"
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="teacher cache folder, may be shared by several machines (NFS); "
+        "default $HARNESS_CACHE_DIR, else work_dir/cache",
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -191,7 +351,7 @@ class Sweep(_Strict):
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seed: int = 0
+    seed: Integer = 0
     models: Models = Models()
     task: Task
     context: ContextSpec = ContextSpec()
@@ -217,45 +377,285 @@ class Suite(_Strict):
         return (self.suite_dir / c.path).resolve() if c and c.path else None
 
     def content_hash(self) -> str:
-        """Hash of the resolved suite: two runs with the same hash asked for the same thing."""
-        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        """Hash of what decides the trials' results: same hash, same study (resumed, not restarted).
+
+        Leaves out what only says how long to run or where to store (n_trials, timeout, storage,
+        tracking URI, cache_dir, work_dir, device) and the description."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=_NOT_HASHED), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def resolved_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+        """The suite with every default filled in, as logged with each trial: store passwords redacted."""
+        return redact(yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+    def training_seeds(self) -> list[int]:
+        """The seeds every configuration is trained with: `seed`, `seed + 1`, ... (`sweep.seeds` of them)."""
+        return [self.seed + i for i in range(self.sweep.seeds)]
+
+    def fast(self) -> Suite:
+        """The `--fast` variant: the same axes and statistics on fewer items, seeds and configurations.
+
+        Capped, never raised: 2 seeds (intervals and paired tests still need more than one), FAST items
+        scored per split, FAST held-out inputs and configurations. Named `<name>-fast`, so its study, MLflow
+        experiment and results folder never mix with the full suite's.
+        """
+        cap = lambda v, n: n if v is None else min(v, n)  # noqa: E731
+        return self.model_copy(
+            update={
+                "name": f"{self.name}-fast",
+                "task": self.task.model_copy(
+                    update={
+                        "eval_limit": cap(self.task.eval_limit, FAST["test_items"]),
+                        "validation_limit": cap(self.task.validation_limit, FAST["validation_items"]),
+                    }
+                ),
+                "evaluation": self.evaluation.model_copy(
+                    update={"heldout_inputs": min(self.evaluation.heldout_inputs, FAST["heldout_inputs"])}
+                ),
+                "sweep": self.sweep.model_copy(
+                    update={
+                        "seeds": min(self.sweep.seeds, FAST["seeds"]),
+                        "n_trials": min(self.sweep.n_trials, FAST["configurations"]),
+                    }
+                ),
+            }
+        )
 
 
-def _loc(err: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in err["loc"]) or "(top level)"
+# What `--fast` caps a suite to (Suite.fast): enough for intervals and a paired test, in minutes.
+FAST = {"seeds": 2, "test_items": 80, "validation_items": 40, "heldout_inputs": 16, "configurations": 4}
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite; any problem becomes one SuiteError line naming file and field."""
+_NOT_HASHED: dict[str, Any] = {
+    "description": True,
+    "work_dir": True,
+    "models": {"device"},
+    "sweep": {"n_trials", "timeout", "storage", "tracking_uri", "cache_dir"},
+}
+
+
+# ----------------------------------------------------------------------------- reading a suite file
+
+
+def load_suite(path: str | Path, *, resources: bool = False) -> Suite:
+    """Read and validate a suite; every problem becomes one line of the SuiteError, naming file and field.
+
+    `resources=True` also checks that the model names and the task names resolve (no weights loaded):
+    what `validate` and `run` need before anything is started."""
     p = Path(path)
-    if not p.is_file():
-        raise SuiteError(f"{p}: no such suite file")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SuiteError(f"{p}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise SuiteError(f"{p}: a suite must be a mapping of fields, got {type(raw).__name__}")
+    raw = _read_yaml(p)
     try:
         suite = Suite.model_validate({**raw, "source": str(p.resolve())})
     except ValidationError as e:
-        first = e.errors()[0]
-        msg = first["msg"].removeprefix("Value error, ")
-        loc = _loc(first)
-        # Errors raised inside a validator carry their own field path in the message.
-        if ":" in msg.split(" ")[0]:
-            loc, msg = (loc + "." + msg.split(":", 1)[0]).strip("."), msg.split(":", 1)[1].strip()
-        more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise SuiteError(f"{p}: {loc}: {msg}{more}") from None
-    if suite.task.path and not (suite.task_dir() and suite.task_dir().is_dir()):
-        raise SuiteError(f"{p}: task.path: folder {suite.task.path} not found next to the suite")
-    control = suite.task.control
-    if control and control.path and not (suite.control_dir() and suite.control_dir().is_dir()):
-        raise SuiteError(f"{p}: task.control.path: folder {control.path} not found next to the suite")
+        raise SuiteError([f"{p}: {line}" for line in _error_lines(e)]) from None
+    problems = _folder_problems(suite)
+    if resources and not problems:
+        problems = _model_problems(suite) + _task_problems(suite)
+    if problems:
+        raise SuiteError([f"{p}: {line}" for line in problems])
     return suite
+
+
+def _duplicate_keys(node: yaml.Node | None, path: tuple[str, ...] = ()) -> list[str]:
+    """PyYAML keeps the last of two equal keys without a word; a suite must say which it means."""
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                where = f"lines {seen[key]} and {line}" if line != seen[key] else f"twice on line {line}"
+                problems.append(f"{'.'.join((*path, key))}: duplicate key ({where}); keep one")
+            seen.setdefault(key, line)
+            problems += _duplicate_keys(value_node, (*path, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, (*path, str(i)))
+    return problems
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    if p.is_dir():
+        raise SuiteError(f"{p}: is a folder; give a suite YAML file")
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise SuiteError(f"{p}: no such suite file") from None
+    except OSError as e:
+        raise SuiteError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SuiteError(f"{p}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
+    try:
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise SuiteError(f"{p}:{where} invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    if duplicates:
+        raise SuiteError([f"{p}: {line}" for line in duplicates])
+    if raw is None:
+        raise SuiteError(f"{p}: empty file; a suite needs at least `name` and `task`")
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{p}: a suite must be a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
+# Errors whose message already says what was wrong with the value.
+_NO_VALUE = {"missing", "value_error", "extra_forbidden", "unknown_parameter", "unknown_name", "duplicate"}
+
+
+def _error_lines(e: ValidationError) -> list[str]:
+    """One `field.path: message` line per error, with the offending value where it helps."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and not msg.startswith("unknown field"):
+            known = _known_fields(err["loc"][:-1])
+            msg = "unknown field" + (f" (known: {', '.join(known)})" if known else "")
+        elif isinstance(err["input"], str | int | float) and err["type"] not in _NO_VALUE:
+            shown = repr(err["input"])
+            msg += f" (got {shown if len(shown) <= 40 else shown[:37] + '...'})"
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model at `loc` (for "unknown field" errors), when one model sits there."""
+    model: Any = Suite
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return []
+        model = _only_model(model.model_fields[part].annotation)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or model.model_config.get("extra") != "forbid":
+        return []
+    return [f.alias or name for name, f in model.model_fields.items() if name != "source"]
+
+
+def _only_model(annotation: Any) -> Any:
+    """The one pydantic model inside `annotation` (through Optional, list, Annotated), else None."""
+    found = []
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            found.append(a)
+        else:
+            stack.extend(getattr(a, "__args__", ()) or ())
+            if hasattr(a, "__origin__") and getattr(a, "__metadata__", None) is not None:
+                stack.append(a.__origin__)
+    return found[0] if len(found) == 1 else None
+
+
+def _folder_problems(suite: Suite) -> list[str]:
+    problems = []
+    task_dir, control_dir = suite.task_dir(), suite.control_dir()
+    if suite.task.path and not (task_dir and task_dir.is_dir()):
+        problems.append(f"task.path: folder {suite.task.path} not found next to the suite")
+    control = suite.task.control
+    if control and control.path and not (control_dir and control_dir.is_dir()):
+        problems.append(f"task.control.path: folder {control.path} not found next to the suite")
+    return problems
+
+
+# ----------------------------------------------------------------------------- models and tasks exist
+
+
+def _model_problems(suite: Suite) -> list[str]:
+    problems = []
+    for field, name in (("models.teacher", suite.models.teacher), ("models.student", suite.models.student)):
+        if field == "models.student" and name == "same":
+            continue
+        if name in MODEL_ALIASES or os.path.isdir(os.path.expanduser(name)) or _in_hf_cache(name):
+            continue
+        close = difflib.get_close_matches(name, MODEL_ALIASES, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        problems.append(
+            f"{field}: unknown model '{name}': not an alias ({', '.join(MODEL_ALIASES)}), a local folder, "
+            f"or a hub id in the local Hugging Face cache (nothing is downloaded){hint}"
+        )
+    return problems
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    """A hub id whose config is in the local Hugging Face cache (offline: the cache is all there is)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id (HFValidationError)
+        return False
+
+
+class TaskYamlLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs far enough to see their `task:` name: `!function` tags become None, so a
+    stray YAML in a task folder never runs its Python."""
+
+
+TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _task_problems(suite: Suite) -> list[str]:
+    problems = []
+    control = suite.task.control
+    for field, task, folder in (("task", suite.task, suite.task_dir()), ("task.control", control, suite.control_dir())):
+        if task is None:
+            continue
+        if folder is not None:
+            problems += _local_task_problems(field, task, folder)
+        else:
+            problems += _registered_task_problems(field, task.name)
+    return problems
+
+
+def _local_task_problems(field: str, task: Task | ControlTask, folder: Path) -> list[str]:
+    """The folder must hold a task YAML with `task: name` (what `tasks.task_config` will load), and a
+    metric the suite names must be one the task declares."""
+    name, names = task.name, []
+    for f in sorted(folder.glob("*.yaml")):
+        try:
+            cfg = yaml.load(f.read_text(encoding="utf-8"), Loader=TaskYamlLoader)  # noqa: S506
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            return [f"{field}.path: {f.name}: cannot read the task YAML ({str(e).splitlines()[0]})"]
+        if not isinstance(cfg, dict):
+            continue
+        if cfg.get("task") == name:
+            if "num_fewshot" in cfg:
+                return [f"{field}.path: {f.name}: num_fewshot: remove it; the suite's context sets the demonstrations"]
+            declared = [m.get("metric") for m in cfg.get("metric_list") or [] if isinstance(m, dict)]
+            if task.metric and declared and task.metric not in declared:
+                known = ", ".join(map(str, declared))
+                return [f"{field}.metric: '{task.metric}' is not a metric of task {name} (it declares: {known})"]
+            return []
+        if isinstance(cfg.get("task"), str):
+            names.append(cfg["task"])
+    return [f"{field}.name: no task YAML with 'task: {name}' in {task.path} (found: {', '.join(names) or 'none'})"]
+
+
+@functools.lru_cache(maxsize=1)
+def lm_eval_index() -> Any:
+    """lm-eval's TaskManager over its registered tasks, built once per process (~10 s); `tasks` reuses it.
+
+    lm-eval is imported here, not at the top, so that validating a suite of local tasks never loads it."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def _registered_task_problems(field: str, name: str) -> list[str]:
+    """A registered lm-eval task: lm-eval's own index knows the name."""
+    tm = lm_eval_index()
+    if name in tm.all_subtasks:
+        return []
+    if name in tm.all_tasks:
+        return [f"{field}.name: '{name}' is an lm-eval group or tag; name one task"]
+    close = difflib.get_close_matches(name, tm.all_subtasks, n=3)
+    hint = f" (close: {', '.join(close)})" if close else ""
+    return [f"{field}.name: unknown lm-eval task '{name}' and no `path` to a local task folder{hint}"]

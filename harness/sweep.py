@@ -1,61 +1,79 @@
 """The Optuna study over a suite's axes and hyperparameters, each trial an MLflow run.
 
+One trial is one configuration trained once per seed (`sweep.seeds`), each seed in its own MLflow
+run nested under the configuration's; the objective is the configuration's mean over seeds on the
+validation split, and only the first seed reports held-out KL (on validation items) to the pruner.
+
 The study lives in Optuna storage (SQLite by default, any RDB URL for several
 machines); rerunning the same suite resumes it and only runs the trials still
-missing. A trial that fails (bad settings, NaN loss, out of memory) is recorded
-as failed with its reason and the study goes on.
+missing, and any number of workers may run it at once (`harness.workers`). A
+trial that fails for a reason its configuration can cause (divergence, an
+invalid axis combination, out of memory, an undefined objective) is recorded as
+failed with its reason and the study goes on; any other exception is a bug: the
+trial is marked failed, its configuration requeued, and the study stops with
+the traceback. A tracking store lost mid-trial requeues the trial and stops
+this worker with one line (TrackingUnavailable).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import math
 import platform
-from pathlib import Path
-from typing import Any
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import optuna
 import torch
 
-from harness import tracking
+from harness import aggregate, stores, tracking, workers
+from harness.config import HyperParams, TrialConfig
+from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
+from harness.redact import redact
+from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
-from harness.trial import InvalidCombination, TrialConfig, Workbench, per_item_table, run_trial
+from harness.trial import InvalidCombination, Workbench, per_item_table, run_trial
 
 log = logging.getLogger(__name__)
 
-MAXIMIZE = {"gap_closure", "student_score"}
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ValueError, RuntimeError)
+
+class ObjectiveUndefined(ArithmeticError):
+    """The trial ran, but an objective has no value (gap closure when teacher and baseline score the same)."""
 
 
-def storage_url(suite: Suite) -> str:
-    if suite.sweep.storage:
-        return suite.sweep.storage
-    Path(suite.work_dir).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(suite.work_dir).resolve() / 'optuna.db'}"
+# What a configuration can legitimately cause (pruning is Optuna's own TrialPruned); nothing broader.
+EXPECTED_FAILURES = (TrainingDiverged, InvalidCombination, torch.OutOfMemoryError, ObjectiveUndefined)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage | str:
-    """RDB storages get a heartbeat: a trial whose process died (kill, power loss) is marked FAIL on the
-    next run instead of staying RUNNING forever and counting as unfinished."""
-    if url.startswith(("sqlite", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=30, grace_period=90, heartbeat_stale_trial_callback=_mark_stale
-        )
-    return url
+def direction(objective: str) -> Literal["maximize", "minimize"]:
+    """The study direction of an objective, from the definition of the metric it optimises."""
+    d = METRICS[OBJECTIVES[objective]].direction
+    if d is None:
+        raise ValueError(f"sweep.objectives: metric '{objective}' has no direction to optimise")
+    return d
 
 
-def _mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    log.warning("trial %d stopped sending heartbeats (its process died); recorded as FAIL", trial.number)
-    run_id = trial.user_attrs.get("mlflow_run_id")
-    if run_id:
-        tracking.TrialRun(run_id).end("FAILED", "process died during the trial (no heartbeat)")
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The RDB storage, its schema created safely if several workers start together, with heartbeats: a
+    trial whose process died (kill, power loss) is failed and its configuration requeued by whichever
+    worker notices first (`workers.requeue_stale`), instead of staying RUNNING forever."""
 
+    def rdb() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=workers.HEARTBEAT_S,
+                grace_period=workers.GRACE_S,
+                heartbeat_stale_trial_callback=workers.requeue_stale,
+            )
 
-def study_name(suite: Suite) -> str:
-    """Same suite content → same study (resume); an edited suite starts a new one."""
-    return f"{suite.name}-{suite.content_hash()}"
+    return stores.open_store(url, "Optuna storage", rdb)
 
 
 def grid_space(suite: Suite) -> dict[str, list[Any]]:
@@ -72,17 +90,24 @@ def grid_space(suite: Suite) -> dict[str, list[Any]]:
     return space
 
 
-def make_sampler(suite: Suite) -> optuna.samplers.BaseSampler:
+def make_sampler(suite: Suite) -> workers.PerTrialSeed:
+    """The suite's sampler, made afresh for every trial with a seed from the suite's seed and the trial's
+    number: workers never replay each other's draws, a study in one process is reproducible."""
     kind = suite.sweep.sampler
     if len(suite.sweep.objectives) == 2 and kind == "tpe":
         kind = "nsga2"
-    if kind == "grid":
-        return optuna.samplers.GridSampler(grid_space(suite), seed=suite.seed)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=suite.seed)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=suite.seed)
-    return optuna.samplers.TPESampler(seed=suite.seed)
+    space = grid_space(suite) if kind == "grid" else {}
+
+    def make(seed: int) -> optuna.samplers.BaseSampler:
+        if kind == "grid":
+            return optuna.samplers.GridSampler(space, seed=seed)
+        if kind == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed)
+
+    return workers.PerTrialSeed(make, suite.seed)
 
 
 def prunes(suite: Suite) -> bool:
@@ -121,7 +146,7 @@ def suggest(trial: optuna.Trial, suite: Suite) -> TrialConfig:
             hp[name] = trial.suggest_categorical(name, value.choices)
         else:
             hp[name] = value
-    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], hp)
+    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], HyperParams.from_values(hp))
 
 
 class _Reporter:
@@ -135,7 +160,7 @@ class _Reporter:
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log_step(step, metrics)
-        kl = metrics["heldout/kl"]
+        kl = metrics[HELDOUT_KL.name]
         if not self.prune:
             return
         self.trial.report(self.sign * kl, step)  # lower KL is better; flip sign for a maximised study
@@ -143,34 +168,54 @@ class _Reporter:
             raise optuna.TrialPruned(f"held-out KL {kl:.4f} at step {step} is worse than the median of earlier trials")
 
 
-def objective_values(suite: Suite, metrics: dict[str, float]) -> list[float]:
+def objective_values(suite: Suite, metrics: TrialMetrics) -> list[float]:
+    """The study's objective values: each objective's metric (a validation score, or a cost), mean over seeds."""
     vals = []
     for name in suite.sweep.objectives:
-        v = metrics[name]
+        metric = OBJECTIVES[name]
+        v = getattr(metrics, metric)
         if v is None or math.isnan(v):
-            raise RuntimeError(f"objective {name} is undefined (NaN): teacher and baseline score the same")
+            raise ObjectiveUndefined(
+                f"objective {name} is undefined ({metric} is NaN): teacher and baseline score the same "
+                "on the validation split"
+            )
         vals.append(float(v))
     return vals
 
 
 def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, base_tags: dict[str, str]) -> Any:
-    maximize = suite.sweep.objectives[0] in MAXIMIZE
+    maximize = direction(suite.sweep.objectives[0]) == "maximize"
     prune = prunes(suite)
+    seeds = suite.training_seeds()
 
     def objective(trial: optuna.Trial) -> float | list[float]:
         cfg = suggest(trial, suite)
         tags = {**base_tags, "optuna.trial_number": str(trial.number)}
         try:
-            with tracking.trial_run(exp_id, parent_id, f"trial-{trial.number}", tags) as run:
+            name = tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label)
+            with tracking.trial_run(exp_id, parent_id, name, tags) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
-                run.log_params(cfg.params())
-                reporter = _Reporter(trial, run, maximize, prune)
-                result = run_trial(bench, cfg, reporter)
-                run.log_metrics(result.metrics)
-                _log_artifacts(run, bench, result)
-                print(f"trial {trial.number} ({cfg.target.label} / {cfg.context.label} / {cfg.loss.label}):")
-                print("\n".join(f"  {k:<28} {v:.4g}" for k, v in result.metrics.items()), flush=True)
-                values = objective_values(suite, result.metrics)
+                run.log_params({**cfg.params(), "training_seeds": ",".join(map(str, seeds))})
+                results = []
+                for i, seed in enumerate(seeds):
+                    seed_tags = {**tags, "harness.seed": str(seed)}
+                    seed_name = tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label, seed)
+                    with tracking.trial_run(exp_id, run.run_id, seed_name, seed_tags, kind="seed") as seed_run:
+                        reporter = _Reporter(trial, seed_run, maximize, prune and i == 0)
+                        results.append(_run_seed(seed_run, bench, cfg, seed, reporter))
+                metrics = aggregate.combine(results, n_boot=suite.evaluation.bootstrap, seed=suite.seed)
+                run.log_metrics(metrics)
+                _log_artifacts(run, bench, results)
+                log.debug(
+                    "trial %d (%s / %s / %s), %d seeds:\n%s",
+                    trial.number,
+                    cfg.target.label,
+                    cfg.context.label,
+                    cfg.loss.label,
+                    len(seeds),
+                    "\n".join(f"  {k:<28} {v:.4g}" for k, v in metrics.logged().items()),
+                )
+                values = objective_values(suite, metrics)
                 run.set_tags({"optuna.trial_state": "COMPLETE"})
         except optuna.TrialPruned as e:
             trial.set_user_attr("reason", str(e))
@@ -178,12 +223,41 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
             raise
         except EXPECTED_FAILURES as e:
             trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
+            _tag_state(trial, "FAIL")  # the study's progress line says why
+            raise
+        except Exception as e:  # not a result but a bug: Optuna marks the trial FAIL and re-raises, stopping the study
+            trial.set_user_attr("reason", f"{type(e).__name__}: {e} (stopped the study)")
             _tag_state(trial, "FAIL")
-            log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            log.error(
+                "trial %d raised %s, which no configuration explains; stopping the study",
+                trial.number,
+                type(e).__name__,
+            )
             raise
         return values[0] if len(values) == 1 else values
 
     return objective
+
+
+def _run_seed(
+    run: tracking.TrialRun, bench: Workbench, cfg: TrialConfig, seed: int, reporter: _Reporter
+) -> TrialResult:
+    """One seed of a configuration, logged to its own run: parameters, the seed's metrics, its per-item answers."""
+    run.log_params({**cfg.params(), "seed": seed})
+    result = run_trial(bench, cfg, seed, reporter)
+    run.log_metrics(result.metrics)
+    run.log_table(per_item_table(result), "per_item.json")
+    inputs = [dataclasses.asdict(i) for i in result.inputs]
+    run.log_inputs(inputs, name=f"{bench.task.name}-train-{len(inputs)}", context="training")
+    run.log_dict(
+        {
+            f"{split}/{arm}": a.raw
+            for split in ("validation", "test")
+            for arm, a in getattr(result, split).present().items()
+        },
+        "lm_eval_results.json",
+    )
+    return result
 
 
 def _tag_state(trial: optuna.Trial, state: str) -> None:
@@ -192,16 +266,13 @@ def _tag_state(trial: optuna.Trial, state: str) -> None:
         tracking.TrialRun(run_id).set_tags({"optuna.trial_state": state})
 
 
-def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> None:
+def _log_artifacts(run: tracking.TrialRun, bench: Workbench, results: list[TrialResult]) -> None:
+    """The configuration run's artifacts: the resolved suite, its contexts, and the per-item scores of every
+    arm, split and seed (`item_scores.json`), from which the report pairs configurations."""
     s = bench.suite
     run.log_text(s.resolved_yaml(), "suite.yaml")
-    run.log_table(per_item_table(result), "per_item.json")
-    run.log_inputs(
-        result.info["inputs"], name=f"{bench.task.name}-train-{len(result.info['inputs'])}", context="training"
-    )
-    arms = result.info["arms"]
-    run.log_dict({arm: a.raw for arm, a in arms.items()}, "lm_eval_results.json")
-    ctx = result.info["student_context"]
+    run.log_dict(aggregate.item_scores(results, bench.metric, bench.split_notes()), aggregate.SCORES_ARTIFACT)
+    ctx = results[0].student_context
     run.log_dict(
         {
             "teacher_context": {"system": bench.context.system, "demos": bench.context.n_demos},
@@ -211,29 +282,35 @@ def _log_artifacts(run: tracking.TrialRun, bench: Workbench, result: Any) -> Non
     )
 
 
-def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None, report: bool = True) -> int:
-    """Run (or resume) the suite's study until it holds `n_trials` finished trials."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
-    directions = ["maximize" if o in MAXIMIZE else "minimize" for o in suite.sweep.objectives]
-    storage = storage_url(suite)
-    name = study_name(suite)
-    study = optuna.create_study(
-        study_name=name,
-        storage=open_storage(storage),
+# How often a worker with nothing to start looks again (another worker's trial may be interrupted).
+POLL_S = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """A worker's handle on the shared study: the study, its MLflow experiment and parent run, run tags."""
+
+    study: optuna.Study
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]
+
+
+def join(suite: Suite) -> Joined:
+    """Open (creating them on first use, safely when several workers start at once) the suite's study, its
+    MLflow experiment and its one parent run."""
+    study, created = workers.create_or_load(
+        stores.study_name(suite),
+        open_storage(stores.storage_url(suite)),
         sampler=make_sampler(suite),
         pruner=make_pruner(suite),
-        directions=directions,
-        load_if_exists=True,
+        directions=[direction(o) for o in suite.sweep.objectives],
     )
-    target = n_trials if n_trials is not None else suite.sweep.n_trials
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    todo = max(0, target - done)
-    log.info("study %s in %s: %d finished, %d to run", name, storage, done, todo)
     exp_id = tracking.setup(suite)
-    base_tags = {
+    tags = {
         "harness.suite": suite.name,
         "harness.suite_hash": suite.content_hash(),
-        "harness.study": name,
+        "harness.study": study.study_name,
         "git.commit": tracking.git_commit(),
         "teacher": suite.models.teacher,
         "student": suite.models.student,
@@ -241,34 +318,201 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
         "machine": platform.platform(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    parent = tracking.parent_run_id(exp_id, name, base_tags)
-    if todo:
-        bench = Workbench(suite)
+    return Joined(study, exp_id, workers.parent_run(study, created, exp_id, tags), tags)
+
+
+def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
+    """Run (or resume, or join) the suite's study until it holds `n_trials` counted trials; returns the study.
+
+    Any number of processes may run this at once on the same stores. Each start first fails and requeues
+    the trials of dead workers; a worker with nothing left to start waits while others run the last trials,
+    to take over any of them that is interrupted."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line says why a trial failed
+    tracking.reset_outage()
+    joined = join(suite)
+    study, exp_id = joined.study, joined.experiment_id
+    target = n_trials if n_trials is not None else suite.sweep.n_trials
+    tracking.save_trials_view(
+        exp_id, view_metrics(suite), view_params(suite), direction(suite.sweep.objectives[0]) == "maximize"
+    )
+    progress = Progress(suite.sweep.objectives, target)
+    limit = timeout or suite.sweep.timeout
+    deadline = time.monotonic() + limit if limit else None
+    workers.recover(study, exp_id)
+    t = workers.tally(study)
+    log.info(
+        "study %s in %s (worker %s): %d of %d trials done, %d running, %d queued",
+        study.study_name,
+        redact(stores.storage_url(suite)),
+        workers.worker_id(),
+        t.counted,
+        target,
+        t.running,
+        t.waiting,
+    )
+    with tracking.study_running(joined.parent_run_id):
+        _work(suite, joined, target, deadline, progress)
+    return study
+
+
+def _work(suite: Suite, joined: Joined, target: int, deadline: float | None, progress: Progress) -> None:
+    """Start trials one at a time until the study holds `target` counted trials (or the deadline passes)."""
+    study, exp_id = joined.study, joined.experiment_id
+    objective = None
+    waiting = False
+    while True:
+        workers.recover(study, exp_id)
+        t = workers.tally(study)
+        if t.counted >= target:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            log.info("timeout: no new trial is started (%d of %d trials done)", t.counted, target)
+            break
+        if t.counted + t.running >= target:
+            if not waiting:
+                log.info("the last %d trial(s) run in other workers; waiting to take over any interrupted", t.running)
+            waiting = True
+            time.sleep(POLL_S)
+            continue
+        waiting = False
+        if objective is None:
+            bench = Workbench(suite)
+            objective = workers.guarded(
+                make_objective(suite, bench, exp_id, joined.parent_run_id, joined.tags), target, EXPECTED_FAILURES
+            )
         study.optimize(
-            make_objective(suite, bench, exp_id, parent, base_tags),
-            n_trials=todo,
-            timeout=timeout or suite.sweep.timeout,
-            catch=EXPECTED_FAILURES,
+            objective,
+            n_trials=1,
+            catch=(*EXPECTED_FAILURES, workers.Surplus),
             gc_after_trial=True,
+            callbacks=[progress],
         )
-    _print_summary(study)
-    if report:
-        from harness import report as report_mod
-
-        out = report_mod.write(suite, "results")
-        print(f"report written to {out}")
-    return 0
 
 
-def _print_summary(study: optuna.Study) -> None:
+# Columns of the saved MLflow runs view after the objectives: the selection metric, the reported test figures
+# with their intervals, the arms' scores and the held-out KL.
+VIEW_METRICS = (
+    "validation_gap_closure",
+    "test_gap_closure",
+    "test_gap_closure_low",
+    "test_gap_closure_high",
+    "test_student_score",
+    "test_teacher_score",
+    "test_baseline_score",
+    "heldout_kl",
+)
+
+
+def view_metrics(suite: Suite) -> list[str]:
+    """The runs view's metric columns: the objectives' metrics first (the view sorts by the first: validation,
+    what chooses), then the headline ones."""
+    names = [OBJECTIVES[o] for o in suite.sweep.objectives] + [m for m in VIEW_METRICS if m in METRICS]
+    return list(dict.fromkeys(names))
+
+
+def view_params(suite: Suite) -> list[str]:
+    """The runs view's parameter columns: the three axes and the searched hyperparameters."""
+    return ["target", "context", "loss", *(f"hp.{h}" for h in suite.hyperparameters.searched())]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
+
+
+class Progress:
+    """Optuna callback: one line per finished trial, the study's progress in words, e.g.
+    `trial 3/8 greedy|empty|forward_kl done (gap_closure 0.970) — elapsed 6 min, ETA 10 min`.
+    k counts every finished trial of the study (a resumed study starts past 0); the ETA extrapolates this
+    process's own pace over the trials still missing."""
+
+    def __init__(self, objectives: Sequence[str], target: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.objectives, self.target, self.clock = objectives, target, clock
+        self.start = clock()
+        self.ran = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.ran += 1
+        k = workers.tally(study).counted
+        level, line = self.line(trial, k)
+        log.log(level, line)
+
+    def line(self, trial: optuna.trial.FrozenTrial, k: int) -> tuple[int, str]:
+        p = trial.params
+        what = tracking.run_name(str(p.get("target")), str(p.get("context")), str(p.get("loss")))
+        level = logging.INFO
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.values is not None:
+            outcome = (
+                "done (" + ", ".join(f"{o} {v:.3f}" for o, v in zip(self.objectives, trial.values, strict=True)) + ")"
+            )
+        else:
+            reason = str(trial.user_attrs.get("reason", ""))[:160]
+            outcome = f"{trial.state.name.lower().replace('fail', 'failed')} ({reason})"
+            level = logging.INFO if trial.state == optuna.trial.TrialState.PRUNED else logging.WARNING
+        elapsed = self.clock() - self.start
+        left = max(0, self.target - k)
+        timing = f"elapsed {_duration(elapsed)}" + (f", ETA {_duration(elapsed / self.ran * left)}" if left else "")
+        return level, f"trial {k}/{self.target} {what} {outcome} — {timing}"
+
+
+def _sampler_kind(sampler: optuna.samplers.BaseSampler) -> str:
+    return sampler.kind if isinstance(sampler, workers.PerTrialSeed) else type(sampler).__name__
+
+
+def plan(suite: Suite) -> list[str]:
+    """What `harness run` would do, for `--dry-run`: the grid's every point, or the axes and ranges a sampler
+    draws from; the fixed hyperparameters. Reads the suite only (no model, no study)."""
+    sw = suite.sweep
+    lines = [
+        f"suite '{suite.name}': study {stores.study_name(suite)}, {sw.n_trials} trials, "
+        f"objectives {', '.join(sw.objectives)}, sampler {_sampler_kind(make_sampler(suite))}, "
+        f"pruner {make_pruner(suite).__class__.__name__}, seed {suite.seed}"
+    ]
+    searched = suite.hyperparameters.searched()
+    if sw.sampler == "grid":
+        space = grid_space(suite)
+        points = list(itertools.product(*space.values()))
+        lines.append(
+            f"grid: {len(points)} points"
+            + ("" if sw.n_trials >= len(points) else f", of which {sw.n_trials} run (the sampler picks which)")
+            + "; a resumed study runs only the missing ones"
+        )
+        for i, point in enumerate(points, 1):
+            values = dict(zip(space, point, strict=True))
+            hp = " ".join(f"{k}={values[k]}" for k in space if k not in ("target", "context", "loss"))
+            lines.append(f"  {i:>3}. {tracking.run_name(values['target'], values['context'], values['loss'])} {hp}")
+    else:
+        for axis, axis_values in (
+            ("target", suite.axes.targets),
+            ("context", suite.axes.contexts),
+            ("loss", suite.axes.losses),
+        ):
+            lines.append(f"  {axis:<14} {', '.join(v.label for v in axis_values)}")
+        for name, v in searched.items():
+            if isinstance(v, Range):
+                scale = ", log scale" if v.log else ""
+                step = f", step {v.step}" if v.step else ""
+                lines.append(f"  {name:<14} {'integer' if v.int_ else 'float'} in [{v.low}, {v.high}]{scale}{step}")
+            else:
+                lines.append(f"  {name:<14} {', '.join(str(c) for c in v.choices)}")
+    fixed = {k: v for k, v in suite.hyperparameters if k not in searched}
+    lines.append("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    return lines
+
+
+def summary(study: optuna.Study) -> list[str]:
+    """One line for the study, then one per trial: state, objective values, axes, why it failed or reran."""
+    trials = study.get_trials(deepcopy=False)
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         done = t.values is not None and t.state == optuna.trial.TrialState.COMPLETE
         vals = ", ".join(f"{v:.3f}" for v in t.values) if done else ""
         rows.append(
             f"  #{t.number:<3} {t.state.name:<8} {vals:<16} target={t.params.get('target')} "
             f"context={t.params.get('context')} loss={t.params.get('loss')} "
-            f"{t.user_attrs.get('reason', '')}"
+            f"{workers.explain(t, trials)}"
         )
-    print(f"study {study.study_name}: {len(rows)} trials")
-    print("\n".join(rows))
+    return [f"study {study.study_name}: {len(rows)} trials", *rows]

@@ -1,4 +1,4 @@
-"""Target selection: how the teacher's ŷ ≈ argmax_y log Pr_t(y | c, z) is approximated (DESIGN §1–2).
+"""Target selection: how the teacher's ŷ ≈ argmax_y log Pr_t(y | c, z) is approximated (README: the axes).
 
 Every strategy is one function registered here with `@register`; adding one touches only this file.
 The training loop and the teacher cache look strategies up by name through `select_targets`, and key
@@ -7,24 +7,28 @@ cached targets on `cache_key_params` (the effective settings, defaults filled in
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness import generation
+from harness.registry import Entry, PositiveInt, Probability, Registry, UnitInterval, lazy_import
+from harness.registry import Positive as Temperature
+
+if TYPE_CHECKING:
+    from harness import generation
+else:
+    generation = lazy_import("harness.generation")  # torch + transformers: not needed to validate a suite
 
 # ----------------------------------------------------------------------------- registry
 
 
 @dataclass(frozen=True)
-class TargetSpec:
-    """A named strategy: its function, whether it needs the student, its params and their defaults."""
+class TargetSpec(Entry):
+    """A named strategy: its function, its parameter model, whether it needs the student, and whether
+    the seed changes its targets (sampling): the teacher cache keys only those on the seed, so the
+    seeds of a configuration share one set of greedy, beam or ground-truth targets."""
 
-    name: str
-    fn: Callable
-    uses_student: bool
-    params: tuple[str, ...]
-    defaults: tuple[tuple[str, Any], ...] = ()
+    uses_student: bool = False
+    seeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,56 +45,18 @@ class TargetRequest:
     stop_strings: tuple[str, ...]
 
 
-TARGETS: dict[str, TargetSpec] = {}
-
-# Checks for param values, shared by every strategy that takes a param of that name.
-_PARAM_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "n_beams": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer ≥ 1"),
-    "n": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer ≥ 1"),
-    "temperature": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0, "a number > 0"),
-    "top_p": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1, "in (0, 1]"),
-    "mix": (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1, "in [0, 1]"),
-}
+TARGETS: Registry[TargetSpec] = Registry("target strategy", TargetSpec)
+register = TARGETS.register  # @register("name", uses_student=..., seeded=...); params: the keyword-only arguments
 
 
-def register(name: str, *, uses_student: bool = False, **defaults: Any) -> Callable[[Callable], Callable]:
-    """Decorator: register `fn(request, **params)` under `name`; keyword args are the params' defaults."""
-
-    def wrap(fn: Callable) -> Callable:
-        if name in TARGETS:
-            raise ValueError(f"target strategy '{name}' registered twice")
-        TARGETS[name] = TargetSpec(
-            name=name,
-            fn=fn,
-            uses_student=uses_student,
-            params=tuple(defaults),
-            defaults=tuple(defaults.items()),
-        )
-        return fn
-
-    return wrap
-
-
-def get_spec(name: str) -> TargetSpec:
-    """The registered strategy, or a ValueError that lists the known ones."""
-    if name not in TARGETS:
-        raise ValueError(f"unknown target strategy '{name}'; known strategies: {sorted(TARGETS)}")
-    return TARGETS[name]
+def target_seed(name: str, seed: int) -> int | None:
+    """The seed a strategy's targets depend on: `seed` for a sampling strategy, None for a deterministic one."""
+    return seed if TARGETS[name].seeded else None
 
 
 def cache_key_params(name: str, params: dict | None) -> dict:
     """Params with defaults filled in and validated: caches key on the effective settings, not the spelling."""
-    spec = get_spec(name)
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
-        raise ValueError(f"target strategy '{name}' got unknown params {unknown}; allowed params: {list(spec.params)}")
-    effective = {**dict(spec.defaults), **params}
-    for key, value in effective.items():
-        check = _PARAM_CHECKS.get(key)
-        if check is not None and not check[0](value):
-            raise ValueError(f"target strategy '{name}': param '{key}' must be {check[1]}, got {value!r}")
-    return effective
+    return TARGETS.resolve(name, params)[1]
 
 
 def select_targets(
@@ -147,8 +113,8 @@ def greedy(req: TargetRequest) -> list[list[int]]:
     return [outs[0] for outs in _generate(req)]
 
 
-@register("beam", n_beams=4)
-def beam(req: TargetRequest, n_beams: int) -> list[list[int]]:
+@register("beam")
+def beam(req: TargetRequest, *, n_beams: PositiveInt = 4) -> list[list[int]]:
     """The most likely of the beams: a wider search for the sequence argmax than greedy.
 
     Every beam comes back and the teacher's summed log-prob picks one: HF ranks beams by a length-
@@ -158,14 +124,16 @@ def beam(req: TargetRequest, n_beams: int) -> list[list[int]]:
     return _most_likely(req, _generate(req, num_beams=n_beams, num_return_sequences=n_beams))
 
 
-@register("sample", temperature=1.0, top_p=0.95)
-def sample(req: TargetRequest, temperature: float, top_p: float) -> list[list[int]]:
+@register("sample", seeded=True)
+def sample(req: TargetRequest, *, temperature: Temperature = 1.0, top_p: Probability = 0.95) -> list[list[int]]:
     """One nucleus sample: targets that cover the teacher's distribution rather than its mode."""
     return [outs[0] for outs in _generate(req, do_sample=True, temperature=temperature, top_p=top_p)]
 
 
-@register("best_of", n=4, temperature=1.0, top_p=0.95)
-def best_of(req: TargetRequest, n: int, temperature: float, top_p: float) -> list[list[int]]:
+@register("best_of", seeded=True)
+def best_of(
+    req: TargetRequest, *, n: PositiveInt = 4, temperature: Temperature = 1.0, top_p: Probability = 0.95
+) -> list[list[int]]:
     """n samples re-ranked by the teacher's own sequence log-prob: a better argmax than one sample."""
     candidates = _generate(req, do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n)
     return _most_likely(req, candidates)
@@ -195,8 +163,9 @@ def ground_truth(req: TargetRequest) -> list[list[int]]:
     return [req.tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in req.references]
 
 
-@register("on_policy", uses_student=True, mix=0.5)
-def on_policy(req: TargetRequest, mix: float) -> list[list[int]]:
+@register("on_policy", uses_student=True)
+def on_policy(req: TargetRequest, *, mix: UnitInterval = 0.5) -> list[list[int]]:
     """GKD-style: the training loop samples from the student for a `mix` fraction of batches; the rest
-    use these teacher greedy targets, the only part that can be precomputed."""
+    use these teacher greedy targets, the only part that can be precomputed (so not seeded here: the
+    student's draws are seeded by the training loop)."""
     return greedy(req)

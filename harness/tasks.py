@@ -11,18 +11,63 @@ import functools
 import hashlib
 import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import yaml
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+
 from harness.contexts import Context, ContextEnv
+from harness.spec import TaskYamlLoader, lm_eval_index
 
 log = logging.getLogger(__name__)
 
 
 class TaskError(ValueError):
     """A task that cannot be found or used."""
+
+
+SPLITS = ("validation", "test")  # DESIGN.md section 9: validation chooses, test is reported and never chooses
+CARVE_SHARE, CARVE_MAX = 5, 200  # a carved validation slice: a fifth of the scored items, at most 200
+
+
+def _docs_hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        for doc in part:
+            h.update(json.dumps(doc, sort_keys=True, default=str, ensure_ascii=False).encode())
+            h.update(b"\n")
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Split:
+    """The held-out items of one split (`validation` or `test`) exactly as lm-eval scores them.
+
+    `source` is the task's own split they come from. `indices` are positions in that split when the
+    items are a seeded slice carved from it (a task without its own validation split), else None and
+    the first `limit` items are scored. Per-item scores are keyed by the position in the source split
+    (lm-eval's doc_id), the same for every arm, seed and configuration: that is what pairs them.
+    """
+
+    name: str
+    source: str
+    docs: tuple[dict[str, Any], ...]
+    indices: tuple[int, ...] | None
+    limit: int | None
+    note: str
+    fingerprint: str  # the scored documents and the demonstrations' source: what a cached score depends on
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the scored items in a cache key."""
+        carved = None if self.indices is None else hashlib.sha256(str(self.indices).encode()).hexdigest()[:12]
+        return {"split": self.name, "source": self.source, "carved": carved, "limit": self.limit}
 
 
 def _absolute_data_files(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -39,24 +84,34 @@ def _absolute_data_files(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def task_config(name: str, folder: Path | None) -> dict[str, Any] | str:
-    """A local task as an in-code config dict (absolute paths), or a registered task's name."""
+    """A local task as an in-code config dict (absolute paths), or a registered task's name.
+
+    Only the named task's YAML (and what it includes) goes through lm-eval's loader, which runs `!function`
+    tags: the other YAMLs of the folder are read with a loader that runs nothing, just to find the name."""
     if folder is None:
         return name
-    from lm_eval.tasks._yaml_loader import load_yaml
+    path = _task_file(name, folder)
+    cfg = load_yaml(path)
+    if "num_fewshot" in cfg:
+        raise TaskError(f"{path}: num_fewshot: remove it; the suite's context sets the demonstrations")
+    return _absolute_data_files(cfg, folder)
 
+
+def _task_file(name: str, folder: Path) -> Path:
+    """The YAML in `folder` whose `task:` is `name`, found without running any of the folder's code."""
     for path in sorted(folder.glob("*.yaml")):
-        cfg = load_yaml(path)
-        if cfg.get("task") == name:
-            if "num_fewshot" in cfg:
-                raise TaskError(f"{path}: num_fewshot: remove it; the suite's context sets the demonstrations")
-            return _absolute_data_files(cfg, folder)
+        try:
+            head = yaml.load(path.read_text(encoding="utf-8"), Loader=TaskYamlLoader)  # noqa: S506 (runs nothing)
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            log.debug("skipping %s: %s", path, e)
+            continue
+        if isinstance(head, dict) and head.get("task") == name:
+            return path
     raise TaskError(f"{folder}: no task YAML with 'task: {name}'")
 
 
 def chat_template_fn(tokenizer: Any) -> Any:
     """lm-eval's HFLM.apply_chat_template bound to our tokenizer: the very function evaluation uses."""
-    from lm_eval.models.huggingface import HFLM
-
     shim = SimpleNamespace(tokenizer=tokenizer, chat_template_args={})
     return functools.partial(HFLM.apply_chat_template, shim)
 
@@ -110,23 +165,75 @@ class TaskBundle:
         return docs[:n] if n is not None else docs
 
     def eval_docs(self) -> list[dict[str, Any]]:
-        """Held-out documents, exactly what lm-eval scores (test split, else validation)."""
+        """The documents lm-eval scores by default (test split, else validation): where `test` comes from."""
         return list(self.task.eval_docs)
 
-    @functools.cached_property
-    def data_fingerprint(self) -> str:
-        """Hash of the documents a score depends on (scored items and the demonstrations' source).
+    @property
+    def has_own_validation(self) -> bool:
+        """A validation split apart from the split lm-eval scores: otherwise validation is carved from it."""
+        return bool(self.task.has_validation_docs() and self.task.has_test_docs())
 
-        Cached scores are keyed by it: a key holding only the data-file paths would pair old per-item
-        scores with a fresh student after the data changed.
+    def split(self, name: str, limit: int | None, seed: int) -> Split:
+        """The `validation` or `test` items: the task's own splits (first `limit` items of each), or, for a
+        task whose only held-out split is the one lm-eval scores, a seeded slice of it for validation
+        (`limit` items, default a fifth up to 200) and the rest for test (its first `limit`). Disjoint either way.
         """
-        h = hashlib.sha256()
-        for part in (self.task.eval_docs, self.task.fewshot_docs() or []):
-            for doc in part:
-                h.update(json.dumps(doc, sort_keys=True, default=str, ensure_ascii=False).encode())
-                h.update(b"\n")
-            h.update(b"\0")
-        return h.hexdigest()[:20]
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got '{name}'")
+        cfg = self.task.config
+        fewshot = list(self.task.fewshot_docs() or [])
+        if self.has_own_validation:
+            source = cfg.validation_split if name == "validation" else cfg.test_split
+            docs = list(self._docs(name))[:limit]
+            note = f"{len(docs)} items of the task's `{source}` split" + (f" (first {limit})" if limit else "")
+            return Split(name, source, tuple(docs), None, limit, note, _docs_hash(docs, fewshot))
+        source = cfg.test_split if self.task.has_test_docs() else cfg.validation_split
+        pool = self.eval_docs()
+        val = self._carve(len(pool), limit if name == "validation" else None, seed)
+        if name == "validation":
+            indices = val
+            note = (
+                f"carved from the task's `{source}` split (it has no separate validation split): "
+                f"{len(val)} of its {len(pool)} items, drawn with seed {seed}; test is the rest"
+            )
+        else:
+            chosen = set(val)
+            indices = [i for i in range(len(pool)) if i not in chosen][:limit]
+            note = f"{len(indices)} items of the task's `{source}` split that the carved validation slice left out"
+        docs = [pool[i] for i in indices]
+        return Split(name, source, tuple(docs), tuple(indices), limit, note, _docs_hash(docs, fewshot))
+
+    def scored_split(self, limit: int | None) -> Split:
+        """The first `limit` items lm-eval scores by default, for a task that is only reported (the control task)."""
+        source = self.task.config.test_split if self.task.has_test_docs() else self.task.config.validation_split
+        docs = self.eval_docs()[:limit]
+        fewshot = list(self.task.fewshot_docs() or [])
+        note = f"{len(docs)} items of the task's `{source}` split"
+        return Split("test", source, tuple(docs), None, limit, note, _docs_hash(docs, fewshot))
+
+    def _carve(self, n: int, size: int | None, seed: int) -> list[int]:
+        """The validation slice of a task without its own: `size` seeded positions out of n, in order."""
+        size = size or min(CARVE_MAX, max(1, n // CARVE_SHARE))
+        if size >= n:
+            raise TaskError(
+                f"task '{self.name}': cannot carve {size} validation items out of its {n} held-out items "
+                "and keep a test split; lower task.validation_limit"
+            )
+        return sorted(random.Random(seed).sample(range(n), size))
+
+    def lm_eval_task(self, split: Split) -> dict[str, Any] | str | Any:
+        """What `simple_evaluate(tasks=[...])` scores for this split (lm-eval scores a task's `test_split`).
+
+        A local task: its config with `test_split` set to the split's source. A registered task whose
+        source is what lm-eval scores anyway: its name. Otherwise a freshly loaded task object with
+        `test_split` changed (lm-eval has no per-name override for a registered task).
+        """
+        if isinstance(self.config, dict):
+            return {**self.config, "test_split": split.source}
+        default = self.task.config.test_split if self.task.has_test_docs() else self.task.config.validation_split
+        if split.source == default:
+            return self.config
+        return with_test_split(task_manager(self.folder), self.name, split.source)
 
     def demo_pairs(self, n: int) -> tuple[tuple[str, str], ...]:
         """The first n demonstrations as (input, answer) texts."""
@@ -169,14 +276,20 @@ class TaskBundle:
         return tuple(s for s in ([until] if isinstance(until, str) else until) if not s.startswith("<|"))
 
 
+def with_test_split(tm: Any, name: str, source: str) -> Any:
+    """A fresh lm-eval task object that scores `source` as its test split (lm-eval's eval_docs read it)."""
+    task = tm.load([name])["tasks"][name]
+    task.set_config(key="test_split", value=source)
+    return task
+
+
 @functools.lru_cache(maxsize=8)
 def task_manager(folder: Path | None) -> Any:
-    """One TaskManager per task folder: indexing lm-eval's built-in tasks takes ~10 s, a local folder ~0."""
-    from lm_eval.tasks import TaskManager
-
+    """lm-eval's index of registered tasks (~10 s to build, once), or for a local task an empty TaskManager:
+    its config comes in as a dict from `task_config`, so the folder's other YAMLs are never indexed."""
     if folder is None:
-        return TaskManager()
-    return TaskManager(include_path=str(folder), include_defaults=False)
+        return lm_eval_index()
+    return TaskManager(include_defaults=False)
 
 
 def load_task(name: str, folder: Path | None) -> TaskBundle:

@@ -43,8 +43,13 @@ def targets(
     seed: int,
     stop_strings: tuple[str, ...],
 ) -> list[list[int]]:
-    """ŷ for each teacher prompt, from the cache when the same request was made before."""
+    """ŷ for each teacher prompt, from the cache when the same request was made before.
+
+    The seed is part of the request only for a sampling strategy (`TargetSpec.seeded`): the other
+    strategies ignore it, so every training seed of a configuration reads the same entry.
+    """
     effective = target_registry.cache_key_params(strategy, params)
+    used_seed = target_registry.target_seed(strategy, seed)
     parts = {
         "teacher": teacher.fingerprint,
         "prompts": prompts,
@@ -52,7 +57,7 @@ def targets(
         "params": effective,
         "max_new_tokens": max_new_tokens,
         "stop": list(stop_strings),
-        "seed": seed,
+        "seed": used_seed,
         "references": references if strategy == "ground_truth" else None,
     }
 
@@ -66,7 +71,7 @@ def targets(
             references,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
-            seed=seed,
+            seed=0 if used_seed is None else used_seed,
             stop_strings=stop_strings,
         )
 
@@ -112,7 +117,7 @@ def score_topk(
 
 
 def _k(model: torch.nn.Module, k: int | None) -> int:
-    vocab = int(model.config.vocab_size)
+    vocab = int(generation._as_lm(model).config.vocab_size)
     return vocab if k is None else min(k, vocab)
 
 

@@ -13,16 +13,18 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from harness import generation
 from harness.batching import make_batch, target_logits
 from harness.losses import LOSSES, compute_loss
+from harness.metrics import TRAIN_LOSS, TRAIN_LR
 from harness.teacher import TopKSeq, score_topk, stack
 
 log = logging.getLogger(__name__)
@@ -34,18 +36,19 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    learning_rate: float = 1e-4
-    epochs: int = 2
-    batch_size: int = 8
-    lora_rank: int = 0
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    eval_every: int = 0
-    dtype: str = "auto"
-    seed: int = 0
+    """What the loop needs, no defaults: they live in the suite spec (the trial builds this from it)."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    warmup_ratio: float
+    weight_decay: float
+    grad_accum: int
+    scheduler: str
+    max_grad_norm: float
+    eval_every: int
+    dtype: str
+    seed: int
 
 
 @dataclass
@@ -66,7 +69,7 @@ class OnPolicy:
     teacher: torch.nn.Module
     max_new_tokens: int
     stop_strings: tuple[str, ...]
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     top_k: int
     temperature: float = 1.0
     teacher_mode: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # LoRA: adapters off
@@ -79,13 +82,10 @@ class TrainResult:
     target_tokens: int = 0
     wall_time_s: float = 0.0
     losses: list[float] = field(default_factory=list)
-    on_policy_batches: int = 0
 
 
-def apply_lora(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, rank: int) -> PeftModel:
     """Wrap the student in LoRA adapters on every linear layer (rank > 0)."""
-    from peft import LoraConfig, get_peft_model
-
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
@@ -111,12 +111,10 @@ def student_of(
             for p, flag in zip(base.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
         return
-    student = copy.deepcopy(base).float()
-    for p in student.parameters():
+    copied = copy.deepcopy(base).float()
+    for p in copied.parameters():
         p.requires_grad_(True)
-    if lora_rank > 0:
-        student = apply_lora(student, lora_rank)
-    yield student, contextlib.nullcontext
+    yield (apply_lora(copied, lora_rank) if lora_rank > 0 else copied), contextlib.nullcontext
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -126,7 +124,7 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
-def _fused_ok(params: list[torch.Tensor]) -> bool:
+def _fused_ok(params: Sequence[torch.Tensor]) -> bool:
     """Fused AdamW (one kernel over all tensors) where torch has it: the unfused update is a fifth of a CPU step."""
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
@@ -205,6 +203,7 @@ def train(
     eval_every = settings.eval_every or per_epoch
     result = TrainResult()
     start = time.perf_counter()
+    # disable=None: a bar on a terminal, nothing in a log file
     bar = tqdm(total=per_epoch * settings.epochs, desc=f"train {loss_name}", leave=False, disable=None)
     step = 0
     for _epoch in range(settings.epochs):
@@ -213,16 +212,15 @@ def train(
         for b in range(per_epoch):
             items = [examples[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
             tgts = [e.target for e in items]
-            teach = [e.teacher for e in items]
+            teach: Sequence[TopKSeq | None] = [e.teacher for e in items]
             if on_policy is not None and rng.random() < on_policy.mix:
                 tgts, teach = _on_policy_batch(model, items, on_policy, settings.seed * 100003 + step, pad_id)
-                result.on_policy_batches += 1
             batch = make_batch([e.prompt for e in items], tgts, pad_id)
             teacher_dist = None
             if spec.needs_teacher:
                 if any(t is None for t in teach):
                     raise ValueError(f"loss '{loss_name}' needs the teacher's top-k log-probs")
-                teacher_dist = stack(teach, batch.target_ids.shape[1])
+                teacher_dist = stack([t for t in teach if t is not None], batch.target_ids.shape[1])
                 teacher_dist = type(teacher_dist)(
                     *(t.to(device) for t in (teacher_dist.indices, teacher_dist.logprobs, teacher_dist.tail))
                 )
@@ -251,7 +249,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}")
             if on_step:
-                on_step(step, {"train/loss": value, "train/lr": sched.get_last_lr()[0]})
+                on_step(step, {TRAIN_LOSS.name: value, TRAIN_LR.name: sched.get_last_lr()[0]})
             if on_eval and step % eval_every == 0 and step < per_epoch * settings.epochs:
                 model.eval()
                 on_eval(step)

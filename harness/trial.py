@@ -1,33 +1,39 @@
-"""One trial: a concrete configuration → teacher cache → trained student → metrics.
+"""One trial: a concrete configuration and one training seed → teacher cache → trained student → metrics.
 
-Knows nothing of Optuna or MLflow: the sweep hands it a configuration and an
+Knows nothing of Optuna or MLflow: the sweep hands it a configuration, a seed and an
 optional reporter (for intermediate values and pruning) and gets metrics back.
-State that does not depend on the trial (teacher model, task, caches, teacher
-and baseline scores) lives in `Workbench`, built once per study.
+State that does not depend on the trial (teacher model, task, its validation and test
+items, caches, teacher and baseline scores) lives in `Workbench`, built once per study.
+The student is scored on both splits; everything that chooses (held-out KL for the
+pruner, the objective) reads validation only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import torch
+from peft import PeftModel
 
-from harness import intrinsic, models, scoring
+from harness import aggregate, intrinsic, models, scoring, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
+from harness.config import TrialConfig, train_settings
 from harness.contexts import Context, modify
 from harness.losses import LOSSES
+from harness.metrics import HELDOUT_KL, TrialMetrics
+from harness.results import Arms, ContextGap, TrainingInput, TrialResult
 from harness.spec import AxisValue, Suite
 from harness.targets import TARGETS
-from harness.tasks import TaskBundle, encode_prompt, load_task, task_manager
-from harness.train import Example, OnPolicy, TrainSettings, student_of, train
+from harness.tasks import SPLITS, Split, TaskBundle, encode_prompt, load_task, task_manager
+from harness.train import Example, OnPolicy, student_of, train
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +50,13 @@ class InvalidCombination(ValueError):
 
 
 @dataclass(frozen=True)
-class TrialConfig:
-    """One point of the sweep: a value per axis plus concrete hyperparameters."""
+class HeldOut:
+    """The held-out inputs behind the intrinsic metrics, with the teacher's greedy targets and top-k on them."""
 
-    target: AxisValue
-    context: AxisValue
-    loss: AxisValue
-    hp: dict[str, Any]
-
-    def params(self) -> dict[str, Any]:
-        """Flat parameter names for tracking: axis.* labels, axis params, and hp.*."""
-        out: dict[str, Any] = {"target": self.target.label, "context": self.context.label, "loss": self.loss.label}
-        for axis, v in (("target", self.target), ("context", self.context), ("loss", self.loss)):
-            out[f"{axis}.name"] = v.name
-            for k, p in v.params.items():
-                out[f"{axis}.{k}"] = p
-        out.update({f"hp.{k}": v for k, v in self.hp.items()})
-        return out
-
-
-@dataclass
-class TrialResult:
-    metrics: dict[str, float]
-    info: dict[str, Any] = field(default_factory=dict)  # non-numeric outputs: per-item answers, contexts
-
-
-def fixed_config(suite: Suite) -> TrialConfig:
-    """The single configuration of a suite that fixes one value per axis and every hyperparameter."""
-    ax = suite.axes
-    if any(len(v) != 1 for v in (ax.targets, ax.contexts, ax.losses)) or suite.hyperparameters.searched():
-        raise ValueError("suite sweeps several values; run it as a study")
-    return TrialConfig(ax.targets[0], ax.contexts[0], ax.losses[0], dict(suite.hyperparameters))
+    docs: list[dict[str, Any]]
+    prompts: list[list[int]]  # (c, z), the teacher's prompts
+    targets: list[list[int]]
+    topk: list[teacher_work.TopKSeq]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -90,8 +72,7 @@ class Workbench:
 
     def __init__(self, suite: Suite) -> None:
         self.suite = suite
-        self.work_dir = Path(suite.work_dir)
-        self.store = Store(self.work_dir / "cache")
+        self.store = Store(stores.cache_root(suite))
         log.info("loading teacher %s", suite.models.teacher)
         self.teacher = models.load(suite.models.teacher, suite.models.device, frozen_bf16=True)
         self.device = next(self.teacher.model.parameters()).device
@@ -102,15 +83,21 @@ class Workbench:
         self.tok = self.teacher.tokenizer
         self.pad_id = self.tok.pad_token_id
         self.task: TaskBundle = load_task(suite.task.name, suite.task_dir())
+        self.splits: dict[str, Split] = {
+            "validation": self.task.split("validation", suite.task.validation_limit, suite.seed),
+            "test": self.task.split("test", suite.task.eval_limit, suite.seed),
+        }
         stops = suite.training.stop_strings
         self.stop = self.task.stop_strings() if stops is None else tuple(stops)
         self.context = Context(suite.context.instruction, suite.context.demos)
         self.memo: dict[Any, Any] = {}
+        self._heldout: HeldOut | None = None
         self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
         self.control: TaskBundle | None = None
         if suite.task.control:
             self.control = load_task(suite.task.control.name, suite.control_dir())
             self.control_metric = scoring.main_metric(self.control.config, self.control.task, suite.task.control.metric)
+            self.control_split = self.control.scored_split(suite.task.control.eval_limit)
 
     # --- prompts -----------------------------------------------------------------------------------
     def student_context(self, mod: AxisValue) -> Context:
@@ -125,10 +112,11 @@ class Workbench:
         return (self.student_base or self.teacher).model
 
     # --- held-out references, computed once per study ----------------------------------------------
-    def heldout(self) -> dict[str, Any]:
-        if "heldout" not in self.memo:
+    def heldout(self) -> HeldOut:
+        """The intrinsic metrics' inputs: the first `heldout_inputs` validation items (they feed the pruner)."""
+        if self._heldout is None:
             s = self.suite
-            docs = self.task.eval_docs()[: s.evaluation.heldout_inputs]
+            docs = list(self.splits["validation"].docs[: s.evaluation.heldout_inputs])
             prompts = self.encode(docs, self.context)
             tgts = teacher_work.targets(
                 self.store,
@@ -151,16 +139,16 @@ class Workbench:
                 temperature=1.0,
                 batch_size=s.evaluation.batch_size,
             )
-            self.memo["heldout"] = {"docs": docs, "prompts": prompts, "targets": tgts, "topk": top}
-        return self.memo["heldout"]
+            self._heldout = HeldOut(docs, prompts, tgts, top)
+        return self._heldout
 
     def intrinsic(self, model: torch.nn.Module, ctx: Context) -> dict[str, float]:
         """Held-out KL and greedy agreement of `model` seeing c' against the teacher seeing c."""
         h = self.heldout()
         s = self.suite
-        prompts = self.encode(h["docs"], ctx)
+        prompts = self.encode(h.docs, ctx)
         kl = intrinsic.heldout_kl(
-            model, prompts, h["targets"], h["topk"], pad_id=self.pad_id, batch_size=s.evaluation.batch_size
+            model, prompts, h.targets, h.topk, pad_id=self.pad_id, batch_size=s.evaluation.batch_size
         )
         answers = intrinsic.greedy_answers(
             model,
@@ -170,7 +158,7 @@ class Workbench:
             batch_size=s.training.generation_batch_size,
             stop_strings=self.stop,
         )
-        return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h["targets"], self.tok)}
+        return {"heldout_kl": kl, "greedy_agreement": intrinsic.agreement(answers, h.targets, self.tok)}
 
     def baseline_intrinsic(self, ctx: Context) -> dict[str, float]:
         """The untrained student's intrinsic metrics with c': the bar a trained student must clear."""
@@ -180,7 +168,7 @@ class Workbench:
                 "model": (self.student_base or self.teacher).fingerprint,
                 "teacher": self.teacher.fingerprint,
                 "context": [ctx.system, ctx.n_demos],
-                "heldout": self.heldout()["prompts"],
+                "heldout": self.heldout().prompts,
                 "max_new_tokens": self.suite.training.max_new_tokens,
                 "stop": list(self.stop),
                 "top_k": self.suite.training.top_k,
@@ -192,41 +180,57 @@ class Workbench:
 
     # --- lm-eval arms ------------------------------------------------------------------------------
     def arm(
-        self, arm: str, model: torch.nn.Module, fingerprint: str | None, ctx: Context, control: bool = False
+        self,
+        arm: str,
+        model: torch.nn.Module,
+        fingerprint: str | None,
+        ctx: Context,
+        split: str = "test",
+        control: bool = False,
     ) -> scoring.ArmScore:
-        """Score a model under a context on the task (or the control task); fixed models (fingerprint
-        given) are scored once per study and rerun."""
+        """Score a model under a context on one split of the task (or on the control task); fixed models
+        (fingerprint given) are scored once per study, split and rerun. Scoring always uses the suite's seed:
+        a training seed changes the student, not how it is scored."""
         s = self.suite
         task = self.control if control else self.task
-        assert task is not None
+        if task is None:
+            raise ValueError(f"arm '{arm}' scores the control task, but the suite names no task.control")
         metric = self.control_metric if control else self.metric
-        limit = s.task.control.eval_limit if control and s.task.control else s.task.eval_limit
-        args = (arm, model, self.tok, task.config, task.name, ctx)
+        items = self.control_split if control else self.splits[split]
+        args = (arm, model, self.tok, task.lm_eval_task(items), task.name, ctx)
         kwargs = {
             "metric": metric,
-            "limit": limit,
+            "limit": items.limit if items.indices is None else None,
+            "samples": None if items.indices is None else list(items.indices),
             "batch_size": s.evaluation.batch_size,
             "seed": s.seed,
             "task_manager": task_manager(task.folder),
         }
         if fingerprint is None:
             return scoring.evaluate_arm(*args, **kwargs)
-        key = ("arm", fingerprint, ctx, task.name)
+        key = ("arm", fingerprint, ctx, task.name, items.name)
         if key not in self.memo:
-            self.memo[key] = scoring.cached_arm(self.store, fingerprint, *args, data=task.data_fingerprint, **kwargs)
+            self.memo[key] = scoring.cached_arm(
+                self.store, fingerprint, *args, data=items.fingerprint, split=items.key(), **kwargs
+            )
         return self.memo[key]
 
     def control_context(self) -> Context:
         c = self.suite.task.control
-        assert c is not None
+        if c is None:
+            raise ValueError("the suite names no task.control")
         return Context(c.instruction, c.demos)
 
-    def teacher_arm(self) -> scoring.ArmScore:
-        return self.arm("teacher", self.teacher.model, self.teacher.fingerprint, self.context)
+    def teacher_arm(self, split: str = "test") -> scoring.ArmScore:
+        return self.arm("teacher", self.teacher.model, self.teacher.fingerprint, self.context, split)
 
-    def baseline_arm(self, ctx: Context) -> scoring.ArmScore:
+    def baseline_arm(self, ctx: Context, split: str = "test") -> scoring.ArmScore:
         base = self.student_base or self.teacher
-        return self.arm("baseline", base.model, base.fingerprint, ctx)
+        return self.arm("baseline", base.model, base.fingerprint, ctx, split)
+
+    def split_notes(self) -> dict[str, str]:
+        """How each split's items were chosen (a carved validation slice says so), for the report."""
+        return {name: split.note for name, split in self.splits.items()}
 
 
 def _validate(cfg: TrialConfig) -> None:
@@ -237,23 +241,25 @@ def _validate(cfg: TrialConfig) -> None:
         )
 
 
-def run_trial(bench: Workbench, cfg: TrialConfig, reporter: Reporter | None = None) -> TrialResult:
-    """Train one student and measure it. Raises on failure; the caller records why."""
+def run_trial(bench: Workbench, cfg: TrialConfig, seed: int, reporter: Reporter | None = None) -> TrialResult:
+    """Train one student with one seed and measure it on both splits. Raises on failure; the caller records why.
+
+    The seed changes the data order, the LoRA init, sampled teacher targets and on-policy draws, nothing else.
+    """
     _validate(cfg)
     with contextlib.ExitStack() as stack:  # a LoRA student's adapters leave the base model when the trial ends
-        return _run_trial(bench, cfg, reporter, stack)
+        return _run_trial(bench, cfg, seed, reporter, stack)
 
 
 def _run_trial(
-    bench: Workbench, cfg: TrialConfig, reporter: Reporter | None, stack: contextlib.ExitStack
+    bench: Workbench, cfg: TrialConfig, seed: int, reporter: Reporter | None, stack: contextlib.ExitStack
 ) -> TrialResult:
     s = bench.suite
-    hp = cfg.hp
     start = time.perf_counter()
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
     c_student = bench.student_context(cfg.context)
-    docs = bench.task.train_docs(int(hp["train_inputs"]))
+    docs = bench.task.train_docs(cfg.hp.train_inputs)
     t_prompts = bench.encode(docs, bench.context)
     s_prompts = bench.encode(docs, c_student)
     refs = [bench.task.reference(d) for d in docs]
@@ -268,7 +274,7 @@ def _run_trial(
         cfg.target.params,
         max_new_tokens=s.training.max_new_tokens,
         batch_size=s.training.generation_batch_size,
-        seed=s.seed,
+        seed=seed,
         stop_strings=bench.stop,
     )
     loss_params = cfg.loss.params
@@ -284,14 +290,15 @@ def _run_trial(
 
     before = bench.baseline_intrinsic(c_student)
     if reporter:
-        reporter.log_step(0, {"heldout/kl": before["heldout_kl"]})
+        reporter.log_step(0, {HELDOUT_KL.name: before["heldout_kl"]})
     # The fixed models' scores first: a LoRA student's adapters go into the base model itself (no copy).
-    t_arm, b_arm = bench.teacher_arm(), bench.baseline_arm(c_student)
-    if bench.control is not None:
-        control_base_arm(bench)
-    if int(hp["lora_rank"]) > 0:
-        torch.manual_seed(s.seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
-    student, as_teacher = stack.enter_context(student_of(bench.base_model(), int(hp["lora_rank"])))
+    eval_start = time.perf_counter()
+    fixed = {name: (bench.teacher_arm(name), bench.baseline_arm(c_student, name)) for name in SPLITS}
+    control_base = control_base_arm(bench) if bench.control is not None else None
+    eval_s = time.perf_counter() - eval_start
+    if cfg.hp.lora_rank > 0:
+        torch.manual_seed(seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
+    student, as_teacher = stack.enter_context(student_of(bench.base_model(), cfg.hp.lora_rank))
     on_policy = None
     if TARGETS[cfg.target.name].uses_student:
         on_policy = OnPolicy(
@@ -309,29 +316,16 @@ def _run_trial(
         h = bench.heldout()
         kl = intrinsic.heldout_kl(
             student,
-            bench.encode(h["docs"], c_student),
-            h["targets"],
-            h["topk"],
+            bench.encode(h.docs, c_student),
+            h.targets,
+            h.topk,
             pad_id=bench.pad_id,
             batch_size=s.evaluation.batch_size,
         )
         if reporter:
-            reporter.report(step, {"heldout/kl": kl})
+            reporter.report(step, {HELDOUT_KL.name: kl})
 
-    settings = TrainSettings(
-        learning_rate=float(hp["learning_rate"]),
-        epochs=int(hp["epochs"]),
-        batch_size=int(hp["batch_size"]),
-        lora_rank=int(hp["lora_rank"]),
-        warmup_ratio=float(hp["warmup_ratio"]),
-        weight_decay=float(hp["weight_decay"]),
-        grad_accum=s.training.grad_accum,
-        scheduler=s.training.scheduler,
-        max_grad_norm=s.training.max_grad_norm,
-        eval_every=s.training.eval_every,
-        dtype=s.training.dtype,
-        seed=s.seed,
-    )
+    settings = train_settings(cfg.hp, s.training, seed)
     result = train(
         student,
         examples,
@@ -343,132 +337,96 @@ def _run_trial(
         on_eval=on_eval if reporter else None,
         on_step=reporter.log_step if reporter else None,
     )
-    if int(hp["lora_rank"]) > 0:
-        student = student.get_base_model()  # the transformers model, adapters active (not merged into the base)
+    if cfg.hp.lora_rank > 0:
+        # the transformers model, adapters active (not merged into the base, which is the teacher)
+        student = cast(PeftModel, student).get_base_model()
     after = bench.intrinsic(student, c_student)
     if reporter:
-        reporter.log_step(result.steps, {"heldout/kl": after["heldout_kl"]})
+        reporter.log_step(result.steps, {HELDOUT_KL.name: after["heldout_kl"]})
     h = bench.heldout()
-    saved = [len(a) - len(b) for a, b in zip(h["prompts"], bench.encode(h["docs"], c_student), strict=True)]
-    metrics = {
-        **after,
-        "untrained_heldout_kl": before["heldout_kl"],
-        "untrained_greedy_agreement": before["greedy_agreement"],
-        "context_tokens_saved": sum(saved) / len(saved),
-        "train_tokens": float(result.train_tokens),
-        "target_tokens": float(result.target_tokens),
-        "train_steps": float(result.steps),
-        "final_train_loss": result.losses[-1],
-        "train_time_s": result.wall_time_s,
-        "teacher_time_s": teacher_s,
-        "train_tokens_per_s": result.train_tokens / max(result.wall_time_s, 1e-9),
-        "peak_memory_mb": peak_memory_mb(bench.device),
-    }
+    saved = [len(a) - len(b) for a, b in zip(h.prompts, bench.encode(h.docs, c_student), strict=True)]
     eval_start = time.perf_counter()
-    st_arm = bench.arm("student", student, None, c_student)
-    gap, gap_se = scoring.gap_closure(t_arm, b_arm, st_arm, n_boot=s.evaluation.bootstrap, seed=s.seed)
-    metrics.update(
-        {
-            "teacher_score": t_arm.score,
-            "teacher_stderr": t_arm.stderr,
-            "baseline_score": b_arm.score,
-            "baseline_stderr": b_arm.stderr,
-            "student_score": st_arm.score,
-            "student_stderr": st_arm.stderr,
-            "gap_closure": gap,
-            "gap_closure_stderr": gap_se,
-            "eval_time_s": time.perf_counter() - eval_start,
-        }
+    split_arms = {
+        name: Arms(t_arm, b_arm, bench.arm("student", student, None, c_student, name))
+        for name, (t_arm, b_arm) in fixed.items()
+    }
+    if control_base is not None:
+        c_student_arm = bench.arm("control_student", student, None, bench.control_context(), control=True)
+        split_arms["test"] = dataclasses.replace(
+            split_arms["test"], control_base=control_base, control_student=c_student_arm
+        )
+    eval_s += time.perf_counter() - eval_start
+    scores = aggregate.score_metrics(
+        [split_arms["validation"]], [split_arms["test"]], n_boot=s.evaluation.bootstrap, seed=s.seed
     )
-    arms = {"teacher": t_arm, "baseline": b_arm, "student": st_arm}
-    if bench.control is not None:
-        arms.update(control_arms(bench, student))
-        metrics.update(control_metrics(arms["control_base"], arms["control_student"]))
     inputs = [
-        {
-            "input": str(bench.task.task.doc_to_text(d)),
-            "reference": r,
-            "teacher_target": bench.tok.decode(t, skip_special_tokens=True),
-        }
+        TrainingInput(str(bench.task.task.doc_to_text(d)), r, str(bench.tok.decode(t, skip_special_tokens=True)))
         for d, r, t in zip(docs, refs, tgts, strict=True)
     ]
-    info: dict[str, Any] = {"student_context": c_student, "inputs": inputs, "arms": arms}
-    metrics["wall_time_s"] = time.perf_counter() - start
-    return TrialResult(metrics=metrics, info=info)
+    metrics = TrialMetrics(
+        **scores,
+        heldout_kl=after["heldout_kl"],
+        untrained_heldout_kl=before["heldout_kl"],
+        greedy_agreement=after["greedy_agreement"],
+        untrained_greedy_agreement=before["greedy_agreement"],
+        context_tokens_saved=sum(saved) / len(saved),
+        train_tokens=float(result.train_tokens),
+        target_tokens=float(result.target_tokens),
+        train_steps=float(result.steps),
+        final_train_loss=result.losses[-1],
+        train_time_s=result.wall_time_s,
+        teacher_time_s=teacher_s,
+        eval_time_s=eval_s,
+        wall_time_s=time.perf_counter() - start,
+        peak_memory_mb=peak_memory_mb(bench.device),
+        train_tokens_per_s=result.train_tokens / max(result.wall_time_s, 1e-9),
+    )
+    return TrialResult(metrics, split_arms["validation"], split_arms["test"], c_student, inputs, seed)
 
 
 def control_base_arm(bench: Workbench) -> scoring.ArmScore:
-    """The control task for the untrained model (cached)."""
+    """The control task for the untrained model (cached): scored before a LoRA student's adapters enter it."""
     base = bench.student_base or bench.teacher
     return bench.arm("control_base", base.model, base.fingerprint, bench.control_context(), control=True)
 
 
-def control_arms(bench: Workbench, student: torch.nn.Module) -> dict[str, scoring.ArmScore]:
-    """The control task for the untrained model (cached) and the trained student, same prompt."""
-    return {
-        "control_base": control_base_arm(bench),
-        "control_student": bench.arm("control_student", student, None, bench.control_context(), control=True),
-    }
-
-
-def control_metrics(base: scoring.ArmScore, student: scoring.ArmScore) -> dict[str, float]:
-    """Forgetting = base − student on the control task (positive = the student lost skill), paired stderr."""
-    forgetting, se, _ = scoring.paired_difference(base, student)
-    return {
-        "control_base_score": base.score,
-        "control_base_stderr": base.stderr,
-        "control_student_score": student.score,
-        "control_student_stderr": student.stderr,
-        "control_forgetting": forgetting,
-        "control_forgetting_stderr": se,
-    }
-
-
-def context_gaps(bench: Workbench) -> list[dict[str, Any]]:
+def context_gaps(bench: Workbench, split: str = "validation") -> list[ContextGap]:
     """Teacher (c) against the untrained model under each c' of the suite: does the task measure distillation?
 
-    Uses the same cached arms as the trials, so checking a task first makes the sweep's first trial cheaper.
+    On the validation split by default: deciding whether a task and its contexts are worth a study is a
+    choice, and choices never read test. Uses the same cached arms as the trials, so checking a task first
+    makes the sweep's first trial cheaper.
     """
-    t_arm = bench.teacher_arm()
+    t_arm = bench.teacher_arm(split)
     rows = []
     for mod in bench.suite.axes.contexts:
         ctx = bench.student_context(mod)
-        b_arm = bench.baseline_arm(ctx)
+        b_arm = bench.baseline_arm(ctx, split)
         gap, se, n = scoring.paired_difference(t_arm, b_arm)
         rows.append(
-            {
-                "context": mod.label,
-                "metric": bench.metric,
-                "items": n,
-                "teacher": t_arm.score,
-                "teacher_stderr": t_arm.stderr,
-                "baseline": b_arm.score,
-                "baseline_stderr": b_arm.stderr,
-                "gap": gap,
-                "gap_stderr": se,
-                "teacher_s": t_arm.seconds,
-                "baseline_s": b_arm.seconds,
-            }
+            ContextGap(mod.label, bench.metric, n, t_arm.score, t_arm.stderr, b_arm.score, b_arm.stderr, gap, se)
         )
     return rows
 
 
 def per_item_table(result: TrialResult) -> list[dict[str, Any]]:
-    """Teacher, baseline and student answers side by side with the reference, one row per held-out item."""
-    arms: dict[str, scoring.ArmScore] = result.info["arms"]
-    t, b, s = arms["teacher"], arms["baseline"], arms["student"]
+    """Teacher, baseline and student answers side by side with the reference, one row per scored item and split."""
     rows = []
-    for i in sorted(s.per_item):
-        rows.append(
-            {
-                "doc_id": i,
-                "reference": s.references.get(i, ""),
-                "teacher": t.answers.get(i, ""),
-                "baseline": b.answers.get(i, ""),
-                "student": s.answers.get(i, ""),
-                "teacher_score": t.per_item.get(i),
-                "baseline_score": b.per_item.get(i),
-                "student_score": s.per_item.get(i),
-            }
-        )
+    for split in SPLITS:
+        arms: Arms = getattr(result, split)
+        t, b, s = arms.teacher, arms.baseline, arms.student
+        for i in sorted(s.per_item):
+            rows.append(
+                {
+                    "split": split,
+                    "doc_id": i,
+                    "reference": s.references.get(i, ""),
+                    "teacher": t.answers.get(i, ""),
+                    "baseline": b.answers.get(i, ""),
+                    "student": s.answers.get(i, ""),
+                    "teacher_score": t.per_item.get(i),
+                    "baseline_score": b.per_item.get(i),
+                    "student_score": s.per_item.get(i),
+                }
+            )
     return rows

@@ -1,46 +1,76 @@
-"""Shared fixtures: the tiny model, the parity task and suite files written into tmp folders."""
+"""Shared fixtures: the tiny model, the parity task, and one smoke study run through the CLI (suite files come
+from helpers.write_suite)."""
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
+import subprocess
+import sys
 
-import pytest
-import yaml
-
+# Before anything imports huggingface_hub, which reads these once at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
-SUITES = ROOT / "suites"
-PARITY = SUITES / "tasks" / "parity"
+import pytest  # noqa: E402
+from helpers import PARITY, ROOT, write_suite  # noqa: E402
+
+from harness import console, models  # noqa: E402
+from harness.tasks import TaskBundle, load_task  # noqa: E402
 
 
-def write_suite(folder: Path, base: str = "smoke.yaml", **overrides: object) -> Path:
-    """A copy of a shipped suite with its task path made absolute, work_dir in `folder`, fields overridden."""
-    raw = yaml.safe_load((SUITES / base).read_text())
-    raw["task"]["path"] = str((SUITES / raw["task"]["path"]).resolve())
-    raw["work_dir"] = str(folder / ".harness")
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    path = folder / f"{raw['name']}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+@pytest.fixture(autouse=True)
+def _logger_levels():
+    """An in-process `main()` quiets loggers (harness/console.py) for the rest of the process: restore them, so a
+    later test's caplog sees what it asks for."""
+    names = ("harness", *console.NOISY_LOGGERS, *console.DETAIL_LOGGERS, "lm_eval")
+    levels = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in levels.items():
+        logging.getLogger(n).setLevel(level)
 
 
 @pytest.fixture(scope="session")
-def tiny():
-    from harness import models
-
+def tiny() -> models.LoadedModel:
+    """The tiny random model built in code (no download); session-wide, so tests must not change its weights."""
     return models.load("tiny-random", "cpu")
 
 
 @pytest.fixture(scope="session")
-def parity():
-    from harness.tasks import load_task
-
+def parity() -> TaskBundle:
     return load_task("parity", PARITY)
+
+
+# What the CLI sets itself (harness/console.py), cleared so that the subprocess shows what a user's shell gets;
+# an in-process `main()` in another test may have set them here.
+SET_BY_CLI = (
+    "MLFLOW_TRACKING_URI",
+    "TQDM_DISABLE",
+    "HF_HUB_DISABLE_PROGRESS_BARS",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS",
+    "MLFLOW_LOGGING_LEVEL",
+    "LMEVAL_LOG_LEVEL",
+    "GIT_PYTHON_REFRESH",
+)
+
+
+@pytest.fixture(scope="session")
+def cli_smoke(tmp_path_factory) -> dict:
+    """`harness run` on the smoke suite as a user runs it: a subprocess in its own folder, stdout and stderr
+    to a file (not a terminal). Shared by the log tests and the MLflow layout tests."""
+    tmp = tmp_path_factory.mktemp("cli-smoke")
+    suite = write_suite(tmp)
+    env = {k: v for k, v in os.environ.items() if k not in SET_BY_CLI}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log = tmp / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "run", str(suite)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
+            env=env,
+            timeout=900,
+        )
+    return {"tmp": tmp, "suite": suite, "log": log.read_text(), "returncode": proc.returncode, "env": env}

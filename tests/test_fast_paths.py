@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import SUITES, settings, write_suite
 
 from harness import generation, models, teacher
 from harness.batching import make_batch, target_logits
-from harness.train import TrainSettings, _fused_ok, train
+from harness.train import _fused_ok, train
 
 QUERIES = ["Germany", "Italy", "Spain and Portugal", "UK", "Peru", "a", "Chile", "Mali and Niger"]
 
@@ -114,8 +115,7 @@ def test_training_uses_fused_adamw_and_still_learns(tiny, prompts, monkeypatch):
     monkeypatch.setattr(torch.optim, "AdamW", spy)
     student = copy.deepcopy(tiny.model)
     ex = [Example(p, [5, 6, 7]) for p in prompts]
-    settings = TrainSettings(learning_rate=1e-3, epochs=4, batch_size=4, warmup_ratio=0.0)
-    res = train(student, ex, "self_target_nll", {}, settings, pad_id=0)
+    res = train(student, ex, "self_target_nll", {}, settings(learning_rate=1e-3, epochs=4, batch_size=4), pad_id=0)
     assert [kw.get("fused") for kw in made] == [True]
     assert res.losses[-1] < res.losses[0]
     assert not _fused_ok([torch.zeros(2, dtype=torch.long)])  # integer tensors: torch's own loop
@@ -146,8 +146,6 @@ def counted_prefills():
 )
 def test_lm_eval_arm_with_prefix_reuse_equals_plain_hflm(tiny, counted_prefills, task, metric, demos):
     """Same lm-eval per-item outputs (answers and metric) with and without the shared-prefix reuse."""
-    from conftest import SUITES
-
     from harness import scoring
     from harness.contexts import Context
     from harness.tasks import load_task, task_manager
@@ -205,12 +203,11 @@ def test_lora_student_shares_the_base_and_leaves_it_untouched(tiny, prompts):
     with torch.no_grad():
         want = base(input_ids=ids).logits
     ex = [Example(p, [5, 6, 7]) for p in prompts]
-    settings = TrainSettings(learning_rate=5e-2, epochs=2, batch_size=4, warmup_ratio=0.0, lora_rank=4)
     with student_of(base, 4, share_base=True) as (student, as_teacher):
         shared = {p.data_ptr() for p in student.parameters()}
         assert set(ptrs.values()) <= shared  # the base's own tensors, not a copy
         assert all(not p.requires_grad for n, p in student.named_parameters() if "lora_" not in n)
-        train(student, ex, "self_target_nll", {}, settings, pad_id=0)
+        train(student, ex, "self_target_nll", {}, settings(learning_rate=5e-2, epochs=2, batch_size=4), pad_id=0)
         with torch.no_grad():
             moved = student(input_ids=ids).logits
             with as_teacher():
@@ -236,12 +233,12 @@ def test_full_finetune_student_is_an_fp32_copy(tiny):
     assert next(base.parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_lora_trial_leaves_the_teacher_as_it_was(tmp_path):
     """A LoRA trial trains adapters inside the teacher's own modules; afterwards the teacher is untouched."""
-    from conftest import write_suite
-
+    from harness.config import fixed_config
     from harness.spec import load_suite
-    from harness.trial import Workbench, fixed_config, run_trial
+    from harness.trial import Workbench, run_trial
 
     one = {"targets": [{"name": "greedy"}], "contexts": [{"name": "empty"}], "losses": [{"name": "forward_kl"}]}
     hp = {"learning_rate": 5e-2, "epochs": 1, "batch_size": 4, "train_inputs": 8, "lora_rank": 4}
@@ -250,9 +247,9 @@ def test_lora_trial_leaves_the_teacher_as_it_was(tmp_path):
     teacher = bench.teacher.model
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     types = [type(m) for m in teacher.modules()]
-    result = run_trial(bench, fixed_config(suite))
+    result = run_trial(bench, fixed_config(suite), suite.seed)
     assert [type(m) for m in teacher.modules()] == types
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
     m = result.metrics
-    assert m["heldout_kl"] != m["untrained_heldout_kl"]  # the student did move
-    assert m["teacher_score"] == result.info["arms"]["teacher"].score
+    assert m.heldout_kl != m.untrained_heldout_kl  # the student did move
+    assert m.test_teacher_score == result.test.teacher.score

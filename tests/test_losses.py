@@ -336,13 +336,15 @@ def test_registry_contents():
     assert {"self_target_nll", "forward_kl", "reverse_kl", "jsd"} <= set(LOSSES)
     assert not LOSSES["self_target_nll"].needs_teacher
     assert all(LOSSES[n].needs_teacher for n in ("forward_kl", "reverse_kl", "jsd"))
-    assert LOSSES["jsd"].params == ("beta",)
+    assert LOSSES["jsd"].params == ("beta", "temperature", "top_k")
+    assert LOSSES["self_target_nll"].params == ("temperature",)
+    assert LOSSES["forward_kl"].defaults() == {"temperature": 1.0, "top_k": None}
     assert LOSSES["forward_kl"].fn is forward_kl
 
 
 def test_register_adds_a_loss_and_rejects_duplicates():
     @register("_test_zero", needs_teacher=False)
-    def _zero(student_logits, target_ids, mask, teacher, *, temperature=1.0):
+    def _zero(student_logits, target_ids, mask, teacher, *, temperature: float = 1.0):
         return student_logits.sum() * 0
 
     try:
@@ -374,11 +376,18 @@ def test_param_errors():
     top = topk_with_tail(teacher, 2)
     default = compute_loss("jsd", student, targets, MASK, top)  # beta defaults to 0.5
     assert torch.allclose(default, compute_loss("jsd", student, targets, MASK, top, beta=0.5))
-    with pytest.raises(ValueError, match="unexpected"):
+    with pytest.raises(ValueError, match=r"loss 'forward_kl': beta: unknown parameter \(known: temperature, top_k\)"):
         compute_loss("forward_kl", student, targets, MASK, top, beta=0.5)
     for beta in (-0.1, 1.1):
-        with pytest.raises(ValueError, match="beta"):
+        with pytest.raises(ValueError, match="loss 'jsd': beta: Input should be"):
             compute_loss("jsd", student, targets, MASK, top, beta=beta)
+    with pytest.raises(ValueError, match="top_k: Input should be greater than or equal to 1"):
+        compute_loss("forward_kl", student, targets, MASK, top, top_k=0)
+    with pytest.raises(ValueError, match="top_k=3, but the teacher distribution keeps 2 tokens"):
+        compute_loss("forward_kl", student, targets, MASK, top, top_k=3)
+    assert torch.equal(
+        compute_loss("reverse_kl", student, targets, MASK, top, top_k=2), reverse_kl(student, targets, MASK, top)
+    )
 
 
 def test_shape_errors():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import SUITES
+from helpers import SUITES
 
 from harness import perf
 from harness.teacher import TopKSeq
@@ -28,6 +28,7 @@ def test_ratio_is_paired_per_repeat():
     assert perf.ratio(num, den) == (3.0, 2.0, 4.0, 2.0)
 
 
+@pytest.mark.slow
 def test_perf_cli_on_the_tiny_model(tmp_path):
     out = tmp_path / "perf"
     argv = ["--model", "tiny-random", "--parts", "topk,generate,lmeval", "--demos", "8", "--prompts", "4"]

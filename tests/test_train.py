@@ -6,12 +6,13 @@ import copy
 
 import pytest
 import torch
+from helpers import settings
 
 from harness import targets, teacher
 from harness.batching import make_batch, target_logits
 from harness.contexts import Context
 from harness.losses import LOSSES, compute_loss
-from harness.train import Example, OnPolicy, TrainingDiverged, TrainSettings, apply_lora, train
+from harness.train import Example, OnPolicy, TrainingDiverged, apply_lora, train
 
 INSTRUCTION = "Answer E if the number is even and O if it is odd."
 N = 8
@@ -62,15 +63,14 @@ def _train_and_check(tiny, examples, loss: str, *, lora: int = 0, on_policy: OnP
     before = _loss(student, examples, loss, pad)
     if lora:
         student = apply_lora(student, lora)
-    settings = TrainSettings(
+    cfg = settings(
         learning_rate=3e-3 if not lora else 1e-2,
         epochs=6,
         batch_size=4,
         warmup_ratio=0.0,
         scheduler="constant_with_warmup",
-        lora_rank=lora,
     )
-    result = train(student, examples, loss, {}, settings, pad_id=pad, on_policy=on_policy)
+    result = train(student, examples, loss, {}, cfg, pad_id=pad, on_policy=on_policy)
     assert result.steps == 12 and result.train_tokens > 0 and len(result.losses) == 12
     after = _loss(student, examples, loss, pad)
     assert after < 0.8 * before, (loss, before, after)
@@ -104,8 +104,6 @@ def test_lora_trains_only_adapters(tiny, setup):
 def test_divergence_is_reported(tiny, setup):
     examples = _examples(tiny, setup, "greedy", {})
     student = copy.deepcopy(tiny.model)
-    settings = TrainSettings(
-        learning_rate=1e30, epochs=3, batch_size=4, warmup_ratio=0.0, scheduler="constant_with_warmup"
-    )
+    cfg = settings(learning_rate=1e30, epochs=3, batch_size=4, warmup_ratio=0.0, scheduler="constant_with_warmup")
     with pytest.raises(TrainingDiverged, match="training diverged"):
-        train(student, examples, "forward_kl", {}, settings, pad_id=tiny.tokenizer.pad_token_id)
+        train(student, examples, "forward_kl", {}, cfg, pad_id=tiny.tokenizer.pad_token_id)

@@ -3,9 +3,17 @@
 Tasks:
   plural       generate_until: a singular English noun -> its plural ("box" -> "boxes").
   name_gender  multiple_choice: a first name -> "girl" or "boy".
+  date_iso     generate_until: a date in words -> ISO 8601 ("5 March 2021" -> "2021-03-05"), ~10 tokens.
+  date_iso_many  date_iso's test, validation and train splits with a pool of 256 demonstrations (its first 16
+               are date_iso's), for many-shot contexts of several thousand tokens.
 
 A bare word alone does not say which job is asked; the suite's context (instruction and
-demonstrations) does. Train, test and demos never share an input.
+demonstrations) does.
+
+Splits (DESIGN.md section 9): train = distillation inputs z, validation = everything that chooses
+(Optuna objective, pruning, held-out KL), test = reported only, demos = the context's demonstrations.
+The four never share an input. Each pool is shuffled once with a seeded `random.Random`; test is taken
+first (so it is the same as before validation existed), validation next, train is the rest.
 
 Run: python suites/tasks/make_data.py
 """
@@ -160,16 +168,21 @@ def make_plural(rng: random.Random) -> None:
     for n in nouns:  # the regular list must not hide words the spelling rule gets wrong
         assert n in IRREGULAR or not n.endswith(("o", "f", "fe")), n
     rng.shuffle(nouns)
-    test, train = nouns[:160], nouns[160:]
+    test, validation, train = nouns[:160], nouns[160:260], nouns[260:]
     doc = lambda n: {"question": n, "answer": plural(n)}  # noqa: E731
     write(
         HERE / "plural",
-        {"demos": [doc(n) for n in demos], "test": [doc(n) for n in test], "train": [doc(n) for n in train]},
+        {
+            "demos": [doc(n) for n in demos],
+            "test": [doc(n) for n in test],
+            "validation": [doc(n) for n in validation],
+            "train": [doc(n) for n in train],
+        },
     )
 
 
 def make_name_gender(rng: random.Random) -> None:
-    """name_gender: balanced girl/boy; the test split does not depend on which names are the demos."""
+    """name_gender: balanced girl/boy in every split; test does not depend on which names are the demos."""
     girls, boys = unique(FEMALE), unique(MALE)
     assert not set(girls) & set(boys), set(girls) & set(boys)
     rng.shuffle(girls)
@@ -179,13 +192,67 @@ def make_name_gender(rng: random.Random) -> None:
     label = {**dict.fromkeys(girls, "girl"), **dict.fromkeys(boys, "boy")}
     doc = lambda w: {"question": w, "answer": label[w]}  # noqa: E731
     assert all(w in girls[80:] + boys[80:] for w in NAME_DEMOS), NAME_DEMOS
+    rest_girls = [w for w in girls[80:] if w not in NAME_DEMOS]
+    rest_boys = [w for w in boys[80:] if w not in NAME_DEMOS]
     test = [doc(w) for w in girls[:80] + boys[:80]]
-    train = [doc(w) for w in girls[80:] + boys[80:] if w not in NAME_DEMOS]
+    validation = [doc(w) for w in rest_girls[:50] + rest_boys[:50]]
+    train = [doc(w) for w in rest_girls[50:] + rest_boys[50:]]
     rng.shuffle(test)
     rng.shuffle(train)
-    write(HERE / "name_gender", {"demos": [doc(w) for w in NAME_DEMOS], "test": test, "train": train})
+    rng.shuffle(validation)
+    write(
+        HERE / "name_gender",
+        {"demos": [doc(w) for w in NAME_DEMOS], "test": test, "validation": validation, "train": train},
+    )
+
+
+MONTHS = "January February March April May June July August September October November December".split()
+
+
+def date_doc(rng: random.Random, seen: set[tuple[int, int, int]]) -> dict | None:
+    """A fresh date (None when the draw repeats one in `seen`), US or UK order."""
+    year, month, day = rng.randint(1950, 2030), rng.randint(1, 12), rng.randint(1, 28)
+    us = rng.random() < 0.5
+    if (year, month, day) in seen:
+        return None
+    seen.add((year, month, day))
+    text = f"{MONTHS[month - 1]} {day}, {year}" if us else f"{day} {MONTHS[month - 1]} {year}"
+    return {"question": text, "year": year, "month": month, "day": day}
+
+
+def make_date_iso(rng: random.Random) -> tuple[dict[str, list[dict]], set[tuple[int, int, int]]]:
+    """date_iso: a date written out in words, US or UK order -> ISO 8601 (e.g. "5 March 2021" -> "2021-03-05").
+
+    The answer is stored as year/month/day integers and formatted by the task YAML's doc_to_target:
+    the JSON loader (pyarrow) would turn an ISO date string into a timestamp ("2021-03-05 00:00:00").
+    Dates are drawn without repeats (one date never appears in two splits, in either spelling); the
+    first 16 are the demos, then 160 test, 100 validation and 290 train.
+    """
+    seen: set[tuple[int, int, int]] = set()
+    docs: list[dict] = []
+    while len(docs) < 16 + 160 + 100 + 290:
+        d = date_doc(rng, seen)
+        if d is not None:
+            docs.append(d)
+    splits = {"demos": docs[:16], "test": docs[16:176], "validation": docs[176:276], "train": docs[276:]}
+    write(HERE / "date_iso", splits)
+    return splits, seen
+
+
+def make_date_iso_many(rng: random.Random, base: dict[str, list[dict]], seen: set[tuple[int, int, int]]) -> None:
+    """date_iso_many: date_iso's splits unchanged (so the two tasks' figures compare item by item) and 256
+    demonstrations: date_iso's 16, then 240 more dates that no split holds (drawn from their own generator,
+    so date_iso's files do not change)."""
+    demos = list(base["demos"])
+    while len(demos) < 256:
+        d = date_doc(rng, seen)
+        if d is not None:
+            demos.append(d)
+    write(HERE / "date_iso_many", {**base, "demos": demos})
 
 
 if __name__ == "__main__":
     make_plural(random.Random(SEED))
     make_name_gender(random.Random(SEED))
+    date_splits, date_seen = make_date_iso(random.Random(SEED))
+    make_date_iso_many(random.Random(SEED + 1), date_splits, date_seen)

@@ -1,0 +1,84 @@
+"""The cross-task benchmark: several suites' comparisons in one table (`harness report A.yaml B.yaml --out DIR`).
+
+Each suite gets its own report under `DIR/<suite>/`; `DIR/benchmark.md` and `DIR/benchmark.csv` then
+hold, per configuration, its verdict on every task and its mean test rank across tasks with the spread
+(`stats.aggregate_tasks`). Configurations are matched across suites by their label (axis values plus
+the hyperparameters that vary in the study): the same label in two suites is the same configuration.
+Ranks, not raw scores, are averaged, so tasks with different metrics and scales weigh the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from harness import stats
+from harness.report.tables import fmt, md_table
+from harness.report.write import COMPARISON, write_report
+from harness.spec import Suite, SuiteError
+
+BENCHMARK = "benchmark"
+
+
+def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
+    """Each suite's report under `out/<suite>/`, then `out/benchmark.md` and `out/benchmark.csv` across them."""
+    names = [s.name for s in suites]
+    if len(set(names)) != len(names):
+        raise SuiteError(f"benchmark: two suites share a name ({', '.join(names)}); each task needs its own")
+    out = Path(out)
+    tables: dict[str, pd.DataFrame] = {}
+    for suite in suites:
+        folder = write_report(suite, out)
+        if not (folder / COMPARISON).is_file():
+            raise SuiteError(f"suite '{suite.name}': no completed configuration to compare; run it first")
+        tables[suite.name] = pd.read_csv(folder / COMPARISON)
+    agg = stats.aggregate_tasks(tables, seed=suites[0].seed)
+    agg.to_csv(out / f"{BENCHMARK}.csv", index=False)
+    (out / f"{BENCHMARK}.md").write_text(benchmark_md(agg, tables))
+    return out
+
+
+def headline(agg: pd.DataFrame) -> str:
+    """The quotable line: which configuration ranks best across tasks, and how many others it cannot be told from."""
+    top = agg.iloc[0]
+    n_tasks = int(agg["tasks"].max())
+    others = agg.iloc[1:]
+    overlap = others[others["rank_low"] <= top["rank_high"]]
+    body = (
+        f"`{top['configuration']}` has the best mean test rank across {n_tasks} task{'s' if n_tasks != 1 else ''}: "
+        f"{top['rank_mean']:.2f} (95% interval over tasks {top['rank_low']:.2f}–{top['rank_high']:.2f}, "
+        f"range {fmt(top['rank_min'])}–{fmt(top['rank_max'])})"
+    )
+    if others.empty:
+        return body + "; it is the only configuration."
+    return body + f"; the rank intervals of {len(overlap)} of the {len(others)} others overlap its."
+
+
+def benchmark_md(agg: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> str:
+    tasks = list(tables)
+    out = [f"# Benchmark across tasks: {', '.join(f'`{t}`' for t in tasks)}", "", f"> **{headline(agg)}**", ""]
+    out += [
+        "Within each task, configurations are ranked by their test figure (1 = best; ties share the mean rank) "
+        "and compared with that task's validation-best (verdicts: paired bootstrap over items × seeds, "
+        "Holm-corrected; see each task's summary). Across tasks: the mean rank, a 95% percentile interval "
+        "from resampling tasks, and the range. With a handful of tasks the range is the more honest spread; "
+        "a configuration absent from a task is ranked only where it ran (`tasks`).",
+        "",
+    ]
+    headers = ["configuration", "tasks", "mean rank [95% interval]", "range", *(f"verdict: {t}" for t in tasks)]
+    rows = [
+        [
+            r["configuration"],
+            fmt(r["tasks"]),
+            f"{r['rank_mean']:.2f} [{r['rank_low']:.2f}, {r['rank_high']:.2f}]",
+            f"{fmt(r['rank_min'])} – {fmt(r['rank_max'])}",
+            *(r[f"verdict[{t}]"] for t in tasks),
+        ]
+        for _, r in agg.iterrows()
+    ]
+    out += [md_table(headers, rows), "", "## Per task", ""]
+    for t, table in tables.items():
+        out += [f"- [`{t}`]({t}/summary.md): {stats.summary_sentence(table)}"]
+    return "\n".join([*out, ""])

@@ -1,0 +1,242 @@
+"""The CLI as a user meets it: a quiet log with one line per trial, `--version`, `run --dry-run`, and `harness ui`
+stopping every process it started."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from helpers import ROOT, write_suite
+
+from harness import __version__, stores, sweep
+from harness import models as models_module
+from harness.cli import build_parser, main
+from harness.commands import dashboard_command
+from harness.spec import load_suite
+
+TRIALS = 2  # the smoke suite's grid
+LINES_PER_TRIAL = 3
+
+
+@pytest.mark.slow
+def test_run_log_has_one_line_per_trial_and_no_noise(cli_smoke):
+    """The smoke study written to a file: no progress-bar redraws, no library chatter, a progress line per trial."""
+    log = cli_smoke["log"]
+    assert cli_smoke["returncode"] == 0, log
+    assert "\r" not in log, "a progress bar redrew itself in a log file"
+    for noise in ("Warning", "WARNING", "fatal:", "mlflow.store", "lm_eval", "it/s", "Generating", "Loading weights"):
+        assert noise not in log, noise
+    lines = log.splitlines()
+    progress = [line for line in lines if " harness.sweep: trial " in line]
+    assert len(progress) == TRIALS, log
+    pattern = (
+        r"trial (\d)/2 greedy\|(empty|fewer_demos\(k=1\))\|forward_kl done \(gap_closure -?\d+\.\d{3}\) "
+        r"— elapsed \d+ s"
+    )
+    assert [re.search(pattern, line).group(1) for line in progress] == ["1", "2"]  # type: ignore[union-attr]
+    assert "ETA" in progress[0] and "ETA" not in progress[1]  # nothing left after the last one
+    summary = next(i for i, line in enumerate(lines) if line.startswith("study "))
+    assert summary <= 2 + LINES_PER_TRIAL * TRIALS, lines[:summary]  # study line, teacher loading, the trials
+    assert [line.split()[1] for line in lines[summary + 1 : summary + 1 + TRIALS]] == ["COMPLETE"] * TRIALS
+    assert lines[-1] == "report written to results/smoke"
+
+
+def test_progress_line_counts_trials_and_extrapolates_the_pace():
+    now = [0.0]
+    progress = sweep.Progress(["gap_closure"], target=8, clock=lambda: now[0])
+    axes = {"target": "greedy", "context": "empty", "loss": "forward_kl"}
+    dists = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in axes.items()}
+    done = optuna.trial.create_trial(params=axes, distributions=dists, value=0.97)
+    now[0], progress.ran = 360.0, 3  # three trials in six minutes: two minutes each, five to go
+    assert progress.line(done, 3) == (
+        logging.INFO,
+        "trial 3/8 greedy|empty|forward_kl done (gap_closure 0.970) — elapsed 6 min, ETA 10 min",
+    )
+    failed = optuna.trial.create_trial(
+        params=axes, distributions=dists, state=optuna.trial.TrialState.FAIL, user_attrs={"reason": "loss is nan"}
+    )
+    now[0], progress.ran = 7200.0, 8
+    assert progress.line(failed, 8) == (
+        logging.WARNING,
+        "trial 8/8 greedy|empty|forward_kl failed (loss is nan) — elapsed 2 h 00 min",
+    )
+
+
+def test_version_and_distribution_name(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"harness {__version__}\n"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "context-distill-harness"  # `harness` on PyPI is someone else's
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "harness.__version__"}
+    assert "optuna-dashboard" in project["project"]["optional-dependencies"]["dashboard"]
+    pins = (ROOT / "constraints.txt").read_text().splitlines()
+    assert any(p.startswith("optuna-dashboard==") for p in pins)
+
+
+def _no_model(*args: object, **kwargs: object) -> None:
+    raise AssertionError("--dry-run loaded a model")
+
+
+def test_dry_run_lists_every_grid_point_and_opens_no_study(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(models_module, "load", _no_model)
+    contexts, losses = ["empty", "fewer_demos(k=1)"], ["self_target_nll", "forward_kl"]
+    path = write_suite(
+        tmp_path,
+        axes={
+            "targets": [{"name": "greedy"}],
+            "contexts": [{"name": "empty"}, {"name": "fewer_demos", "k": 1}],
+            "losses": [{"name": "self_target_nll"}, {"name": "forward_kl"}],
+        },
+        sweep={"sampler": "grid", "n_trials": 4},
+    )
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    points = [line.split(". ", 1)[1].strip() for line in out if re.match(r"\s+\d+\. ", line)]
+    assert sorted(points) == sorted(f"greedy|{c}|{loss}" for c in contexts for loss in losses)
+    assert "grid: 4 points" in "\n".join(out)
+    work = tmp_path / ".harness"
+    assert not (work / "optuna.db").exists() and not (work / "mlflow.db").exists()
+
+
+def test_dry_run_of_a_sampled_study_shows_axes_and_ranges(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(models_module, "load", _no_model)
+    path = write_suite(
+        tmp_path,
+        hyperparameters={
+            "learning_rate": {"low": 1e-4, "high": 3e-3, "log": True},
+            "epochs": 1,
+            "batch_size": 4,
+            "train_inputs": 8,
+        },
+        sweep={"sampler": "tpe", "n_trials": 5},
+    )
+    assert main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials" in out and "TPESampler" in out
+    assert re.search(r"context\s+empty, fewer_demos\(k=1\)", out)
+    assert re.search(r"learning_rate\s+float in \[0\.0001, 0\.003\], log scale", out)
+    assert "fixed: " in out and "epochs=1" in out
+    assert not (tmp_path / ".harness" / "optuna.db").exists()
+
+
+# ---------------------------------------------------------------- `harness ui`: every child process stops with it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, process group) from /proc, or None once the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every live process under `root`: pid → command line."""
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        st = _stat(pid)
+        if st is not None and st[0] != "Z":
+            children.setdefault(st[1], []).append(pid)
+    found, todo = {}, [root]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except FileNotFoundError:
+                continue
+            todo.append(pid)
+    return found
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"harness ui exited with {proc.returncode} before {url} answered"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_ui_stops_every_process_it_started(tmp_path):
+    path = write_suite(tmp_path, name="ui-check")
+    suite = load_suite(path)
+    optuna.create_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))  # as a run leaves it
+    port, dash_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "harness.cli", "ui", str(path), "--port", str(port)]
+    cmd += ["--dashboard-port", str(dash_port)]
+    with (tmp_path / "ui.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    groups: set[int] = set()
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc)
+        dashboard = dashboard_command()
+        if dashboard:
+            _wait_http(f"http://127.0.0.1:{dash_port}/", proc)
+        family = _descendants(proc.pid)
+        groups = {st[2] for pid in family if (st := _stat(pid)) is not None}
+        # One web worker and no job runners: the `mlflow ui` process and its uvicorn worker (+ the dashboard).
+        assert sum(" -m uvicorn " in c for c in family.values()) == 1, family
+        assert not any("huey" in c for c in family.values()), family
+        mlflow_family = [c for c in family.values() if " mlflow" in c]
+        assert len(mlflow_family) == 2, family
+        # optuna-dashboard: one process, or a gunicorn master and its worker where gunicorn is installed
+        assert len(family) - len(mlflow_family) in ((1, 2) if dashboard else (0,)), family
+        assert proc.pid not in groups  # the children run in their own process groups
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(timeout=60) == 0
+        survivors = {}
+        for pid in _pids():
+            st = _stat(pid)
+            if st is not None and st[0] != "Z" and st[2] in groups:
+                survivors[pid] = st
+        assert survivors == {}, f"still running after Ctrl-C: {survivors}; log:\n{(tmp_path / 'ui.log').read_text()}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for group in groups:  # never leave a server behind, even when the test fails
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_verbose_goes_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["-v", "run", "s.yaml"]).verbose is True
+    assert parser.parse_args(["run", "s.yaml", "--verbose"]).verbose is True
+    assert parser.parse_args(["run", "s.yaml"]).verbose is False

@@ -1,0 +1,132 @@
+"""The report's comparison, forest plot and cross-task benchmark on synthetic per-item scores (no study needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import write_suite
+
+from harness import aggregate, stats
+from harness.report import benchmark, comparison, plots
+from harness.spec import SuiteError, load_suite
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+N = 60
+
+
+def _scores(student_p: float, rng: np.random.Generator, seeds=(0, 1, 2)) -> dict:
+    teacher = {i: float(i % 10 < 9) for i in range(N)}  # 0.9
+    baseline = {i: float(i % 10 < 1) for i in range(N)}  # 0.1
+    students = {str(s): {str(i): float(rng.random() < student_p) for i in range(N)} for s in seeds}
+    keyed = lambda d: {str(k): v for k, v in d.items()}  # noqa: E731
+    split = {"note": "", "teacher": keyed(teacher), "baseline": keyed(baseline), "student": students}
+    return {"format": aggregate.FORMAT, "metric": "acc", "seeds": list(seeds), "splits": {"test": split}}
+
+
+@pytest.fixture
+def study_frame():
+    """Four completed configurations and a failed one, as trial_table gives them, and their item scores."""
+    rng = np.random.default_rng(0)
+    rows = [  # trial, context, lr, validation gap closure, test student accuracy
+        (0, "empty", 1e-4, 0.70, 0.5),
+        (1, "empty", 1e-3, 0.40, 0.85),  # the best on test, not on validation
+        (2, "tag", 1e-4, 0.65, 0.5),
+        (3, "tag", 1e-3, 0.20, 0.15),
+    ]
+    df = pd.DataFrame(
+        {
+            "trial": [r[0] for r in rows] + [4],
+            "state": ["COMPLETE"] * 4 + ["FAIL"],
+            "run_id": [f"run{r[0]}" for r in rows] + ["run4"],
+            "target": "greedy",
+            "context": [r[1] for r in rows] + ["tag"],
+            "loss": "forward_kl",
+            "hp.learning_rate": [r[2] for r in rows] + [1e-2],
+            "hp.epochs": 2,
+            "validation_gap_closure": [r[3] for r in rows] + [np.nan],
+            "context_tokens_saved": [100.0, 100.0, 90.0, 90.0, np.nan],
+        }
+    )
+    scores = {f"run{t}": _scores(p, rng) for t, _, _, _, p in rows}
+    return df, scores
+
+
+def test_labels_name_axes_and_varying_hyperparameters(study_frame):
+    df, _ = study_frame
+    labels = comparison.labels(df)
+    assert labels[0] == "greedy / empty / forward_kl, learning_rate=0.0001"  # epochs is fixed: not in the label
+    twice = pd.concat([df.iloc[[0]], df.iloc[[0]].assign(trial=7)], ignore_index=True)
+    assert list(comparison.labels(twice)) == [
+        "greedy / empty / forward_kl #0",
+        "greedy / empty / forward_kl #7",
+    ]
+
+
+def test_compare_references_the_validation_best(tmp_path, study_frame):
+    df, scores = study_frame
+    suite = load_suite(write_suite(tmp_path, evaluation={"bootstrap": 500}))
+    c = comparison.compare(suite, df, scores)
+    t = c.table
+    assert list(t["trial"]) == [0, 2, 1, 3]  # validation rank, failed trial left out
+    assert t.loc[0, "verdict"] == "best" and t.attrs["best"].startswith("greedy / empty")
+    verdicts = dict(zip(t["trial"], t["verdict"], strict=True))
+    assert verdicts[1] == "better" and verdicts[3] == "worse"  # the test winner is reported, not chosen
+    assert c.seeds == [0, 1, 2] and c.items == N and c.statistic == "gap_closure" and c.fallback is None
+    assert c.sentence == stats.summary_sentence(t)
+    assert c.references["teacher"].estimate == pytest.approx(0.9)
+    assert set(c.references["baselines"]) == {"empty", "tag"}
+    plots.plot_forest(t, tmp_path / "forest.png")
+    assert (tmp_path / "forest.png").read_bytes().startswith(PNG_MAGIC)
+    with pytest.raises(plots.SkipPlot):
+        plots.plot_forest(None, tmp_path / "none.png")
+
+
+def test_undefined_test_gap_falls_back_to_the_student_score(tmp_path, study_frame):
+    df, scores = study_frame
+    for s in scores.values():
+        s["splits"]["test"]["baseline"] = s["splits"]["test"]["teacher"]  # no gap on test
+    suite = load_suite(write_suite(tmp_path, evaluation={"bootstrap": 200}))
+    c = comparison.compare(suite, df, scores)
+    assert c.statistic == "score" and "gap closure is undefined on test" in c.fallback
+    assert c.table.loc[0, "test"] == pytest.approx(
+        np.mean(list(scores["run0"]["splits"]["test"]["student"]["0"].values())), abs=0.1
+    )
+
+
+def test_nothing_to_compare(tmp_path, study_frame):
+    df, _ = study_frame
+    suite = load_suite(write_suite(tmp_path))
+    assert comparison.compare(suite, df, {}) is None
+
+
+def test_benchmark_table_and_headline():
+    t1 = pd.DataFrame(
+        {
+            "configuration": ["A", "B", "C"],
+            "test": [0.9, 0.5, 0.7],
+            "verdict": ["best", "worse", "tie"],
+            "p_holm": [np.nan, 0.01, 0.4],
+        }
+    )
+    t2 = pd.DataFrame(
+        {
+            "configuration": ["A", "B", "C"],
+            "test": [0.8, 0.6, 0.2],
+            "verdict": ["tie", "best", "worse"],
+            "p_holm": [0.3, np.nan, 0.02],
+        }
+    )
+    tables = {"plural": t1, "dates": t2}
+    agg = stats.aggregate_tasks(tables, n_boot=200)
+    line = benchmark.headline(agg)
+    assert line.startswith("`A` has the best mean test rank across 2 tasks: 1.00")
+    md = benchmark.benchmark_md(agg, tables)
+    assert "| A | 2 | 1.00 [1.00, 1.00] | 1 – 1 | best | tie |" in md
+    assert "- [`dates`](dates/summary.md): B is best on validation" in md
+
+
+def test_benchmark_needs_distinct_suite_names(tmp_path):
+    suite = load_suite(write_suite(tmp_path))
+    with pytest.raises(SuiteError, match="share a name"):
+        benchmark.write_benchmark([suite, suite], tmp_path / "out")
