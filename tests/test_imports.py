@@ -75,4 +75,7 @@ def test_layers_point_down():
     assert not reach("harness.report.write") & {"harness.sweep", "harness.trial", "harness.cli"}
     assert not reach("harness.trial") & {"harness.sweep", "harness.tracking", "harness.cli"}
     assert reach("harness.metrics") == set()
+    perf = {m for m in edges if m.startswith("harness.perf")}
+    assert "harness.perf.cli" in perf
+    assert not any(reach(m) & perf for m in edges if m not in perf)  # the benchmark imports the harness, never back
     assert reach("harness.stores") == {"harness.spec"} | reach("harness.spec")

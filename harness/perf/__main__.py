@@ -1,0 +1,5 @@
+"""`python -m harness.perf`."""
+
+from harness.perf.cli import main
+
+raise SystemExit(main())
