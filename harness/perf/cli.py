@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -79,8 +80,8 @@ def _main(argv: list[str] | None) -> int:
     if "lmeval" in parts:  # a bad suite fails now, not after twenty minutes
         load_suite(args.suite)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    command = "python -m harness.perf " + " ".join(sys.argv[1:] if argv is None else argv)
-    res = Results(command=command.strip(), started=time.time(), load_before=load_average())
+    command = shlex.join(["python", "-m", "harness.perf", *(sys.argv[1:] if argv is None else argv)])
+    res = Results(command=command, started=time.time(), load_before=load_average())
     res.notes = [*(f"Note: {n}" for n in args.note), *([""] if args.note else [])]
     missed = Missed()
     if "memory" in parts:

@@ -107,9 +107,11 @@ def bench_train(
     profile = ""
     for loss in ("self_target_nll", "forward_kl"):
         stepper = SteppedTrain(student, examples, loss, pad, 2)
-        profile += profiles.table(profiles.twice(stepper.step), f"harness {loss}")
+        profile += profiles.table(profiles.repeated(stepper.step), f"harness {loss}")
     if peers:
-        profile += profiles.table(profiles.twice(peers[0].step), f"TRL GKDTrainer forward_kl ({peers[0].optim_name})")
+        profile += profiles.table(
+            profiles.repeated(peers[0].step), f"TRL GKDTrainer forward_kl ({peers[0].optim_name})"
+        )
     for peer in peers:
         peer.close()
     optim = peers[0].optim_name if peers else ""

@@ -138,7 +138,7 @@ def write(out: Path, res: Results) -> None:
         files += ["scaling.csv", plots.scaling(out, res.scaling)]
     if res.missed_profiles:
         (out / "profile_missed.md").write_text(
-            "# Missed goals: two calls of each arm, the second profiled (torch.profiler, self time)\n\n"
+            "# Missed goals: one call of each arm after its repeats, torch.profiler (self time)\n\n"
             + "\n".join(res.missed_profiles)
         )
         files.append("profile_missed.md")
