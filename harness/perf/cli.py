@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from harness import models
+from harness import console, models
 from harness.perf import memory
 from harness.perf.lmeval_arm import bench_lmeval
 from harness.perf.profiles import Missed
@@ -79,7 +78,7 @@ def _main(argv: list[str] | None) -> int:
     prompts, teacher_repeats = per_demo(args.prompts, "--prompts"), per_demo(args.teacher_repeats, "--teacher-repeats")
     if "lmeval" in parts:  # a bad suite fails now, not after twenty minutes
         load_suite(args.suite)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    console.setup(verbose=False)  # the CLI's own logging: each arm's seconds, libraries quiet
     command = shlex.join(["python", "-m", "harness.perf", *(sys.argv[1:] if argv is None else argv)])
     res = Results(command=command, started=time.time(), load_before=load_average())
     res.notes = [*(f"Note: {n}" for n in args.note), *([""] if args.note else [])]

@@ -69,8 +69,11 @@ def _busy(loads: tuple[str, str], mach: dict[str, str]) -> bool:
 
 
 def _table(rows: Any, fmt: str = ".3f", **kw: Any) -> str:
-    """A markdown table; cells an arm does not have (NaN) stay empty."""
+    """A markdown table; cells an arm does not have (NaN) stay empty, whole-number columns print as integers."""
     df = pd.DataFrame(rows)
+    for col in df.select_dtypes("float").columns:
+        if df[col].dropna().mod(1).eq(0).all():
+            df[col] = df[col].astype("Int64")
     return df.astype(object).where(df.notna(), None).to_markdown(floatfmt=fmt, missingval="", **kw)
 
 
