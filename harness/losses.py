@@ -455,10 +455,12 @@ def _token_part(entry: LossSpec) -> str | None:
 
 
 def _off_policy_part(entry: LossSpec) -> str | None:
-    """sampled_kl's loss for batches the student did not sample: it must not need sampled log-probs itself."""
+    """sampled_kl's loss for batches the student did not sample: a token loss on the teacher's targets (a mix too)."""
     if entry.name == "sampled_kl":
         return "'sampled_kl' cannot be its own off-policy loss; name a loss on the teacher's targets"
-    return _single(entry)
+    if entry.composite and entry.name != "mix":
+        return f"'{entry.name}' cannot be sampled_kl's off-policy loss; give sampled_kl as {entry.name}'s `token`"
+    return None
 
 
 def _distinct(layers: tuple[int, ...]) -> tuple[int, ...]:
