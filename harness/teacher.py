@@ -9,6 +9,7 @@ losses add the teacher's hidden states at the chosen layers, target positions on
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,9 +162,10 @@ def stack(seqs: list[TopKSeq], T: int) -> TeacherTopK:
     return TeacherTopK(indices=idx, logprobs=logp, tail=tail)
 
 
-def _compact(x: torch.Tensor) -> torch.Tensor:
-    """float16 on disk (half of float32) unless a value is beyond its range; then bfloat16 (same range as float32)."""
-    return x.to(torch.float16) if x.abs().max() <= torch.finfo(torch.float16).max else x.to(torch.bfloat16)
+def _compact(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """float16 on disk (half of float32) unless a value is beyond its range; then bfloat16 (float32's range)."""
+    fits = all(bool(r.abs().max() <= torch.finfo(torch.float16).max) for r in rows if r.numel())
+    return [r.to(torch.float16 if fits else torch.bfloat16) for r in rows]
 
 
 @torch.no_grad()
@@ -184,8 +186,8 @@ def score_hidden(
     for r in tqdm(chunks(len(prompts), batch_size), desc="teacher hidden", disable=None if progress else True):
         batch = make_batch([prompts[i] for i in r], [target_seqs[i] for i in r], pad_id).to(device)
         _, hidden = target_logits_and_hidden(model, batch, layers)
-        out += [_compact(hidden[j, : len(target_seqs[i])].float().cpu()) for j, i in enumerate(r)]
-    return out
+        out += [hidden[j, : len(target_seqs[i])].float().cpu() for j, i in enumerate(r)]
+    return _compact(out)
 
 
 def hidden(
@@ -244,7 +246,8 @@ def score_token_logprobs(
 
 def stack_rows(rows: list[torch.Tensor], T: int) -> torch.Tensor:
     """Pad per-sequence tensors [T_i, ...] with zeros to [B, T, ...] (padding positions are masked out)."""
-    padded = torch.zeros((len(rows), T, *rows[0].shape[1:]), dtype=rows[0].dtype)
+    dtype = functools.reduce(torch.promote_types, [r.dtype for r in rows])
+    padded = torch.zeros((len(rows), T, *rows[0].shape[1:]), dtype=dtype)
     for i, row in enumerate(rows):
         padded[i, : row.shape[0]] = row
     return padded

@@ -4,6 +4,7 @@ sampled_kl and the off→on-policy target schedule; what the teacher cache keeps
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -11,8 +12,8 @@ import torch
 from helpers import write_suite
 from transformers import LlamaForCausalLM
 
-from harness import models
-from harness.cli import main
+from harness import console, models, teacher
+from harness.cli import main as cli_main
 from harness.config import HyperParams, TrialConfig
 from harness.losses import teacher_needs
 from harness.report.runs import load_study
@@ -31,6 +32,17 @@ LOSSES = [
     {"name": "sampled_kl", "estimator": "k1"},
     {"name": "sampled_kl", "direction": "forward", "off_policy": "forward_kl"},
 ]
+
+
+def main(argv: list[str]) -> int:
+    """The CLI in process, leaving the log levels it sets as they were (later tests read the cache's INFO lines)."""
+    names = (*console.NOISY_LOGGERS, *console.DETAIL_LOGGERS, "lm_eval")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        return cli_main(argv)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +160,14 @@ def test_a_study_sweeps_the_new_values_from_yaml(tmp_path, capsys):
         "sampled_kl(estimator=k3,off_policy=mix(weight=0.5))",
     ]
     assert {t.params["target"] for t in done} == {"schedule(first=greedy,switch=0.5,then=on_policy(mix=1))"}
+
+
+def test_hidden_states_are_stored_compactly_without_overflow():
+    small, large = torch.tensor([[[1.5, -2.25]]]), torch.tensor([[[1.0e5, 3.0]]])
+    assert [r.dtype for r in teacher._compact([small, small])] == [torch.float16, torch.float16]
+    kept = teacher._compact([small, large])  # one value beyond float16's range: the whole entry in bfloat16
+    assert [r.dtype for r in kept] == [torch.bfloat16, torch.bfloat16] and torch.isfinite(kept[1]).all()
+    padded = teacher.stack_rows([small.half(), large.bfloat16()], 3)
+    assert padded.dtype == torch.float32 and padded.shape == (2, 3, 1, 2)
+    assert padded[0, 0].tolist() == [[1.5, -2.25]] and padded[1, 0, 0, 0] == 99840.0  # bf16's nearest to 1e5
+    assert not padded[:, 1:].any()  # padding positions: zeros (masked out by the loss)
