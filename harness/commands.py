@@ -1,4 +1,4 @@
-"""The heavy commands (`run`, `report`, `gap`, `ui`): they load models, lm-eval, MLflow and Optuna.
+"""The heavy commands (`run`, `report`, `gap`, `export`, `ui`): they load models, lm-eval, MLflow and Optuna.
 
 Kept apart from `cli` so that `harness validate` imports none of that and answers in well under a second.
 """
@@ -15,7 +15,7 @@ from types import FrameType
 
 from filelock import FileLock
 
-from harness import stores, supervise, sweep, tracking, workers
+from harness import export, keep, stores, supervise, sweep, tracking, workers
 from harness.redact import redact
 from harness.report.benchmark import write_benchmark
 from harness.report.runs import best_trials, load_runs, load_study, trial_table
@@ -78,6 +78,21 @@ def summarise_study(suite: Suite, report_dir: Path | None) -> None:
     best = best_trials(trial_table(runs, load_study(suite)), 1)
     best_id = None if best.empty else str(best.iloc[0]["run_id"])
     tracking.log_study_summary(str(parents.iloc[0]["run_id"]), best_id, report_dir)
+    keep.settle(suite, best_id)
+
+
+def cmd_export(args: argparse.Namespace, suite: Suite) -> int:
+    done = export.export(suite, args.out, args.trial)
+    scores = ", ".join(
+        f"{split} student score {done.metrics[f'{split}_student_score']:.3f}"
+        for split in ("validation", "test")
+        if f"{split}_student_score" in done.metrics
+    )
+    source = "logged model" if done.source == "model" else "adapter merged into the base model"
+    print(f"trial {done.trial} ({done.configuration}), first training seed, from its {source}: {scores}")
+    print(f"written to {done.folder}: AutoModelForCausalLM.from_pretrained('{done.folder}')")
+    print(f"prompt it with its context c' ({done.context.context}): {done.folder / keep.CONTEXT_FILE}")
+    return 0
 
 
 def cmd_gap(args: argparse.Namespace, suite: Suite) -> int:

@@ -43,11 +43,11 @@ def test_experiment_opens_as_model_training_with_a_saved_trials_view(store):
     envelope = json.loads(tags[tracking.VIEW_TAG])
     assert envelope["name"] == "harness: trials"
     state = json.loads(envelope["state"])
-    assert state["orderByKey"] == "metrics.`gap_closure`" and state["orderByAsc"] is False
-    assert {"metrics.`gap_closure`", "params.`target`", "params.`context`", "params.`loss`"} <= set(
+    assert state["orderByKey"] == "metrics.`validation_gap_closure`" and state["orderByAsc"] is False
+    assert {"metrics.`validation_gap_closure`", "params.`target`", "params.`context`", "params.`loss`"} <= set(
         state["selectedColumns"]
     )
-    assert state["columnOrder"][1] == "metrics.`gap_closure`"
+    assert state["columnOrder"][1] == "metrics.`validation_gap_closure`"
     url = tracking.ui_url("http://127.0.0.1:5000", store["exp"].experiment_id)
     assert url.endswith(f"/runs?viewStateShareKey={tracking.VIEW_ID}&workflowType=machine_learning")
 
@@ -65,7 +65,7 @@ def test_final_metrics_are_logged_in_one_batch(store):
     client = store["client"]
     for run in store["trials"]:
         finals = [k for k in run.data.metrics if k in METRICS]
-        assert "gap_closure" in finals and len(finals) >= 20
+        assert "validation_gap_closure" in finals and len(finals) >= 20
         stamps = {m.timestamp for k in finals for m in client.get_metric_history(run.info.run_id, k)}
         assert len(stamps) == 1, stamps
         steps = {m.step for m in client.get_metric_history(run.info.run_id, "heldout/kl")}
@@ -85,7 +85,7 @@ def test_every_trial_run_has_system_metrics_and_source_tags(store):
 @pytest.mark.slow
 def test_study_run_carries_the_study_summary(store):
     client, parent, trials = store["client"], store["parent"], store["trials"]
-    best = max(trials, key=lambda r: r.data.metrics["gap_closure"])
+    best = max(trials, key=lambda r: r.data.metrics["validation_gap_closure"])
     assert parent.info.status == "FINISHED"
     assert parent.info.end_time >= max(r.info.end_time for r in trials)  # it spans the study, not 8 ms
     assert parent.data.tags["harness.best_run_id"] == best.info.run_id
