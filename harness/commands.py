@@ -45,7 +45,9 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
     if not args.no_report and study.get_trials(deepcopy=False):
         with FileLock(stores.work_dir(suite) / "report.lock"):  # workers on one machine may finish together
             folder = write_report(suite, "results")
-            summarise_study(suite, folder)
+            version = summarise_study(suite, folder)
+        if version is not None:
+            print(f"best student: {keep.registered_name(suite)} version {version}; harness export {args.suite} OUT/")
         print(f"report written to {folder}")
     if failed:
         print(f"error: {failed}", file=sys.stderr)
@@ -66,19 +68,20 @@ def cmd_report(args: argparse.Namespace, suites: list[Suite]) -> int:
     return 0
 
 
-def summarise_study(suite: Suite, report_dir: Path | None) -> None:
-    """Attach the study's summary (best trial's params and metrics, the report's files) to its parent run."""
+def summarise_study(suite: Suite, report_dir: Path | None) -> str | None:
+    """Attach the study's summary (best trial's params and metrics, the report's files) to its parent run, and
+    point the registered students' alias `best` at the best configuration's; returns that version, if any."""
     runs, _ = load_runs(suite)
     kind = runs.get("tags.harness.kind")
     if kind is None:
-        return
+        return None
     parents = runs[kind == "study"]
     if parents.empty:
-        return
+        return None
     best = best_trials(trial_table(runs, load_study(suite)), 1)
     best_id = None if best.empty else str(best.iloc[0]["run_id"])
     tracking.log_study_summary(str(parents.iloc[0]["run_id"]), best_id, report_dir)
-    keep.settle(suite, best_id)
+    return keep.settle(suite, best_id)
 
 
 def cmd_export(args: argparse.Namespace, suite: Suite) -> int:

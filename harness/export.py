@@ -139,7 +139,7 @@ def _merged(suite: Suite, seed_run: str, tmp: Path) -> tuple[PreTrainedModel, Pr
     )
     base = models.load(keep.base_name(suite), "cpu")
     merged = PeftModel.from_pretrained(base.model, path).merge_and_unload()
-    return merged, base.tokenizer  # type: ignore[return-value]
+    return merged, base.tokenizer
 
 
 def load_student(

@@ -182,7 +182,7 @@ class Keeper:
         def save(student: torch.nn.Module) -> None:
             folder = self.spool / run_id
             if isinstance(student, PeftModel):
-                student.save_pretrained(folder / "adapter")
+                student.save_pretrained(str(folder / "adapter"))
             elif keep_full:
                 cast(PreTrainedModel, student).save_pretrained(folder / "model")
                 self.bench.tok.save_pretrained(folder / "model")
