@@ -22,6 +22,7 @@ def test_run_name_is_the_configuration():
     assert tracking.run_name("beam(n=4)", "tag", "jsd(beta=0.5)", seed=3) == "beam(n=4)|tag|jsd(beta=0.5) seed=3"
 
 
+@pytest.fixture(scope="module")
 def store(cli_smoke):
     assert cli_smoke["returncode"] == 0, cli_smoke["log"]
     suite = load_suite(cli_smoke["suite"])
@@ -30,8 +31,9 @@ def store(cli_smoke):
     runs = client.search_runs([exp.experiment_id])
     trials = [r for r in runs if r.data.tags.get("harness.kind") == "trial"]
     parents = [r for r in runs if r.data.tags.get("harness.kind") == "study"]
+    seeds = [r for r in runs if r.data.tags.get("harness.kind") == "seed"]
     assert len(trials) == 2 and len(parents) == 1
-    return {"suite": suite, "client": client, "exp": exp, "trials": trials, "parent": parents[0]}
+    return {"suite": suite, "client": client, "exp": exp, "trials": trials, "seeds": seeds, "parent": parents[0]}
 
 
 @pytest.mark.slow
@@ -54,8 +56,9 @@ def test_experiment_opens_as_model_training_with_a_saved_trials_view(store):
 
 @pytest.mark.slow
 def test_trial_runs_are_named_by_configuration_and_seed(store):
-    names = {r.info.run_name for r in store["trials"]}
-    assert names == {"greedy|empty|forward_kl seed=0", "greedy|fewer_demos(k=1)|forward_kl seed=0"}
+    configurations = {"greedy|empty|forward_kl", "greedy|fewer_demos(k=1)|forward_kl"}
+    assert {r.info.run_name for r in store["trials"]} == configurations
+    assert {r.info.run_name for r in store["seeds"]} == {f"{c} seed={s}" for c in configurations for s in (0, 1)}
     assert store["parent"].info.run_name == f"study {stores.study_name(store['suite'])}"
 
 
@@ -68,6 +71,7 @@ def test_final_metrics_are_logged_in_one_batch(store):
         assert "validation_gap_closure" in finals and len(finals) >= 20
         stamps = {m.timestamp for k in finals for m in client.get_metric_history(run.info.run_id, k)}
         assert len(stamps) == 1, stamps
+    for run in store["seeds"]:  # the step series live on the seed runs, where training happened
         steps = {m.step for m in client.get_metric_history(run.info.run_id, "heldout/kl")}
         assert len(steps) >= 2  # the step series stays a series
 
