@@ -53,12 +53,12 @@ log = logging.getLogger(__name__)
 
 CONTEXT_FILE = "student_context.json"
 ARTIFACTS = "student"  # a seed run's folder of kept-student artifacts
-MODEL_NAME = "model"  # the logged model's name in its run (MLflow 3 lists its files under it)
 ALIAS = "best"
 VALIDATION = "validation_gap_closure"  # what chooses the best configuration (as the report does)
 # Run tags: where a seed run's logged model is, and which registered version holds a configuration's student.
 MODEL_TAG = "harness.student_model_id"
 VERSION_TAG = "harness.student_version"
+MODEL_VERSIONS = "mlflow.modelVersions"  # a logged model's registered versions, as MLflow's UI reads them
 
 
 @contextmanager
@@ -275,7 +275,7 @@ class Keeper:
         with tracking.guard():
             info = mlflow.transformers.log_model(
                 {"model": model, "tokenizer": self.bench.tok},
-                name=MODEL_NAME,
+                name=registered_name(self.suite),  # the experiment's Models tab lists it by this name
                 task="text-generation",
                 run_id=run_id,
                 prompt_template=card.prompt_template,
@@ -334,6 +334,10 @@ class Keeper:
                 f"`{CONTEXT_FILE}` (context c' `{card.context}`).",
             )
             client.set_registered_model_alias(name, ALIAS, version.version)
+            # what mlflow.register_model records (it also prints to stderr): the Models tab's "Registered models"
+            linked = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS, "[]"))
+            linked.append({"name": name, "version": version.version})
+            client.set_logged_model_tags(model_id, {MODEL_VERSIONS: json.dumps(linked)})
         return str(version.version)
 
 

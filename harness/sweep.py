@@ -33,7 +33,7 @@ import torch
 from harness import aggregate, keep, stores, tracking, workers
 from harness.config import HyperParams, TrialConfig
 from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
-from harness.redact import redact
+from harness.redact import portable
 from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
@@ -359,7 +359,7 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     log.info(
         "study %s in %s (worker %s): %d of %d trials done, %d running, %d queued",
         study.study_name,
-        redact(stores.storage_url(suite)),
+        portable(stores.storage_url(suite)),
         workers.worker_id(),
         t.counted,
         target,
