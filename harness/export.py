@@ -23,10 +23,11 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import local_file_uri_to_path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from harness import keep, models, tracking
+from harness import keep, models, stores, tracking
 from harness.keep import StudentContext
 from harness.report.runs import best_trials, load_runs, load_study, seed_runs, trial_table
 from harness.spec import Suite
@@ -79,32 +80,57 @@ def choose(suite: Suite, trial: int | None) -> tuple[pd.Series, str]:
     return row, seeds[0]
 
 
+class _Artifacts:
+    """Where a run's or a logged model's artifacts are: as the store recorded them, or, for a local store whose
+    work folder was moved or copied (MLflow records absolute paths), at the same place under the suite's
+    current `<work_dir>/mlartifacts/`."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.root = Path(local_file_uri_to_path(stores.artifact_root(suite)))
+
+    def locate(self, uri: str) -> str:
+        if not uri.startswith("file:"):
+            return uri  # a server or object store: MLflow fetches it
+        path = local_file_uri_to_path(uri)
+        marker = f"/{self.root.name}/"
+        if not Path(path).exists() and marker in path:
+            moved = self.root / path.split(marker, 1)[1]
+            if moved.exists():
+                return moved.as_uri()
+        return uri
+
+
 def export(suite: Suite, out: str | Path, trial: int | None = None) -> Exported:
     """Write the student of `trial` (default: the validation-best configuration) to `out` as a plain folder."""
     row, seed_run = choose(suite, trial)
     number, name = int(row["trial"]), str(row["run_name"])
     client = MlflowClient()
+    where = _Artifacts(suite)
     with tracking.guard():
         run = client.get_run(seed_run)
-        kept = {a.path for a in client.list_artifacts(seed_run, keep.ARTIFACTS)}
-    if f"{keep.ARTIFACTS}/{keep.CONTEXT_FILE}" not in kept:
+        base = where.locate(run.info.artifact_uri)
+        kept = {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{base}/{keep.ARTIFACTS}")}
+    if keep.CONTEXT_FILE not in {Path(p).name for p in kept}:
         raise ExportError(
             f"suite '{suite.name}': trial {number} kept no student (it ran with tracking.save_student: none)"
         )
+    adapter = any(Path(p).name == "adapter" for p in kept)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         context_file = mlflow.artifacts.download_artifacts(
-            run_id=seed_run, artifact_path=f"{keep.ARTIFACTS}/{keep.CONTEXT_FILE}", dst_path=tmp
+            artifact_uri=f"{base}/{keep.ARTIFACTS}/{keep.CONTEXT_FILE}", dst_path=tmp
         )
         context = StudentContext.from_json(Path(context_file).read_text())
         model_id = run.data.tags.get(keep.MODEL_TAG)
-        adapter = f"{keep.ARTIFACTS}/adapter" in kept
         if model_id:
-            model, tok = _logged(model_id)
+            with tracking.guard():
+                location = where.locate(client.get_logged_model(model_id).artifact_location)
+            model, tok = _logged(location)
             source = "model"
         elif adapter:
-            model, tok = _merged(suite, seed_run, Path(tmp))
+            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{keep.ARTIFACTS}/adapter", dst_path=tmp)
+            model, tok = _merged(suite, path)
             source = "adapter"
         else:
             raise ExportError(
@@ -117,28 +143,25 @@ def export(suite: Suite, out: str | Path, trial: int | None = None) -> Exported:
         if adapter:
             shutil.rmtree(folder / "adapter", ignore_errors=True)
             mlflow.artifacts.download_artifacts(  # lands as OUT/adapter
-                run_id=seed_run, artifact_path=f"{keep.ARTIFACTS}/adapter", dst_path=str(folder)
+                artifact_uri=f"{base}/{keep.ARTIFACTS}/adapter", dst_path=str(folder)
             )
     (folder / keep.CONTEXT_FILE).write_text(context.to_json())
     metrics = {k: float(v) for k, v in run.data.metrics.items() if not k.startswith("system/")}
     return Exported(folder, number, name, seed_run, source, context, metrics)
 
 
-def _logged(model_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _logged(location: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         with tracking.guard():
-            parts: dict[str, Any] = mlflow.transformers.load_model(f"models:/{model_id}", return_type="components")
+            parts: dict[str, Any] = mlflow.transformers.load_model(location, return_type="components")
     except (MlflowException, OSError) as e:
-        raise ExportError(f"cannot load the logged student {model_id}: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"cannot load the logged student at {location}: {str(e).splitlines()[0]}") from e
     return parts["model"], parts["tokenizer"]
 
 
-def _merged(suite: Suite, seed_run: str, tmp: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    path = mlflow.artifacts.download_artifacts(
-        run_id=seed_run, artifact_path=f"{keep.ARTIFACTS}/adapter", dst_path=str(tmp / "adapter")
-    )
+def _merged(suite: Suite, adapter: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     base = models.load(keep.base_name(suite), "cpu")
-    merged = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+    merged = PeftModel.from_pretrained(base.model, adapter).merge_and_unload()
     return merged, base.tokenizer
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,23 @@ def test_export_of_the_best_reproduces_its_score_in_a_fresh_process(cli_smoke, t
     assert context["trial"]["configuration"] == best.info.run_name  # chosen on validation
     trained = client.get_run(context["trial"]["run_id"]).data.metrics["test_student_score"]
     assert _fresh_score(cli_smoke["env"], out) == trained
+
+
+@pytest.mark.slow
+def test_export_after_the_work_folder_moved(cli_smoke, tmp_path):
+    """MLflow records artifact locations as absolute paths; with the work folder moved, export finds the logged
+    model and the run's artifacts at the same place under the suite's new work_dir."""
+    suite = load_suite(cli_smoke["suite"])
+    old = stores.work_dir(suite)
+    shutil.copytree(old, tmp_path / ".harness")
+    moved = write_suite(tmp_path)  # same suite, work_dir = tmp_path/.harness
+    old.rename(old.with_name("away"))
+    try:
+        proc = _cli(cli_smoke["env"], tmp_path, "export", str(moved), str(tmp_path / "student"))
+    finally:
+        old.with_name("away").rename(old)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "student" / "model.safetensors").is_file() and "from its logged model" in proc.stdout
 
 
 @pytest.mark.slow
