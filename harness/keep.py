@@ -168,6 +168,7 @@ class Keeper:
         self.spool = stores.work_dir(suite) / "students"
         self.contexts: dict[tuple[Context, str], StudentContext] = {}
         self.first_run: str | None = None  # the configuration's first seed run (its student may be promoted)
+        self.spooled: list[str] = []  # the configuration's seed runs with a folder in the spool
 
     # --- during a seed ---------------------------------------------------------------------------
     def hook(self, run_id: str, first: bool) -> Callable[[torch.nn.Module], None] | None:
@@ -181,11 +182,16 @@ class Keeper:
 
         def save(student: torch.nn.Module) -> None:
             folder = self.spool / run_id
-            if isinstance(student, PeftModel):
-                student.save_pretrained(str(folder / "adapter"))
-            elif keep_full:
-                cast(PreTrainedModel, student).save_pretrained(folder / "model")
-                self.bench.tok.save_pretrained(folder / "model")
+            self.spooled.append(run_id)
+            try:
+                if isinstance(student, PeftModel):
+                    student.save_pretrained(str(folder / "adapter"))
+                elif keep_full:
+                    cast(PreTrainedModel, student).save_pretrained(folder / "model")
+                    self.bench.tok.save_pretrained(folder / "model")
+            except OSError as e:  # a full disk costs the student, not the trial's measurement
+                log.warning("the student of run %s was not kept: %s", run_id, e)
+                shutil.rmtree(folder, ignore_errors=True)
 
         return save
 
@@ -250,10 +256,10 @@ class Keeper:
         )
 
     def clear(self) -> None:
-        """Remove what the configuration spooled (its first seed's student)."""
-        if self.first_run is not None:
-            shutil.rmtree(self.spool / self.first_run, ignore_errors=True)
-        self.first_run = None
+        """Remove whatever the configuration spooled (also after a failed or pruned seed)."""
+        for run_id in self.spooled:
+            shutil.rmtree(self.spool / run_id, ignore_errors=True)
+        self.spooled, self.first_run = [], None
 
     # --- MLflow -----------------------------------------------------------------------------------
     def _student(self, run_id: str) -> PreTrainedModel:
