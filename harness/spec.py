@@ -377,6 +377,18 @@ class Sweep(_Strict):
         return v
 
 
+SaveStudent = Literal["none", "adapter", "best", "all"]
+
+
+class Tracking(_Strict):
+    save_student: SaveStudent = Field(
+        "best",
+        description="which trained students are kept: none; adapter = each seed's LoRA adapter as a run artifact; "
+        "best = that, plus the study's best configuration (on validation) logged with MLflow's transformers flavour "
+        "and registered as <suite>-student; all = every seed's student logged with the transformers flavour",
+    )
+
+
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -389,6 +401,7 @@ class Suite(_Strict):
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
     sweep: Sweep = Sweep()
+    tracking: Tracking = Tracking()
     work_dir: str = Field(".harness", description="caches, study and MLflow stores (relative to the cwd)")
 
     # Filled by load_suite, not by the user.
@@ -409,7 +422,7 @@ class Suite(_Strict):
         """Hash of what decides the trials' results: same hash, same study (resumed, not restarted).
 
         Leaves out what only says how long to run or where to store (n_trials, timeout, storage,
-        tracking URI, cache_dir, work_dir, device) and the description."""
+        tracking URI, cache_dir, work_dir, device, which students are kept) and the description."""
         blob = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=_NOT_HASHED), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -457,6 +470,7 @@ FAST = {"seeds": 2, "test_items": 80, "validation_items": 40, "heldout_inputs": 
 
 _NOT_HASHED: dict[str, Any] = {
     "description": True,
+    "tracking": True,  # what is kept of a trial, not what it measures
     "work_dir": True,
     "models": {"device"},
     "sweep": {"n_trials", "timeout", "storage", "tracking_uri", "cache_dir"},

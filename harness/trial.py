@@ -16,6 +16,7 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -288,10 +289,18 @@ def _validate(cfg: TrialConfig) -> None:
         )
 
 
-def run_trial(bench: Workbench, cfg: TrialConfig, seed: int, reporter: Reporter | None = None) -> TrialResult:
+def run_trial(
+    bench: Workbench,
+    cfg: TrialConfig,
+    seed: int,
+    reporter: Reporter | None = None,
+    on_trained: Callable[[torch.nn.Module], None] | None = None,
+) -> TrialResult:
     """Train one student with one seed and measure it on both splits. Raises on failure; the caller records why.
 
     The seed changes the data order, the LoRA init, sampled teacher targets and on-policy draws, nothing else.
+    `on_trained` receives the trained student before anything else (a LoRA student still as its adapter), for
+    whoever keeps it; the trial itself discards it once scored.
     """
     _validate(cfg)
     s = bench.suite
@@ -363,6 +372,8 @@ def run_trial(bench: Workbench, cfg: TrialConfig, seed: int, reporter: Reporter 
         on_eval=on_eval if reporter else None,
         on_step=reporter.log_step if reporter else None,
     )
+    if on_trained is not None:
+        on_trained(student)
     if cfg.hp.lora_rank > 0:
         student = cast(PeftModel, student).merge_and_unload()  # a plain model again, for lm-eval and generation
     after = bench.intrinsic(student, c_student)
