@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,15 +68,42 @@ def target_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     soft-cap, Granite's logits_scaling, Cohere's logit_scale) applies exactly as in generation and lm-eval.
     `logits_to_keep` as a [B, T] position tensor keeps the LM head on the target positions only.
     """
+    return _target_forward(model, batch, ())[0]
+
+
+def target_logits_and_hidden(
+    model: torch.nn.Module, batch: Batch, layers: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [B, T, V] and hidden states [B, T, len(layers), H] at the positions predicting each target
+    token, from one forward. `layers` index the model's hidden states (0 = embeddings, -1 = the last)."""
+    logits, hidden = _target_forward(model, batch, tuple(layers))
+    assert hidden is not None
+    return logits, hidden
+
+
+def _target_forward(
+    model: torch.nn.Module, batch: Batch, layers: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    if layers:
+        kwargs["output_hidden_states"] = True
     if _accepts_logits_to_keep(model):
-        logits = model(**kwargs, logits_to_keep=batch.positions).logits
-        if logits.shape[:2] == batch.positions.shape:
-            return logits
-        log.warning("%s ignores per-row logits_to_keep; computing full logits", type(model).__name__)
-    logits = model(**kwargs).logits  # full [B, L, V]: slower, still the model's own logits
-    idx = batch.positions.unsqueeze(-1).expand(-1, -1, logits.size(-1))
-    return torch.gather(logits, 1, idx)
+        out = model(**kwargs, logits_to_keep=batch.positions)
+        logits = out.logits
+        if logits.shape[:2] != batch.positions.shape:
+            log.warning("%s ignores per-row logits_to_keep; computing full logits", type(model).__name__)
+            logits = None
+    else:
+        logits = None
+    if logits is None:
+        out = model(**kwargs)  # full [B, L, V]: slower, still the model's own logits
+        idx = batch.positions.unsqueeze(-1).expand(-1, -1, out.logits.size(-1))
+        logits = torch.gather(out.logits, 1, idx)
+    if not layers:
+        return logits, None
+    states = out.hidden_states
+    idx = batch.positions.unsqueeze(-1).expand(-1, -1, states[0].size(-1))
+    return logits, torch.stack([torch.gather(states[i], 1, idx) for i in layers], dim=2)
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:

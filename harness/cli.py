@@ -1,4 +1,4 @@
-"""`harness validate | run | report | gap | ui`: the user's commands.
+"""`harness validate | run | report | gap | export | ui`: the user's commands.
 
 Every expected failure (bad suite, missing model, bad task) ends as one line per
 problem on stderr and exit code 2; tracebacks are for bugs. Heavy libraries are
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("suite")
     g.add_argument("--min-gap", type=float, default=15.0, help="exit 1 if a gap is below this many points (default 15)")
     g.set_defaults(fn="cmd_gap")
+    x = add("export", "write a trial's student as a plain transformers folder, with the context c' it expects")
+    x.add_argument("suite")
+    x.add_argument("out", metavar="OUT", help="folder to write (created; files in it are replaced)")
+    x.add_argument(
+        "--trial", type=int, default=None, help="Optuna trial number (default: the best configuration on validation)"
+    )
+    x.add_argument("--fast", action="store_true", help="export from the `--fast` variant of the suite")
+    x.set_defaults(fn="cmd_export")
     u = add("ui", "start the MLflow UI (and optuna-dashboard, when installed) on a suite's stores")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
     u.add_argument("--host", default="127.0.0.1")
@@ -120,10 +128,15 @@ def _load_all(paths: list[str], resources: bool, fast: bool) -> list[Suite]:
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
-    """ModelError, TaskError and StoreError, from their modules if a command imported them (a command that
+    """ModelError, TaskError, StoreError and ExportError, from their modules if a command imported them (a command that
     did not cannot raise them, and importing `models` here would cost every command torch's import time)."""
     found = []
-    named = (("harness.models", "ModelError"), ("harness.tasks", "TaskError"), ("harness.stores", "StoreError"))
+    named = (
+        ("harness.models", "ModelError"),
+        ("harness.tasks", "TaskError"),
+        ("harness.stores", "StoreError"),
+        ("harness.export", "ExportError"),
+    )
     for module, name in named:
         if module in sys.modules:
             found.append(getattr(sys.modules[module], name))

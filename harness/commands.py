@@ -1,4 +1,4 @@
-"""The heavy commands (`run`, `report`, `gap`, `ui`): they load models, lm-eval, MLflow and Optuna.
+"""The heavy commands (`run`, `report`, `gap`, `export`, `ui`): they load models, lm-eval, MLflow and Optuna.
 
 Kept apart from `cli` so that `harness validate` imports none of that and answers in well under a second.
 """
@@ -15,7 +15,7 @@ from types import FrameType
 
 from filelock import FileLock
 
-from harness import stores, supervise, sweep, tracking, workers
+from harness import export, keep, stores, supervise, sweep, tracking, workers
 from harness.redact import redact
 from harness.report.benchmark import write_benchmark
 from harness.report.runs import best_trials, load_runs, load_study, trial_table
@@ -45,7 +45,9 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
     if not args.no_report and study.get_trials(deepcopy=False):
         with FileLock(stores.work_dir(suite) / "report.lock"):  # workers on one machine may finish together
             folder = write_report(suite, "results")
-            summarise_study(suite, folder)
+            version = summarise_study(suite, folder)
+        if version is not None:
+            print(f"best student: {keep.registered_name(suite)} version {version}; harness export {args.suite} OUT/")
         print(f"report written to {folder}")
     if failed:
         print(f"error: {failed}", file=sys.stderr)
@@ -66,18 +68,34 @@ def cmd_report(args: argparse.Namespace, suites: list[Suite]) -> int:
     return 0
 
 
-def summarise_study(suite: Suite, report_dir: Path | None) -> None:
-    """Attach the study's summary (best trial's params and metrics, the report's files) to its parent run."""
+def summarise_study(suite: Suite, report_dir: Path | None) -> str | None:
+    """Attach the study's summary (best trial's params and metrics, the report's files) to its parent run, and
+    point the registered students' alias `best` at the best configuration's; returns that version, if any."""
     runs, _ = load_runs(suite)
     kind = runs.get("tags.harness.kind")
     if kind is None:
-        return
+        return None
     parents = runs[kind == "study"]
     if parents.empty:
-        return
+        return None
     best = best_trials(trial_table(runs, load_study(suite)), 1)
     best_id = None if best.empty else str(best.iloc[0]["run_id"])
     tracking.log_study_summary(str(parents.iloc[0]["run_id"]), best_id, report_dir)
+    return keep.settle(suite, best_id)
+
+
+def cmd_export(args: argparse.Namespace, suite: Suite) -> int:
+    done = export.export(suite, args.out, args.trial)
+    scores = ", ".join(
+        f"{split} student score {done.metrics[f'{split}_student_score']:.3f}"
+        for split in ("validation", "test")
+        if f"{split}_student_score" in done.metrics
+    )
+    source = "logged model" if done.source == "model" else "adapter merged into the base model"
+    print(f"trial {done.trial} ({done.configuration}), first training seed, from its {source}: {scores}")
+    print(f"written to {done.folder}: AutoModelForCausalLM.from_pretrained('{done.folder}')")
+    print(f"prompt it with its context c' ({done.context.context}): {done.folder / keep.CONTEXT_FILE}")
+    return 0
 
 
 def cmd_gap(args: argparse.Namespace, suite: Suite) -> int:

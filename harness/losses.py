@@ -19,17 +19,26 @@ Conventions shared by every loss:
 
 Adding a loss touches only this file: write the function and decorate it with `register`; its
 keyword-only parameters (typed and range-checked, e.g. `beta: UnitInterval = 0.5`) are what a suite
-may set, and `harness validate` checks them. Every loss takes `temperature`; the divergences also
+may set, and `harness validate` checks them. The token losses take `temperature`; the divergences also
 take `top_k`, the teacher support the cache keeps for them (None = the suite's `training.top_k`).
+
+Beyond the token losses: `mix` (a weighted sum of two losses), `hidden_mse` / `hidden_cosine` (a token
+loss plus hidden-state matching) and `sampled_kl` (on-policy KL estimated from two log-probs). What the
+teacher must supply for a loss value (top-k, sampled-token log-probs, hidden states) is `teacher_needs`,
+so the cache and the training loop compute exactly that; what they supply besides the top-k travels in
+`Extras`, the fifth argument every loss accepts.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from harness.registry import Entry, PositiveInt, Registry, UnitInterval, lazy_import
+from pydantic import AfterValidator, Field
+
+from harness.registry import Entry, Integer, NonNegative, PositiveInt, Registry, UnitInterval, lazy_import, nested
 from harness.registry import Positive as Temperature
 
 if TYPE_CHECKING:
@@ -40,14 +49,21 @@ else:
 
 __all__ = [
     "LOSSES",
+    "Extras",
     "LossSpec",
+    "TeacherNeeds",
     "TeacherTopK",
     "compute_loss",
     "forward_kl",
+    "hidden_cosine",
+    "hidden_mse",
     "jsd",
+    "mix",
     "register",
     "reverse_kl",
+    "sampled_kl",
     "self_target_nll",
+    "teacher_needs",
     "topk_with_tail",
 ]
 
@@ -117,18 +133,100 @@ def topk_with_tail(logits: Tensor, k: int | None, temperature: float = 1.0) -> T
     return TeacherTopK(indices=top_idx, logprobs=top_lp, tail=tail)
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What a batch carries besides the logits and the teacher's top-k, aligned with [B, T] like them.
+
+    sampled: the target tokens were sampled from the student (an on-policy batch), not chosen by the teacher.
+    teacher_token_logprobs: [B, T] the teacher's log-prob (τ = 1, with c) of each target token; sampled batches.
+    student_hidden, teacher_hidden: [B, T, n_layers, H] hidden states at the positions predicting each target
+    token, the student's with c' and the teacher's with c, in the loss's `layers` order.
+    """
+
+    sampled: bool = False
+    teacher_token_logprobs: Tensor | None = None
+    student_hidden: Tensor | None = None
+    teacher_hidden: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What a loss value reads from the teacher, so the cache and the training loop compute exactly that.
+
+    topk: (top_k, temperature) of the top-k distribution along the targets (top_k None = the suite's), or None.
+    sampled_logprobs: the teacher's log-prob of each student-sampled token (on-policy batches only).
+    hidden_layers: hidden-state indices (0 = embeddings, -1 = last) read at the target positions.
+    """
+
+    topk: tuple[int | None, float] | None = None
+    sampled_logprobs: bool = False
+    hidden_layers: tuple[int, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return self.topk is not None or self.sampled_logprobs or bool(self.hidden_layers)
+
+    def __or__(self, other: TeacherNeeds) -> TeacherNeeds:
+        """Both parts' needs; one top-k distribution and one layer list per loss, so they must agree."""
+        if self.topk is not None and other.topk is not None and self.topk != other.topk:
+            raise ValueError(
+                "the parts read the teacher's top-k at different settings "
+                f"(top_k, temperature = {self.topk} and {other.topk}); give them the same top_k and temperature"
+            )
+        if self.hidden_layers and other.hidden_layers and self.hidden_layers != other.hidden_layers:
+            raise ValueError(f"the parts read different hidden layers ({self.hidden_layers}, {other.hidden_layers})")
+        return TeacherNeeds(
+            self.topk or other.topk,
+            self.sampled_logprobs or other.sampled_logprobs,
+            self.hidden_layers or other.hidden_layers,
+        )
+
+
 # --------------------------------------------------------------------------- registry
 
 
 @dataclass(frozen=True)
 class LossSpec(Entry):
-    """One registered loss: its function, its parameter model, and whether it needs the teacher."""
+    """One registered loss: its function, its parameter model, and what it reads from the teacher.
+
+    needs_teacher: reads the teacher's top-k distribution (at its own `top_k` and `temperature`).
+    needs: for losses whose needs depend on their parameters, effective params → TeacherNeeds.
+    composite: contains other losses (mix, hidden_*), so it cannot be a part of another one.
+    """
 
     needs_teacher: bool = False
+    needs: Callable[[dict[str, Any]], TeacherNeeds] | None = None
+    composite: bool = False
 
 
 LOSSES: Registry[LossSpec] = Registry("loss", LossSpec)
-register = LOSSES.register  # @register("name", needs_teacher=...)
+register = LOSSES.register  # @register("name", needs_teacher=..., needs=..., composite=...)
+
+
+def _spec_needs(spec: LossSpec, effective: dict[str, Any]) -> TeacherNeeds:
+    if spec.needs is not None:
+        return spec.needs(effective)
+    if spec.needs_teacher:
+        return TeacherNeeds(topk=(effective.get("top_k"), float(effective.get("temperature", 1.0))))
+    return TeacherNeeds()
+
+
+def teacher_needs(name: str, params: dict[str, Any] | None) -> TeacherNeeds:
+    """What loss `name` with `params` reads from the teacher (a RegistryError for bad names or parameters)."""
+    spec, effective = LOSSES.resolve(name, params)
+    return _spec_needs(spec, effective)
+
+
+def _split(part: dict[str, Any] | str) -> tuple[str, dict[str, Any]]:
+    """A part's name and parameters: `{name, **params}` as validation leaves it (`registry.nested`), or a name."""
+    if isinstance(part, str):
+        return part, {}
+    return part["name"], {k: v for k, v in part.items() if k != "name"}
+
+
+def _part_needs(part: dict[str, Any] | str) -> TeacherNeeds:
+    name, params = _split(part)
+    return teacher_needs(name, params)
 
 
 def compute_loss(
@@ -137,13 +235,27 @@ def compute_loss(
     target_ids: Tensor,
     mask: Tensor,
     teacher: TeacherTopK | None,
+    extras: Extras | None = None,
     **params: object,
 ) -> Tensor:
     """Look up loss `name` and compute it (scalar); clear errors for unknown names/params/teacher."""
     spec, effective = LOSSES.resolve(name, params)
     if spec.needs_teacher and teacher is None:
         raise ValueError(f"loss {name!r} needs the teacher's top-k distribution, but teacher is None")
-    return spec.fn(student_logits, target_ids, mask, teacher, **effective)
+    return spec.fn(student_logits, target_ids, mask, teacher, extras, **effective)
+
+
+def _call_part(
+    part: dict[str, Any] | str,
+    student_logits: Tensor,
+    target_ids: Tensor,
+    mask: Tensor,
+    teacher: TeacherTopK | None,
+    extras: Extras | None,
+) -> Tensor:
+    """One part's loss, as if it were the suite's loss."""
+    name, params = _split(part)
+    return compute_loss(name, student_logits, target_ids, mask, teacher, extras, **params)
 
 
 # --------------------------------------------------------------------------- shared plumbing
@@ -228,6 +340,7 @@ def self_target_nll(
     target_ids: Tensor,
     mask: Tensor,
     teacher: TeacherTopK | None = None,
+    extras: Extras | None = None,
     *,
     temperature: Temperature = 1.0,
 ) -> Tensor:
@@ -247,6 +360,7 @@ def forward_kl(
     target_ids: Tensor,
     mask: Tensor,
     teacher: TeacherTopK | None,
+    extras: Extras | None = None,
     *,
     temperature: Temperature = 1.0,
     top_k: PositiveInt | None = None,
@@ -267,6 +381,7 @@ def reverse_kl(
     target_ids: Tensor,
     mask: Tensor,
     teacher: TeacherTopK | None,
+    extras: Extras | None = None,
     *,
     temperature: Temperature = 1.0,
     top_k: PositiveInt | None = None,
@@ -285,6 +400,7 @@ def jsd(
     target_ids: Tensor,
     mask: Tensor,
     teacher: TeacherTopK | None,
+    extras: Extras | None = None,
     *,
     beta: UnitInterval = 0.5,
     temperature: Temperature = 1.0,
@@ -317,3 +433,188 @@ def jsd(
     kl_t_m = torch.where(t_ok, -torch.exp(lt0) * m_over_t, zero).sum(-1)
     kl_s_m = torch.where(s_ok, -torch.exp(ls0) * m_over_s, zero).sum(-1)
     return _masked_mean(kl_t_m / (1.0 - beta) + kl_s_m / beta)
+
+
+# --------------------------------------------------------------------------- losses built from losses
+
+
+def _single(entry: LossSpec) -> str | None:
+    """A part of `mix` (or `sampled_kl`'s fallback) is one loss: combining combinations has two spellings."""
+    if entry.name == "mix":
+        return "'mix' cannot be a part of another loss; write the weights out in one mix"
+    if entry.composite:
+        return f"'{entry.name}' cannot be a part of another loss; give the mix as {entry.name}'s `token` instead"
+    return None
+
+
+def _token_part(entry: LossSpec) -> str | None:
+    """The token loss beside a hidden-state term: any loss, a mix included, but not another hidden-state loss."""
+    if entry.composite and entry.name != "mix":
+        return f"'{entry.name}' cannot be the token loss of a hidden-state loss; give one hidden-state loss"
+    return None
+
+
+def _off_policy_part(entry: LossSpec) -> str | None:
+    """sampled_kl's loss for batches the student did not sample: a token loss on the teacher's targets (a mix too)."""
+    if entry.name == "sampled_kl":
+        return "'sampled_kl' cannot be its own off-policy loss; name a loss on the teacher's targets"
+    if entry.composite and entry.name != "mix":
+        return f"'{entry.name}' cannot be sampled_kl's off-policy loss; give sampled_kl as {entry.name}'s `token`"
+    return None
+
+
+def _distinct(layers: tuple[int, ...]) -> tuple[int, ...]:
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers repeat: {list(layers)}")
+    return layers
+
+
+if TYPE_CHECKING:  # what the parameters hold; pydantic builds the checking types below at run time
+    Part = dict[str, Any] | str  # a name when called directly; a normalised mapping after validation
+    TokenPart = dict[str, Any] | str
+    OffPolicyPart = dict[str, Any] | str
+else:
+    Part, TokenPart = nested(LOSSES, _single), nested(LOSSES, _token_part)
+    OffPolicyPart = nested(LOSSES, _off_policy_part)
+# Hidden-state indices as transformers numbers them: 0 = the embeddings, 1..L = after each decoder layer, -1 = last.
+Layers = Annotated[tuple[Integer, ...], Field(min_length=1), AfterValidator(_distinct)]
+
+
+def _mix_needs(p: dict[str, Any]) -> TeacherNeeds:
+    return _part_needs(p["a"]) | _part_needs(p["b"])
+
+
+@register("mix", composite=True, needs=_mix_needs, check=_mix_needs)
+def mix(
+    student_logits: Tensor,
+    target_ids: Tensor,
+    mask: Tensor,
+    teacher: TeacherTopK | None,
+    extras: Extras | None = None,
+    *,
+    a: Part = "self_target_nll",
+    b: Part = "forward_kl",
+    weight: UnitInterval = 0.5,
+) -> Tensor:
+    """weight·a + (1 − weight)·b: the composite recipes (α·NLL(ŷ) + (1 − α)·KL) as one axis value.
+
+    `a` and `b` are any two single losses, each with its own parameters; the teacher supplies what either
+    reads (so the two must agree on the top-k distribution they read: one top_k and one temperature).
+    """
+    la = _call_part(a, student_logits, target_ids, mask, teacher, extras)
+    lb = _call_part(b, student_logits, target_ids, mask, teacher, extras)
+    return weight * la + (1.0 - weight) * lb
+
+
+def _hidden_pair(student_logits: Tensor, mask: Tensor, extras: Extras | None, name: str, n_layers: int) -> tuple:
+    """Student and teacher hidden states at the masked positions: [N, n_layers, H] each, at least float32."""
+    m = _positions(student_logits, mask)
+    if extras is None or extras.student_hidden is None or extras.teacher_hidden is None:
+        raise ValueError(f"loss {name!r} needs the student's and the teacher's hidden states, but extras has none")
+    hs, ht = extras.student_hidden, extras.teacher_hidden
+    bt = tuple(student_logits.shape[:2])
+    if hs.dim() != 4 or hs.shape != ht.shape or tuple(hs.shape[:2]) != bt or hs.shape[2] != n_layers:
+        raise ValueError(
+            f"hidden states student {tuple(hs.shape)}, teacher {tuple(ht.shape)} must both be "
+            f"[B, T, n_layers, H] with [B, T] = {bt} and n_layers = {n_layers}"
+        )
+    dtype = torch.promote_types(hs.dtype, torch.float32)
+    return hs[m].to(dtype), ht.to(hs.device)[m].to(dtype)
+
+
+def _hidden_needs(p: dict[str, Any]) -> TeacherNeeds:
+    return TeacherNeeds(hidden_layers=tuple(p["layers"])) | _part_needs(p["token"])
+
+
+@register("hidden_mse", composite=True, needs=_hidden_needs)
+def hidden_mse(
+    student_logits: Tensor,
+    target_ids: Tensor,
+    mask: Tensor,
+    teacher: TeacherTopK | None,
+    extras: Extras | None = None,
+    *,
+    layers: Layers = (-1,),
+    weight: NonNegative = 1.0,
+    token: TokenPart = "forward_kl",
+) -> Tensor:
+    """token + weight · mean over target tokens and layers of mean_d (h_s[d] − h_t[d])².
+
+    h_s: the student's hidden state (with c') at the position predicting ŷ_t, h_t: the teacher's (with c) at
+    the same target token; the layers are the model's hidden-state indices (0 = embeddings, -1 = last).
+    Student and teacher must have the same hidden size (the workbench checks at model load).
+    """
+    hs, ht = _hidden_pair(student_logits, mask, extras, "hidden_mse", len(layers))
+    term = _masked_mean((hs - ht).pow(2).mean(dim=(-2, -1)))
+    return _call_part(token, student_logits, target_ids, mask, teacher, extras) + weight * term
+
+
+@register("hidden_cosine", composite=True, needs=_hidden_needs)
+def hidden_cosine(
+    student_logits: Tensor,
+    target_ids: Tensor,
+    mask: Tensor,
+    teacher: TeacherTopK | None,
+    extras: Extras | None = None,
+    *,
+    layers: Layers = (-1,),
+    weight: NonNegative = 1.0,
+    token: TokenPart = "forward_kl",
+) -> Tensor:
+    """token + weight · mean over target tokens and layers of (1 − cos(h_s, h_t)): direction, not scale.
+
+    The same hidden states as `hidden_mse`; cosine ignores their norms, so one weight suits every model size.
+    """
+    hs, ht = _hidden_pair(student_logits, mask, extras, "hidden_cosine", len(layers))
+    cos = torch.nn.functional.cosine_similarity(hs, ht, dim=-1)  # [N, n_layers]
+    term = _masked_mean((1.0 - cos).mean(-1))
+    return _call_part(token, student_logits, target_ids, mask, teacher, extras) + weight * term
+
+
+def _sampled_needs(p: dict[str, Any]) -> TeacherNeeds:
+    return TeacherNeeds(sampled_logprobs=True) | _part_needs(p["off_policy"])
+
+
+@register("sampled_kl", needs=_sampled_needs)
+def sampled_kl(
+    student_logits: Tensor,
+    target_ids: Tensor,
+    mask: Tensor,
+    teacher: TeacherTopK | None,
+    extras: Extras | None = None,
+    *,
+    estimator: Literal["k1", "k3"] = "k3",
+    direction: Literal["reverse", "forward"] = "reverse",
+    off_policy: OffPolicyPart = "self_target_nll",
+) -> Tensor:
+    """Per-token KL estimated from the student's and the teacher's log-prob of each student-sampled token.
+
+    With y ~ q (the student, τ = 1, with c'), p the teacher (with c) and r = p(y)/q(y) (Schulman's estimators):
+      reverse KL(q‖p): k1 = −log r = log q − log p;   k3 = (r − 1) − log r  (≥ 0, lower variance)
+      forward KL(p‖q): k1 = r log r;                  k3 = r log r − (r − 1)
+    all unbiased under y ~ q. No top-k and no vocabulary-wide teacher output is stored: one log-prob a token.
+
+    The value is the estimate; its gradient is the estimate's own plus the score-function term
+    sg(estimate)·∇log q(y), so in expectation over y ~ q it is the gradient of the named KL at that position,
+    whichever estimator (differentiating k3 alone would give the forward KL's gradient, k1 alone zero).
+    Batches whose targets the student did not sample (on_policy's other batches, a schedule's first phase)
+    have no estimate: they train on `off_policy`, a loss on the teacher's targets.
+    """
+    if extras is None or not extras.sampled:
+        return _call_part(off_policy, student_logits, target_ids, mask, teacher, extras)
+    if extras.teacher_token_logprobs is None:
+        raise ValueError("loss 'sampled_kl' needs the teacher's log-probs of the sampled tokens, but extras has none")
+    m = _positions(student_logits, mask, target_ids)
+    t_lp = extras.teacher_token_logprobs
+    if tuple(t_lp.shape) != tuple(m.shape):
+        raise ValueError(f"teacher_token_logprobs {tuple(t_lp.shape)} must be [B, T] = {tuple(m.shape)}")
+    logp_all = _student_logp(student_logits, m, 1.0)
+    log_q = logp_all.gather(-1, target_ids.to(logp_all.device)[m].unsqueeze(-1)).squeeze(-1)
+    log_r = t_lp.to(device=log_q.device, dtype=log_q.dtype)[m] - log_q
+    if direction == "reverse":
+        est = -log_r if estimator == "k1" else torch.expm1(log_r) - log_r
+    else:
+        r_log_r = torch.exp(log_r) * log_r
+        est = r_log_r if estimator == "k1" else r_log_r - torch.expm1(log_r)
+    surrogate = est + est.detach() * (log_q - log_q.detach())
+    return _masked_mean(surrogate)

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -257,3 +258,23 @@ def check_same_tokenizer(teacher: PreTrainedTokenizerBase, student: PreTrainedTo
         problems.append("chat templates differ")
     if problems:
         raise ModelError("teacher and student tokenizers do not match: " + "; ".join(problems))
+
+
+def hidden_layers(teacher: PreTrainedModel, student: PreTrainedModel, layers: Sequence[int], where: str) -> tuple:
+    """The teacher's absolute hidden-state indices for `layers` (as the cache keys them), after checking that
+    student and teacher states can be compared: the same hidden size, and every layer in both models.
+    Hidden-state indices: 0 = embeddings, 1..L = after each decoder layer, negative from the end."""
+    t_size, s_size = teacher.config.get_text_config().hidden_size, student.config.get_text_config().hidden_size
+    if t_size != s_size:
+        raise ModelError(
+            f"{where}: hidden-state losses compare teacher and student states, but their hidden sizes differ "
+            f"({t_size} vs {s_size}); use a student of the teacher's family and width, or a token loss"
+        )
+    out = []
+    for layer in layers:
+        for role, model in (("teacher", teacher), ("student", student)):
+            n = model.config.get_text_config().num_hidden_layers + 1
+            if not -n <= layer < n:
+                raise ModelError(f"{where}: layer {layer} is not a hidden state of the {role} (it has {n}: 0..{n - 1})")
+        out.append(layer % (teacher.config.get_text_config().num_hidden_layers + 1))
+    return tuple(out)

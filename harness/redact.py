@@ -1,4 +1,4 @@
-"""Passwords out of everything the harness writes: logs, MLflow artifacts, results/.
+"""Passwords (and this machine's paths) out of everything the harness writes: logs, MLflow artifacts, results/.
 
 Store URLs carry credentials (`postgresql://user:pw@host/db`); a study's log, its
 trials' `suite.yaml` and a committed report must show `user:***@host` instead.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 # scheme://user:password@  (a password holding '@' or '/' must be percent-encoded in a URL, so it stops there)
 _USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:)[^\s/@]+@")
@@ -20,6 +21,14 @@ _QUERY = re.compile(r"([?&](?:password|passwd|pwd)=)[^&\s]+", re.IGNORECASE)
 def redact(text: str) -> str:
     """`text` with every URL password replaced by `***` (`user:***@host`, `password=***`)."""
     return _QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+
+
+def portable(text: str) -> str:
+    """`text` redacted, with this machine's working directory and home written `.` and `~`: a store URL as a
+    log or committed report shows it (`sqlite:///./.harness/optuna.db` is the same relative SQLite URL)."""
+    for root, short in ((str(Path.cwd().resolve()), "."), (str(Path.home()), "~")):
+        text = text.replace(root + "/", short + "/")
+    return redact(text)
 
 
 class RedactingFilter(logging.Filter):

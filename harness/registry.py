@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, create_model
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "UnitInterval",
     "error_detail",
     "lazy_import",
+    "nested",
     "one_line",
 ]
 
@@ -70,6 +71,9 @@ class Entry:
     name: str
     fn: Callable[..., Any]
     model: type[BaseModel]
+    # Rules across parameters that a signature cannot state (e.g. two parts of a loss must agree): given the
+    # effective parameters, raise ValueError with a message; `validate` reports it on the value itself.
+    check: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -77,7 +81,14 @@ class Entry:
         return tuple(self.model.model_fields)
 
     def defaults(self) -> dict[str, Any]:
-        return {k: f.default for k, f in self.model.model_fields.items() if not f.is_required()}
+        """Each optional parameter's value when left out, validated as a given one (a nested value normalised)."""
+        return {
+            k: TypeAdapter(Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation).validate_python(  # type: ignore[arg-type]
+                f.default
+            )
+            for k, f in self.model.model_fields.items()
+            if not f.is_required()
+        }
 
 
 E = TypeVar("E", bound=Entry)
@@ -168,7 +179,7 @@ class Registry(Mapping[str, E], Generic[E]):
             )
         entry = self._entries[name]
         try:
-            return entry.model.model_validate(dict(params or {})).model_dump()
+            effective = entry.model.model_validate(dict(params or {})).model_dump()
         except ValidationError as e:
             known = f"known: {', '.join(entry.params)}" if entry.params else f"'{name}' takes none"
             errors = [
@@ -183,6 +194,14 @@ class Registry(Mapping[str, E], Generic[E]):
                 for err in e.errors()
             ]
             raise ValidationError.from_exception_data(self.kind, errors) from None
+        if entry.check is not None:
+            try:
+                entry.check(effective)
+            except ValueError as e:
+                raise ValidationError.from_exception_data(
+                    self.kind, [error_detail("value_error", (), str(e), dict(params or {}))]
+                ) from None
+        return effective
 
     def resolve(self, name: str, params: Mapping[str, Any] | None) -> tuple[E, dict[str, Any]]:
         """The entry and its effective parameters, or one RegistryError line (for code, not suites)."""
@@ -191,6 +210,28 @@ class Registry(Mapping[str, E], Generic[E]):
             return entry, self.validate(name, params)
         except ValidationError as e:
             raise RegistryError(f"{self.kind} '{name}': {one_line(e)}") from None
+
+
+def nested(registry: Registry[E], refuse: Callable[[E], str | None] | None = None) -> Any:
+    """The type of a parameter whose value is another value of `registry` (a loss inside `mix`, a target in a
+    schedule): a name or `{name, params...}`, validated by that registry and normalised to
+    `{"name": ..., **effective params}`, so caches, duplicates and labels see the effective settings.
+    `refuse(entry)` says why that entry cannot sit here, or None; errors land under the parameter's path."""
+
+    def check(value: Any) -> dict[str, Any]:
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+            raise ValueError(f"give a {registry.kind} name or a mapping with `name` and its parameters")
+        params = {k: v for k, v in value.items() if k != "name"}
+        name = value["name"]
+        effective = registry.validate(name, params)
+        why = refuse(registry[name]) if refuse is not None else None
+        if why:
+            raise ValueError(why)
+        return {"name": name, **effective}
+
+    return Annotated[dict[str, Any], BeforeValidator(check)]
 
 
 class _LazyModule(ModuleType):

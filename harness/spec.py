@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from harness.contexts import MODIFICATIONS
-from harness.losses import LOSSES
+from harness.losses import LOSSES, teacher_needs
 from harness.redact import redact
 from harness.registry import (
     Integer,
@@ -116,9 +116,18 @@ class AxisValue(BaseModel):
 
     @property
     def label(self) -> str:
-        """Short human id, e.g. `fewer_demos(k=1)`: used as the categorical choice in sweeps."""
-        p = self.params
-        return self.name if not p else f"{self.name}(" + ",".join(f"{k}={p[k]}" for k in sorted(p)) + ")"
+        """Short human id, e.g. `fewer_demos(k=1)`, `mix(a=self_target_nll,b=jsd(beta=0.5),weight=0.3)`: used as
+        the categorical choice in sweeps."""
+        return _label(self.name, self.params)
+
+
+def _label(name: str, params: dict[str, Any]) -> str:
+    def show(v: Any) -> str:
+        if isinstance(v, dict) and isinstance(v.get("name"), str):  # a value nested in another (a part of mix)
+            return _label(v["name"], {k: x for k, x in v.items() if k != "name"})
+        return str(v)
+
+    return name if not params else f"{name}(" + ",".join(f"{k}={show(params[k])}" for k in sorted(params)) + ")"
 
 
 def _axis(registry: Registry) -> Any:
@@ -177,6 +186,26 @@ class Axes(_Strict):
     targets: TargetAxis = Field(default_factory=lambda: [AxisValue(name="greedy")])
     contexts: ContextAxis = Field(default_factory=lambda: [AxisValue(name="empty")])
     losses: LossAxis = Field(default_factory=lambda: [AxisValue(name="self_target_nll")])
+
+    @model_validator(mode="after")
+    def _sampled_needs_on_policy(self) -> Axes:
+        """The axes cross: a loss that reads the teacher's log-probs of student-sampled tokens has nothing to
+        read under a target strategy that never samples from the student."""
+        off = [f"targets.{i} '{t.label}'" for i, t in enumerate(self.targets) if not TARGETS[t.name].uses_student]
+        errors = [
+            error_detail(
+                "value_error",
+                ("losses", i),
+                f"{loss.label} estimates the KL on tokens the student samples, so every target value must sample "
+                f"from the student (on_policy, or a schedule ending in it); not {', '.join(off)}",
+                loss.label,
+            )
+            for i, loss in enumerate(self.losses)
+            if off and teacher_needs(loss.name, loss.params).sampled_logprobs
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("axes", errors)
+        return self
 
 
 T = TypeVar("T")
@@ -348,6 +377,18 @@ class Sweep(_Strict):
         return v
 
 
+SaveStudent = Literal["none", "adapter", "best", "all"]
+
+
+class Tracking(_Strict):
+    save_student: SaveStudent = Field(
+        "best",
+        description="which trained students are kept: none; adapter = each seed's LoRA adapter as a run artifact; "
+        "best = that, plus the study's best configuration (on validation) logged with MLflow's transformers flavour "
+        "and registered as <suite>-student; all = every seed's student logged with the transformers flavour",
+    )
+
+
 class Suite(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -360,6 +401,7 @@ class Suite(_Strict):
     training: Training = Training()
     evaluation: Evaluation = Evaluation()
     sweep: Sweep = Sweep()
+    tracking: Tracking = Tracking()
     work_dir: str = Field(".harness", description="caches, study and MLflow stores (relative to the cwd)")
 
     # Filled by load_suite, not by the user.
@@ -380,7 +422,7 @@ class Suite(_Strict):
         """Hash of what decides the trials' results: same hash, same study (resumed, not restarted).
 
         Leaves out what only says how long to run or where to store (n_trials, timeout, storage,
-        tracking URI, cache_dir, work_dir, device) and the description."""
+        tracking URI, cache_dir, work_dir, device, which students are kept) and the description."""
         blob = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=_NOT_HASHED), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -428,6 +470,7 @@ FAST = {"seeds": 2, "test_items": 80, "validation_items": 40, "heldout_inputs": 
 
 _NOT_HASHED: dict[str, Any] = {
     "description": True,
+    "tracking": True,  # what is kept of a trial, not what it measures
     "work_dir": True,
     "models": {"device"},
     "sweep": {"n_trials", "timeout", "storage", "tracking_uri", "cache_dir"},

@@ -30,10 +30,10 @@ from typing import Any, Literal
 import optuna
 import torch
 
-from harness import aggregate, stores, tracking, workers
+from harness import aggregate, keep, stores, tracking, workers
 from harness.config import HyperParams, TrialConfig
 from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
-from harness.redact import redact
+from harness.redact import portable
 from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
@@ -188,24 +188,41 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
     prune = prunes(suite)
     seeds = suite.training_seeds()
 
+    keeper = keep.Keeper(suite, bench, exp_id)
+
+    def configuration(
+        trial: optuna.Trial, run: tracking.TrialRun, cfg: TrialConfig, tags: dict[str, str]
+    ) -> TrialMetrics:
+        """Every seed of the configuration in its own nested run; the configuration's metrics over them."""
+        name = run_name(cfg)
+        results = []
+        try:
+            for i, seed in enumerate(seeds):
+                seed_tags = {**tags, "harness.seed": str(seed)}
+                with tracking.trial_run(exp_id, run.run_id, run_name(cfg, seed), seed_tags, kind="seed") as seed_run:
+                    reporter = _Reporter(trial, seed_run, maximize, prune and i == 0)
+                    seed_run.log_params({**cfg.params(), "seed": seed})
+                    result = run_trial(bench, cfg, seed, reporter, keeper.hook(seed_run.run_id, i == 0))
+                    _log_seed(seed_run, bench, result)
+                    trained = {"number": trial.number, "configuration": name, "seed": seed}
+                    keeper.seed_done(seed_run, result.student_context, cfg.context.label, trained)
+                    results.append(result)
+            metrics = aggregate.combine(results, n_boot=suite.evaluation.bootstrap, seed=suite.seed)
+            run.log_metrics(metrics)
+            _log_artifacts(run, bench, results)
+            keeper.configuration_done(run, cfg, trial.number, metrics)
+            return metrics
+        finally:
+            keeper.clear()
+
     def objective(trial: optuna.Trial) -> float | list[float]:
         cfg = suggest(trial, suite)
         tags = {**base_tags, "optuna.trial_number": str(trial.number)}
         try:
-            name = tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label)
-            with tracking.trial_run(exp_id, parent_id, name, tags) as run:
+            with tracking.trial_run(exp_id, parent_id, run_name(cfg), tags) as run:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
                 run.log_params({**cfg.params(), "training_seeds": ",".join(map(str, seeds))})
-                results = []
-                for i, seed in enumerate(seeds):
-                    seed_tags = {**tags, "harness.seed": str(seed)}
-                    seed_name = tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label, seed)
-                    with tracking.trial_run(exp_id, run.run_id, seed_name, seed_tags, kind="seed") as seed_run:
-                        reporter = _Reporter(trial, seed_run, maximize, prune and i == 0)
-                        results.append(_run_seed(seed_run, bench, cfg, seed, reporter))
-                metrics = aggregate.combine(results, n_boot=suite.evaluation.bootstrap, seed=suite.seed)
-                run.log_metrics(metrics)
-                _log_artifacts(run, bench, results)
+                metrics = configuration(trial, run, cfg, tags)
                 log.debug(
                     "trial %d (%s / %s / %s), %d seeds:\n%s",
                     trial.number,
@@ -239,12 +256,12 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
     return objective
 
 
-def _run_seed(
-    run: tracking.TrialRun, bench: Workbench, cfg: TrialConfig, seed: int, reporter: _Reporter
-) -> TrialResult:
-    """One seed of a configuration, logged to its own run: parameters, the seed's metrics, its per-item answers."""
-    run.log_params({**cfg.params(), "seed": seed})
-    result = run_trial(bench, cfg, seed, reporter)
+def run_name(cfg: TrialConfig, seed: int | None = None) -> str:
+    return tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label, seed)
+
+
+def _log_seed(run: tracking.TrialRun, bench: Workbench, result: TrialResult) -> None:
+    """One seed of a configuration, logged to its own run: the seed's metrics, its per-item answers, its inputs."""
     run.log_metrics(result.metrics)
     run.log_table(per_item_table(result), "per_item.json")
     inputs = [dataclasses.asdict(i) for i in result.inputs]
@@ -257,7 +274,6 @@ def _run_seed(
         },
         "lm_eval_results.json",
     )
-    return result
 
 
 def _tag_state(trial: optuna.Trial, state: str) -> None:
@@ -343,7 +359,7 @@ def run(suite: Suite, *, n_trials: int | None = None, timeout: float | None = No
     log.info(
         "study %s in %s (worker %s): %d of %d trials done, %d running, %d queued",
         study.study_name,
-        redact(stores.storage_url(suite)),
+        portable(stores.storage_url(suite)),
         workers.worker_id(),
         t.counted,
         target,
@@ -389,8 +405,8 @@ def _work(suite: Suite, joined: Joined, target: int, deadline: float | None, pro
         )
 
 
-# Columns of the saved MLflow runs view after the objectives: the selection metric, the reported test figures
-# with their intervals, the arms' scores and the held-out KL.
+# Columns of the saved MLflow runs view after the objectives: test figures with their interval, the arms' test
+# scores and held-out KL (all defined in harness/metrics.py; a test keeps them so).
 VIEW_METRICS = (
     "validation_gap_closure",
     "test_gap_closure",
@@ -404,9 +420,9 @@ VIEW_METRICS = (
 
 
 def view_metrics(suite: Suite) -> list[str]:
-    """The runs view's metric columns: the objectives' metrics first (the view sorts by the first: validation,
-    what chooses), then the headline ones."""
-    names = [OBJECTIVES[o] for o in suite.sweep.objectives] + [m for m in VIEW_METRICS if m in METRICS]
+    """The runs view's metric columns: the objectives' metrics first (the view sorts by the first, a validation
+    figure), then the headline ones."""
+    names = [*(OBJECTIVES[o] for o in suite.sweep.objectives), *VIEW_METRICS]
     return list(dict.fromkeys(names))
 
 

@@ -2,15 +2,17 @@
 
 Every strategy is one function registered here with `@register`; adding one touches only this file.
 The training loop and the teacher cache look strategies up by name through `select_targets`, and key
-cached targets on `cache_key_params` (the effective settings, defaults filled in).
+cached targets on `cache_key_params` (the effective settings, defaults filled in). A trial trains on the
+`phases` of its target value: one for a plain strategy, two for a `schedule` (off-policy, then on-policy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from harness.registry import Entry, PositiveInt, Probability, Registry, UnitInterval, lazy_import
+from harness.registry import Entry, PositiveInt, Probability, Registry, UnitInterval, lazy_import, nested
 from harness.registry import Positive as Temperature
 
 if TYPE_CHECKING:
@@ -29,6 +31,17 @@ class TargetSpec(Entry):
 
     uses_student: bool = False
     seeded: bool = False
+    phases: Callable[[dict[str, Any]], list[Phase]] | None = None  # effective params → phases (schedule)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training on one strategy's targets: `name` with its effective `params`, until the fraction
+    `until` of the optimizer updates is done (the last phase runs to the end)."""
+
+    name: str
+    params: dict[str, Any]
+    until: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,12 @@ def target_seed(name: str, seed: int) -> int | None:
 def cache_key_params(name: str, params: dict | None) -> dict:
     """Params with defaults filled in and validated: caches key on the effective settings, not the spelling."""
     return TARGETS.resolve(name, params)[1]
+
+
+def phases(name: str, params: dict | None) -> list[Phase]:
+    """The phases a trial trains through: the strategy itself, or a schedule's off-policy and on-policy parts."""
+    spec, effective = TARGETS.resolve(name, params)
+    return spec.phases(effective) if spec.phases is not None else [Phase(name, effective)]
 
 
 def select_targets(
@@ -169,3 +188,59 @@ def on_policy(req: TargetRequest, *, mix: UnitInterval = 0.5) -> list[list[int]]
     use these teacher greedy targets, the only part that can be precomputed (so not seeded here: the
     student's draws are seeded by the training loop)."""
     return greedy(req)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def _off_policy(entry: TargetSpec) -> str | None:
+    if entry.phases is not None:
+        return f"'{entry.name}' cannot be a phase of a schedule"
+    if entry.uses_student:
+        return f"'{entry.name}' samples from the student; `first` is the off-policy phase (greedy, sample, ...)"
+    return None
+
+
+def _on_policy(entry: TargetSpec) -> str | None:
+    if entry.phases is not None:
+        return f"'{entry.name}' cannot be a phase of a schedule"
+    if not entry.uses_student:
+        return f"'{entry.name}' does not sample from the student; `then` is the on-policy phase (on_policy)"
+    return None
+
+
+if TYPE_CHECKING:  # what the parameters hold; pydantic builds the checking types below at run time
+    OffPolicyTarget = dict[str, Any] | str  # a name when called directly; a normalised mapping after validation
+    OnPolicyTarget = dict[str, Any] | str
+else:
+    OffPolicyTarget, OnPolicyTarget = nested(TARGETS, _off_policy), nested(TARGETS, _on_policy)
+
+
+def _parts(value: dict[str, Any] | str) -> tuple[str, dict[str, Any]]:
+    if isinstance(value, str):
+        return value, {}
+    return value["name"], {k: v for k, v in value.items() if k != "name"}
+
+
+def _schedule_phases(p: dict[str, Any]) -> list[Phase]:
+    (first, first_params), (then, then_params) = _parts(p["first"]), _parts(p["then"])
+    return [Phase(first, first_params, float(p["switch"])), Phase(then, then_params)]
+
+
+# seeded: conservatively, since `first` may sample; a trial caches each phase under its own strategy and seed rule.
+@register("schedule", uses_student=True, seeded=True, phases=_schedule_phases)
+def schedule(
+    req: TargetRequest,
+    *,
+    first: OffPolicyTarget = "greedy",
+    then: OnPolicyTarget = "on_policy",
+    switch: UnitInterval = 0.5,
+) -> list[list[int]]:
+    """Off-policy first, then on-policy: the first ⌊switch · N⌋ of the N optimizer updates train on `first`'s
+    teacher targets, the rest on `then` (the student samples, the teacher scores). The comparison the
+    on-policy distillation write-ups make against either alone; a target value, so it sweeps on the same axis.
+
+    Returns `first`'s targets; a trial asks each phase for its own (`phases`), so each is cached as if alone.
+    """
+    name, params = _parts(first)
+    return TARGETS[name].fn(req, **cache_key_params(name, params))

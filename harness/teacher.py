@@ -2,11 +2,14 @@
 
 Nothing here depends on the student, so every trial that shares (teacher, c,
 inputs, strategy, settings) reads the same cache entries; full-vocabulary
-logits are never stored, only top-k plus one tail bucket per position.
+logits are never stored, only top-k plus one tail bucket per position. Hidden-state
+losses add the teacher's hidden states at the chosen layers, target positions only
+(float16); on-policy batches score the student's samples here too (not cached).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +18,7 @@ from tqdm.auto import tqdm
 
 from harness import generation
 from harness import targets as target_registry
-from harness.batching import chunks, make_batch, target_logits
+from harness.batching import chunks, make_batch, target_logits, target_logits_and_hidden
 from harness.cache import Store
 from harness.losses import TeacherTopK, topk_with_tail
 from harness.models import LoadedModel
@@ -200,3 +203,94 @@ def stack(seqs: list[TopKSeq], T: int) -> TeacherTopK:
         logp[i, :n] = s.logprobs
         tail[i, :n] = s.tail
     return TeacherTopK(indices=idx, logprobs=logp, tail=tail)
+
+
+def _compact(rows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """float16 on disk (half of float32) unless a value is beyond its range; then bfloat16 (float32's range)."""
+    fits = all(bool(r.abs().max() <= torch.finfo(torch.float16).max) for r in rows if r.numel())
+    return [r.to(torch.float16 if fits else torch.bfloat16) for r in rows]
+
+
+@torch.no_grad()
+def score_hidden(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    target_seqs: list[list[int]],
+    *,
+    layers: tuple[int, ...],
+    batch_size: int,
+    pad_id: int,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """The teacher's hidden states at the chosen layers, at the positions predicting each target token: one
+    [T, len(layers), H] tensor per sequence, on the CPU, compact (float16)."""
+    out: list[torch.Tensor] = []
+    device = next(model.parameters()).device
+    for r in tqdm(chunks(len(prompts), batch_size), desc="teacher hidden", disable=None if progress else True):
+        batch = make_batch([prompts[i] for i in r], [target_seqs[i] for i in r], pad_id).to(device)
+        _, hidden = target_logits_and_hidden(model, batch, layers)
+        out += [hidden[j, : len(target_seqs[i])].float().cpu() for j, i in enumerate(r)]
+    return _compact(out)
+
+
+def hidden(
+    store: Store,
+    teacher: LoadedModel,
+    prompts: list[list[int]],
+    target_seqs: list[list[int]],
+    *,
+    layers: tuple[int, ...],
+    batch_size: int,
+) -> list[torch.Tensor]:
+    """Cached `score_hidden`: keyed by the teacher, the exact prompt/target ids and the layers (as absolute
+    indices, so -1 and the last layer's number share an entry)."""
+    parts = {
+        "teacher": teacher.fingerprint,
+        "prompts": prompts,
+        "targets": target_seqs,
+        "layers": list(layers),
+        "dtype": "float16",
+    }
+    return store.get_or_compute(
+        "hidden",
+        parts,
+        lambda: score_hidden(
+            teacher.model,
+            prompts,
+            target_seqs,
+            layers=layers,
+            batch_size=batch_size,
+            pad_id=teacher.tokenizer.pad_token_id,
+            progress=True,
+        ),
+    )
+
+
+@torch.no_grad()
+def score_token_logprobs(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    target_seqs: list[list[int]],
+    *,
+    batch_size: int,
+    pad_id: int,
+) -> list[torch.Tensor]:
+    """log Pr_t(y_t | c, z, y_<t) (τ = 1) of each target token: one [T] tensor per sequence, all `sampled_kl`
+    keeps of the teacher (no top-k)."""
+    out: list[torch.Tensor] = []
+    device = next(model.parameters()).device
+    for r in chunks(len(prompts), batch_size):
+        batch = make_batch([prompts[i] for i in r], [target_seqs[i] for i in r], pad_id).to(device)
+        logp = torch.log_softmax(target_logits(model, batch).float(), dim=-1)
+        token = logp.gather(-1, batch.target_ids.unsqueeze(-1)).squeeze(-1).cpu()
+        out += [token[j, : len(target_seqs[i])] for j, i in enumerate(r)]
+    return out
+
+
+def stack_rows(rows: list[torch.Tensor], T: int) -> torch.Tensor:
+    """Pad per-sequence tensors [T_i, ...] with zeros to [B, T, ...] (padding positions are masked out)."""
+    dtype = functools.reduce(torch.promote_types, [r.dtype for r in rows])
+    padded = torch.zeros((len(rows), T, *rows[0].shape[1:]), dtype=dtype)
+    for i, row in enumerate(rows):
+        padded[i, : row.shape[0]] = row
+    return padded

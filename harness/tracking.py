@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -144,13 +145,25 @@ def _describe(suite: Suite) -> str:
     )
 
 
+def use_store(uri: str) -> None:
+    """`mlflow.set_tracking_uri`, without its export of the URI to $MLFLOW_TRACKING_URI: the harness reads that
+    variable as the user's choice of store for every suite, so a process that ran one suite (the library API, a
+    report over several suites) would log the next suite into the first one's store."""
+    before = os.environ.get(stores.TRACKING_ENV)
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop(stores.TRACKING_ENV, None)
+    else:
+        os.environ[stores.TRACKING_ENV] = before
+
+
 def setup(suite: Suite) -> str:
     """Point MLflow at the suite's store and experiment; returns the experiment id.
 
     Safe for several workers starting at once: a database store's schema is created by one of them
     (`stores.open_store`), and an experiment another worker created a moment earlier is reused."""
     uri = stores.tracking_uri(suite)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # 4 lines a trial, with the URI in
     name = experiment_name(suite)
     tags = {**EXPERIMENT_KIND, NOTE: _describe(suite)}
@@ -184,7 +197,7 @@ def setup(suite: Suite) -> str:
 
 def find_experiment(suite: Suite) -> str | None:
     """The suite's experiment id, or None where nothing was run; creates nothing (the report and UI only read)."""
-    mlflow.set_tracking_uri(stores.tracking_uri(suite))
+    use_store(stores.tracking_uri(suite))
     exp = _Client().get_experiment_by_name(experiment_name(suite))
     return None if exp is None else exp.experiment_id
 
@@ -225,6 +238,18 @@ def parent_run_id(experiment_id: str, study_name: str, tags: dict[str, str]) -> 
     )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def best_finished(experiment_id: str, study_name: str, metric: str) -> float | None:
+    """The highest finite `metric` among the study's finished configuration runs (None before the first)."""
+    found = _Client().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`harness.study` = '{study_name}' and tags.`harness.kind` = 'trial' "
+        "and attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
+    values = [v for r in found if (v := r.data.metrics.get(metric)) is not None and math.isfinite(v)]
+    return max(values, default=None)
 
 
 def run_in_experiment(run_id: str, experiment_id: str) -> bool:
@@ -360,6 +385,12 @@ class TrialRun:
 
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
+
+    def log_artifacts(self, folder: Path, path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path=path)
+
+    def get_tag(self, key: str) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(key)
 
     def log_dict(self, data: Any, path: str) -> None:
         self.client.log_text(self.run_id, json.dumps(data, indent=1, default=str), path)

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from harness import generation
-from harness.batching import make_batch, target_logits
-from harness.losses import LOSSES, compute_loss
+from harness.batching import make_batch, target_logits, target_logits_and_hidden
+from harness.losses import Extras, TeacherNeeds, compute_loss, teacher_needs
 from harness.metrics import TRAIN_LOSS, TRAIN_LR
-from harness.teacher import TopKSeq, score_topk, stack
+from harness.teacher import TopKSeq, score_hidden, score_token_logprobs, score_topk, stack, stack_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class Example:
     target: list[int]
     teacher: TopKSeq | None = None
     teacher_prompt: list[int] | None = None  # (c, z), for on-policy scoring
+    hidden: torch.Tensor | None = None  # [T, n_layers, H] teacher hidden states on ŷ, for hidden-state losses
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,16 @@ class OnPolicy:
     top_k: int
     temperature: float = 1.0
     teacher_mode: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # LoRA: adapters off
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A schedule's second phase: from optimizer update ⌊at · N⌋ of the N on, batches come from `examples`
+    (the same inputs as the first phase's, in the same order) and, with `on_policy`, from the student."""
+
+    at: float
+    examples: list[Example]
+    on_policy: OnPolicy | None = None
 
 
 @dataclass
@@ -130,9 +141,10 @@ def _fused_ok(params: Sequence[torch.Tensor]) -> bool:
 
 
 def _on_policy_batch(
-    student: torch.nn.Module, items: list[Example], op: OnPolicy, seed: int, pad_id: int
-) -> tuple[list[list[int]], list[TopKSeq]]:
-    """Student samples targets from (c', z); the teacher scores them with (c, z)."""
+    student: torch.nn.Module, items: list[Example], op: OnPolicy, seed: int, pad_id: int, needs: TeacherNeeds
+) -> tuple[list[list[int]], list[TopKSeq | None], list[torch.Tensor | None], list[torch.Tensor] | None]:
+    """Student samples targets from (c', z); the teacher scores them with (c, z): what the loss reads of it
+    (top-k, the sampled tokens' log-probs, hidden states)."""
     was_training = student.training
     student.eval()
     samples = generation.generate(
@@ -149,17 +161,49 @@ def _on_policy_batch(
     )
     student.train(was_training)
     tgts = [s[0] if s and s[0] else [pad_id] for s in samples]
-    with op.teacher_mode():
-        scored = score_topk(
-            op.teacher,
-            [e.teacher_prompt or [] for e in items],
-            tgts,
-            k=op.top_k,
-            temperature=op.temperature,
-            batch_size=len(items),
-            pad_id=pad_id,
-        )
-    return tgts, scored
+    prompts, n = [e.teacher_prompt or [] for e in items], len(items)
+    scored: list[TopKSeq | None] = [None] * n
+    hidden: list[torch.Tensor | None] = [None] * n
+    token_lp = None
+    with op.teacher_mode():  # a LoRA student shares the teacher's modules: adapters off while it scores
+        if needs.topk is not None:
+            scored = list(
+                score_topk(
+                    op.teacher, prompts, tgts, k=op.top_k, temperature=op.temperature, batch_size=n, pad_id=pad_id
+                )
+            )
+        if needs.sampled_logprobs:
+            token_lp = score_token_logprobs(op.teacher, prompts, tgts, batch_size=n, pad_id=pad_id)
+        if needs.hidden_layers:
+            layers = needs.hidden_layers
+            hidden = list(score_hidden(op.teacher, prompts, tgts, layers=layers, batch_size=n, pad_id=pad_id))
+    return tgts, scored, hidden, token_lp
+
+
+def _extras(
+    needs: TeacherNeeds,
+    sampled: bool,
+    token_lp: list[torch.Tensor] | None,
+    hidden: Sequence[torch.Tensor | None],
+    student_hidden: torch.Tensor | None,
+    T: int,
+    device: torch.device,
+) -> Extras | None:
+    """What the loss reads besides logits and top-k, padded to the batch's [B, T] and on its device."""
+    if not (needs.sampled_logprobs or needs.hidden_layers):
+        return None
+    teacher_hidden = None
+    if needs.hidden_layers:
+        rows = [h for h in hidden if h is not None]
+        if len(rows) != len(hidden):
+            raise ValueError("the loss reads the teacher's hidden states, but some examples carry none")
+        teacher_hidden = stack_rows(rows, T).to(device)
+    return Extras(
+        sampled=sampled,
+        teacher_token_logprobs=None if token_lp is None else stack_rows(token_lp, T).to(device),
+        student_hidden=student_hidden,
+        teacher_hidden=teacher_hidden,
+    )
 
 
 def train(
@@ -171,17 +215,20 @@ def train(
     *,
     pad_id: int,
     on_policy: OnPolicy | None = None,
+    then: Switch | None = None,
     on_eval: Callable[[int], float | None] | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train in place. `on_eval(step)` runs at eval points (it may raise to prune); `on_step` logs."""
+    """Train in place. `on_eval(step)` runs at eval points (it may raise to prune); `on_step` logs.
+    With `then` (a target schedule), batches switch to its targets at its share of the optimizer updates."""
     if not examples:
         raise ValueError("no training examples")
-    spec = LOSSES[loss_name]
+    if then is not None and len(then.examples) != len(examples):
+        raise ValueError(f"a schedule's phases need the same inputs: {len(examples)} and {len(then.examples)} examples")
+    needs = teacher_needs(loss_name, loss_params)
     params = dict(loss_params)
-    temperature = float(params.pop("temperature", 1.0))
     params.pop("top_k", None)  # top-k was applied when the teacher cache was built
-    if on_policy is not None and not spec.needs_teacher:
+    if (on_policy is not None or (then is not None and then.on_policy is not None)) and not needs.any:
         raise ValueError(f"on_policy targets need a distribution loss; '{loss_name}' only uses the target tokens")
 
     device = next(model.parameters()).device
@@ -201,6 +248,7 @@ def train(
         num_training_steps=total_updates,
     )
     eval_every = settings.eval_every or per_epoch
+    switch_update = total_updates if then is None else math.floor(then.at * total_updates)
     result = TrainResult()
     start = time.perf_counter()
     # disable=None: a bar on a terminal, nothing in a log file
@@ -210,14 +258,21 @@ def train(
         order = list(range(len(examples)))
         rng.shuffle(order)
         for b in range(per_epoch):
-            items = [examples[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
+            second = then is not None and step // settings.grad_accum >= switch_update
+            pool, op = (then.examples, then.on_policy) if then is not None and second else (examples, on_policy)
+            items = [pool[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
             tgts = [e.target for e in items]
             teach: Sequence[TopKSeq | None] = [e.teacher for e in items]
-            if on_policy is not None and rng.random() < on_policy.mix:
-                tgts, teach = _on_policy_batch(model, items, on_policy, settings.seed * 100003 + step, pad_id)
+            hidden: Sequence[torch.Tensor | None] = [e.hidden for e in items]
+            sampled, token_lp = False, None
+            if op is not None and rng.random() < op.mix:
+                sampled = True
+                tgts, teach, hidden, token_lp = _on_policy_batch(
+                    model, items, op, settings.seed * 100003 + step, pad_id, needs
+                )
             batch = make_batch([e.prompt for e in items], tgts, pad_id)
             teacher_dist = None
-            if spec.needs_teacher:
+            if needs.topk is not None:
                 if any(t is None for t in teach):
                     raise ValueError(f"loss '{loss_name}' needs the teacher's top-k log-probs")
                 teacher_dist = stack([t for t in teach if t is not None], batch.target_ids.shape[1])
@@ -225,11 +280,14 @@ def train(
                     *(t.to(device) for t in (teacher_dist.indices, teacher_dist.logprobs, teacher_dist.tail))
                 )
             batch = batch.to(device)
+            student_hidden = None
             with _autocast(device, settings.dtype):
-                logits = target_logits(model, batch)
-            loss = compute_loss(
-                loss_name, logits.float(), batch.target_ids, batch.mask, teacher_dist, temperature=temperature, **params
-            )
+                if needs.hidden_layers:
+                    logits, student_hidden = target_logits_and_hidden(model, batch, needs.hidden_layers)
+                else:
+                    logits = target_logits(model, batch)
+            extras = _extras(needs, sampled, token_lp, hidden, student_hidden, batch.target_ids.shape[1], device)
+            loss = compute_loss(loss_name, logits.float(), batch.target_ids, batch.mask, teacher_dist, extras, **params)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss.item()} at step {step} (learning rate "

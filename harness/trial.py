@@ -16,6 +16,7 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -27,13 +28,13 @@ from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.config import TrialConfig, train_settings
 from harness.contexts import Context, modify
-from harness.losses import LOSSES
+from harness.losses import TeacherNeeds, teacher_needs
 from harness.metrics import HELDOUT_KL, TrialMetrics
 from harness.results import Arms, ContextGap, TrainingInput, TrialResult
 from harness.spec import AxisValue, Suite
-from harness.targets import TARGETS
+from harness.targets import TARGETS, Phase, phases
 from harness.tasks import SPLITS, Split, TaskBundle, encode_prompt, load_task, task_manager
-from harness.train import Example, OnPolicy, student_of, train
+from harness.train import Example, OnPolicy, Switch, student_of, train
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class Workbench:
         if suite.models.student != "same":
             self.student_base = models.load(suite.models.student, suite.models.device, frozen_bf16=True)
             models.check_same_tokenizer(self.teacher.tokenizer, self.student_base.tokenizer)
+        for i, loss in enumerate(suite.axes.losses):  # hidden-state losses: comparable states, checked up front
+            if layers := teacher_needs(loss.name, loss.params).hidden_layers:
+                self.hidden_layers(layers, f"axes.losses.{i} '{loss.label}'")
         self.tok = self.teacher.tokenizer
         self.pad_id = self.tok.pad_token_id
         self.task: TaskBundle = load_task(suite.task.name, suite.task_dir())
@@ -110,6 +114,50 @@ class Workbench:
     def base_model(self) -> torch.nn.Module:
         """The student's starting weights: the teacher itself for self-distillation."""
         return (self.student_base or self.teacher).model
+
+    def hidden_layers(self, layers: tuple[int, ...], where: str = "loss") -> tuple[int, ...]:
+        """The teacher's absolute hidden-state indices (a ModelError when the two models' states differ in size)."""
+        return models.hidden_layers(self.teacher.model, (self.student_base or self.teacher).model, layers, where)
+
+    def examples(
+        self,
+        phase: Phase,
+        t_prompts: list[list[int]],
+        s_prompts: list[list[int]],
+        refs: list[str],
+        seed: int,
+        needs: TeacherNeeds,
+    ) -> list[Example]:
+        """One phase's training examples: its targets ŷ and what the loss reads of the teacher along them, all
+        from the teacher cache (top-k keyed by k and τ, hidden states by their layers)."""
+        s = self.suite
+        tgts = teacher_work.targets(
+            self.store,
+            self.teacher,
+            t_prompts,
+            refs,
+            phase.name,
+            phase.params,
+            max_new_tokens=s.training.max_new_tokens,
+            batch_size=s.training.generation_batch_size,
+            seed=seed,
+            stop_strings=self.stop,
+        )
+        tops: list[Any] = [None] * len(tgts)
+        hidden: list[Any] = [None] * len(tgts)
+        if needs.topk is not None:
+            k, tau = needs.topk[0] or s.training.top_k, needs.topk[1]
+            tops = teacher_work.topk(
+                self.store, self.teacher, t_prompts, tgts, k=k, temperature=tau, batch_size=s.evaluation.batch_size
+            )
+        if needs.hidden_layers:
+            layers = self.hidden_layers(needs.hidden_layers)
+            hidden = teacher_work.hidden(
+                self.store, self.teacher, t_prompts, tgts, layers=layers, batch_size=s.evaluation.batch_size
+            )
+        return [
+            Example(p, t, top, tp, h) for p, t, top, tp, h in zip(s_prompts, tgts, tops, t_prompts, hidden, strict=True)
+        ]
 
     # --- held-out references, computed once per study ----------------------------------------------
     def heldout(self) -> HeldOut:
@@ -234,25 +282,38 @@ class Workbench:
 
 
 def _validate(cfg: TrialConfig) -> None:
-    if TARGETS[cfg.target.name].uses_student and not LOSSES[cfg.loss.name].needs_teacher:
+    if TARGETS[cfg.target.name].uses_student and not teacher_needs(cfg.loss.name, cfg.loss.params).any:
         raise InvalidCombination(
             f"target '{cfg.target.label}' samples from the student and needs a distribution loss "
             f"(forward_kl, reverse_kl, jsd), not '{cfg.loss.label}'"
         )
 
 
-def run_trial(bench: Workbench, cfg: TrialConfig, seed: int, reporter: Reporter | None = None) -> TrialResult:
+def run_trial(
+    bench: Workbench,
+    cfg: TrialConfig,
+    seed: int,
+    reporter: Reporter | None = None,
+    on_trained: Callable[[torch.nn.Module], None] | None = None,
+) -> TrialResult:
     """Train one student with one seed and measure it on both splits. Raises on failure; the caller records why.
 
     The seed changes the data order, the LoRA init, sampled teacher targets and on-policy draws, nothing else.
+    `on_trained` receives the trained student before anything else (a LoRA student still as its adapter), for
+    whoever keeps it; the trial itself discards it once scored.
     """
     _validate(cfg)
     with contextlib.ExitStack() as stack:  # a LoRA student's adapters leave the base model when the trial ends
-        return _run_trial(bench, cfg, seed, reporter, stack)
+        return _run_trial(bench, cfg, seed, reporter, on_trained, stack)
 
 
 def _run_trial(
-    bench: Workbench, cfg: TrialConfig, seed: int, reporter: Reporter | None, stack: contextlib.ExitStack
+    bench: Workbench,
+    cfg: TrialConfig,
+    seed: int,
+    reporter: Reporter | None,
+    on_trained: Callable[[torch.nn.Module], None] | None,
+    stack: contextlib.ExitStack,
 ) -> TrialResult:
     s = bench.suite
     start = time.perf_counter()
@@ -265,28 +326,13 @@ def _run_trial(
     refs = [bench.task.reference(d) for d in docs]
 
     t0 = time.perf_counter()
-    tgts = teacher_work.targets(
-        bench.store,
-        bench.teacher,
-        t_prompts,
-        refs,
-        cfg.target.name,
-        cfg.target.params,
-        max_new_tokens=s.training.max_new_tokens,
-        batch_size=s.training.generation_batch_size,
-        seed=seed,
-        stop_strings=bench.stop,
-    )
     loss_params = cfg.loss.params
-    k = int(loss_params.get("top_k") or s.training.top_k)
-    tau = float(loss_params.get("temperature", 1.0))
-    tops: list[Any] = [None] * len(docs)
-    if LOSSES[cfg.loss.name].needs_teacher:
-        tops = teacher_work.topk(
-            bench.store, bench.teacher, t_prompts, tgts, k=k, temperature=tau, batch_size=s.evaluation.batch_size
-        )
+    needs = teacher_needs(cfg.loss.name, loss_params)
+    plan = phases(cfg.target.name, cfg.target.params)  # one phase, or a schedule's two
+    phase_examples = [bench.examples(p, t_prompts, s_prompts, refs, seed, needs) for p in plan]
     teacher_s = time.perf_counter() - t0
-    examples = [Example(p, t, top, tp) for p, t, top, tp in zip(s_prompts, tgts, tops, t_prompts, strict=True)]
+    examples = phase_examples[0]
+    tgts = [e.target for e in examples]
 
     before = bench.baseline_intrinsic(c_student)
     if reporter:
@@ -299,18 +345,23 @@ def _run_trial(
     if cfg.hp.lora_rank > 0:
         torch.manual_seed(seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
     student, as_teacher = stack.enter_context(student_of(bench.base_model(), cfg.hp.lora_rank))
-    on_policy = None
-    if TARGETS[cfg.target.name].uses_student:
-        on_policy = OnPolicy(
-            mix=float(cfg.target.params.get("mix", 0.5)),
+
+    def on_policy_of(phase: Phase) -> OnPolicy | None:
+        if not TARGETS[phase.name].uses_student:
+            return None
+        return OnPolicy(
+            mix=float(phase.params.get("mix", 0.5)),
             teacher=bench.teacher.model,
             max_new_tokens=s.training.max_new_tokens,
             stop_strings=bench.stop,
             tokenizer=bench.tok,
-            top_k=k,
-            temperature=tau,
+            top_k=int((needs.topk[0] if needs.topk else None) or s.training.top_k),
+            temperature=needs.topk[1] if needs.topk else 1.0,
             teacher_mode=as_teacher,
         )
+
+    on_policy = on_policy_of(plan[0])
+    then = Switch(plan[0].until, phase_examples[1], on_policy_of(plan[1])) if len(plan) > 1 else None
 
     def on_eval(step: int) -> None:
         h = bench.heldout()
@@ -334,9 +385,12 @@ def _run_trial(
         settings,
         pad_id=bench.pad_id,
         on_policy=on_policy,
+        then=then,
         on_eval=on_eval if reporter else None,
         on_step=reporter.log_step if reporter else None,
     )
+    if on_trained is not None:
+        on_trained(student)
     if cfg.hp.lora_rank > 0:
         # the transformers model, adapters active (not merged into the base, which is the teacher)
         student = cast(PeftModel, student).get_base_model()

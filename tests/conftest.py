@@ -22,13 +22,12 @@ from harness.tasks import TaskBundle, load_task  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _logger_levels():
-    """An in-process `main()` quiets loggers (harness/console.py) for the rest of the process: restore them, so a
-    later test's caplog sees what it asks for."""
+    """An in-process `main()` (also in a session fixture, set up before any function fixture) quiets loggers for
+    the rest of the process (harness/console.py): each test starts from the levels a fresh process has."""
     names = ("harness", *console.NOISY_LOGGERS, *console.DETAIL_LOGGERS, "lm_eval")
-    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.NOTSET)
     yield
-    for n, level in levels.items():
-        logging.getLogger(n).setLevel(level)
 
 
 @pytest.fixture(scope="session")

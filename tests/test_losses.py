@@ -344,7 +344,7 @@ def test_registry_contents():
 
 def test_register_adds_a_loss_and_rejects_duplicates():
     @register("_test_zero", needs_teacher=False)
-    def _zero(student_logits, target_ids, mask, teacher, *, temperature: float = 1.0):
+    def _zero(student_logits, target_ids, mask, teacher, extras=None, *, temperature: float = 1.0):
         return student_logits.sum() * 0
 
     try:

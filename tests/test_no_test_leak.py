@@ -91,6 +91,7 @@ def test_one_configuration_run_with_one_nested_run_per_seed(studies):
     intervals over items x seeds and the per-item scores; the first seed alone fed the pruner."""
     a, _ = studies
     configs, seeds, study = a["configs"], a["seeds"], a["study"]
+    tracking.use_store(stores.tracking_uri(a["suite"]))  # the fixture ran b's study last
     client = mlflow.MlflowClient()
     for t in study.trials:
         row = configs.loc[t.number]

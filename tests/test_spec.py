@@ -170,6 +170,7 @@ def test_ranges_and_labels(tmp_path):
         ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "storage": "postgresql://db/optuna"}),
         ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "tracking_uri": "http://mlflow:5000"}),
         ("sweep", {"sampler": "grid", "n_trials": 2, "seeds": 2, "cache_dir": "/nfs/harness-cache"}),
+        ("tracking", {"save_student": "all"}),  # keeping more students measures nothing new
     ],
 )
 def test_hash_ignores_what_does_not_change_results(tmp_path, field, value):

@@ -32,6 +32,7 @@ def store(cli_smoke):
     trials = [r for r in runs if r.data.tags.get("harness.kind") == "trial"]
     seeds = [r for r in runs if r.data.tags.get("harness.kind") == "seed"]
     parents = [r for r in runs if r.data.tags.get("harness.kind") == "study"]
+    seeds = [r for r in runs if r.data.tags.get("harness.kind") == "seed"]
     assert len(trials) == 2 and len(parents) == 1
     return {"suite": suite, "client": client, "exp": exp, "trials": trials, "seeds": seeds, "parent": parents[0]}
 
@@ -45,17 +46,9 @@ def test_experiment_opens_as_model_training_with_a_saved_trials_view(store):
     envelope = json.loads(tags[tracking.VIEW_TAG])
     assert envelope["name"] == "harness: trials"
     state = json.loads(envelope["state"])
-    # sorted by what chooses (validation), the reported test figure beside it
     assert state["orderByKey"] == "metrics.`validation_gap_closure`" and state["orderByAsc"] is False
-    assert set(state["selectedColumns"]) >= {
-        "metrics.`validation_gap_closure`",
-        "metrics.`test_gap_closure`",
-        "params.`target`",
-        "params.`context`",
-        "params.`loss`",
-    }
-    assert all(
-        c.removeprefix("metrics.`").removesuffix("`") in METRICS for c in state["selectedColumns"] if "metrics" in c
+    assert {"metrics.`validation_gap_closure`", "params.`target`", "params.`context`", "params.`loss`"} <= set(
+        state["selectedColumns"]
     )
     assert state["columnOrder"][1] == "metrics.`validation_gap_closure`"
     url = tracking.ui_url("http://127.0.0.1:5000", store["exp"].experiment_id)
@@ -64,10 +57,9 @@ def test_experiment_opens_as_model_training_with_a_saved_trials_view(store):
 
 @pytest.mark.slow
 def test_trial_runs_are_named_by_configuration_and_seed(store):
-    names = {r.info.run_name for r in store["trials"]}
-    assert names == {"greedy|empty|forward_kl", "greedy|fewer_demos(k=1)|forward_kl"}
-    seeds = {r.info.run_name for r in store["seeds"]}
-    assert seeds == {f"{n} seed={s}" for n in names for s in store["suite"].training_seeds()}
+    configurations = {"greedy|empty|forward_kl", "greedy|fewer_demos(k=1)|forward_kl"}
+    assert {r.info.run_name for r in store["trials"]} == configurations
+    assert {r.info.run_name for r in store["seeds"]} == {f"{c} seed={s}" for c in configurations for s in (0, 1)}
     assert store["parent"].info.run_name == f"study {stores.study_name(store['suite'])}"
 
 
@@ -77,10 +69,10 @@ def test_final_metrics_are_logged_in_one_batch(store):
     client = store["client"]
     for run in store["trials"]:
         finals = [k for k in run.data.metrics if k in METRICS]
-        assert {"validation_gap_closure", "test_gap_closure"} <= set(finals) and len(finals) >= 20
+        assert "validation_gap_closure" in finals and len(finals) >= 20
         stamps = {m.timestamp for k in finals for m in client.get_metric_history(run.info.run_id, k)}
         assert len(stamps) == 1, stamps
-    for run in store["seeds"]:  # each seed's step series stays a series
+    for run in store["seeds"]:  # the step series live on the seed runs, where training happened
         steps = {m.step for m in client.get_metric_history(run.info.run_id, "heldout/kl")}
         assert len(steps) >= 2
 
@@ -98,7 +90,7 @@ def test_every_trial_run_has_system_metrics_and_source_tags(store):
 @pytest.mark.slow
 def test_study_run_carries_the_study_summary(store):
     client, parent, trials = store["client"], store["parent"], store["trials"]
-    best = max(trials, key=lambda r: r.data.metrics["validation_gap_closure"])  # chosen on validation
+    best = max(trials, key=lambda r: r.data.metrics["validation_gap_closure"])
     assert parent.info.status == "FINISHED"
     assert parent.info.end_time >= max(r.info.end_time for r in trials)  # it spans the study, not 8 ms
     assert parent.data.tags["harness.best_run_id"] == best.info.run_id

@@ -95,7 +95,7 @@ def phases(
     laps.lap("batch")
     logits = target_logits(student, b)
     laps.lap("student forward (LM head on targets)")
-    value = compute_loss(loss, logits.float(), b.target_ids, b.mask, dist, **LOSS_PARAMS.get(loss, {}))
+    value = compute_loss(loss, logits.float(), b.target_ids, b.mask, dist, None, **LOSS_PARAMS.get(loss, {}))
     laps.lap("loss")
     value.backward()
     laps.lap("backward")

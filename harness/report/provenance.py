@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from harness import stores, tracking
-from harness.redact import redact
+from harness.redact import portable
 from harness.spec import Suite
 
 PACKAGES = ("torch", "transformers", "lm_eval", "mlflow", "optuna", "peft", "pandas", "numpy", "matplotlib")
@@ -37,14 +37,6 @@ def gpu_name() -> str:
         return "unknown"
 
 
-def _portable(uri: str) -> str:
-    """A store URI with this machine's working directory and home made relative and its password
-    redacted, for committed reports."""
-    for root, short in ((str(Path.cwd().resolve()), "."), (str(Path.home()), "~")):
-        uri = uri.replace(root + "/", short + "/")
-    return redact(uri)
-
-
 def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
     """Facts needed to trust or reproduce the numbers: what was run, with which code, where, with what versions."""
 
@@ -61,7 +53,7 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
     ends = pd.to_datetime(df["end_time"], utc=True).dropna() if "end_time" in df else pd.Series([])
     return {
         "suite": suite.name,
-        "suite_file": _portable(suite.source or ""),
+        "suite_file": portable(suite.source or ""),
         "suite_hash": suite.content_hash(),
         "study": stores.study_name(suite),
         "task": suite.task.name,
@@ -84,6 +76,6 @@ def provenance(suite: Suite, df: pd.DataFrame, uri: str) -> dict[str, Any]:
         },
         "python": sys.version.split()[0],
         "packages": versions,
-        "mlflow_tracking_uri": _portable(uri),
-        "optuna_storage": _portable(stores.storage_url(suite)),
+        "mlflow_tracking_uri": portable(uri),
+        "optuna_storage": portable(stores.storage_url(suite)),
     }

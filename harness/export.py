@@ -1,0 +1,178 @@
+"""Getting a kept student back: `harness export SUITE [--trial N] OUT/` and `harness.load_student`.
+
+The trial is the study's best configuration on validation unless `--trial` names one (chosen as the report
+chooses, never on test), and the student is its first training seed's: the one `harness.keep` logged. OUT/ is
+a plain transformers folder (`AutoModelForCausalLM.from_pretrained(OUT)`) with the tokenizer and its chat
+template, `student_context.json` (the context c' the student must be prompted with), and for LoRA students
+the adapter in `adapter/` (peft format, on the suite's base model). Weights come from the model MLflow's
+transformers flavour logged, else from the base model with the seed run's adapter merged (the same fp32 merge
+the trial scored).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import local_file_uri_to_path
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from harness import keep, models, stores, tracking
+from harness.keep import StudentContext
+from harness.report.runs import best_trials, load_runs, load_study, seed_runs, trial_table
+from harness.spec import Suite
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """No student to export (nothing run, no such trial, not kept): one line for the user."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `export` wrote and where it came from."""
+
+    folder: Path
+    trial: int
+    configuration: str
+    seed_run_id: str
+    source: str  # "model" (the logged transformers model) or "adapter" (base + the seed run's adapter)
+    context: StudentContext
+    metrics: dict[str, float]  # the seed run's own metrics: what this very student scored
+
+
+def choose(suite: Suite, trial: int | None) -> tuple[pd.Series, str]:
+    """The configuration's row of the trial table (the validation-best when `trial` is None) and the run id of
+    its first seed, whose student is the one kept."""
+    runs, _ = load_runs(suite)
+    if runs.empty:
+        raise ExportError(
+            f"suite '{suite.name}': no trials recorded (`harness run {suite.source or suite.name}` first)"
+        )
+    table = trial_table(runs, load_study(suite))
+    if trial is None:
+        best = best_trials(table, 1)
+        if best.empty:
+            raise ExportError(f"suite '{suite.name}': no completed configuration to export")
+        row = best.iloc[0]
+    else:
+        rows = table[table["trial"] == trial]
+        if rows.empty:
+            known = ", ".join(str(t) for t in table["trial"].dropna())
+            raise ExportError(f"suite '{suite.name}': no trial {trial} (trials: {known})")
+        row = rows.iloc[0]
+        if row["state"] != "COMPLETE":
+            raise ExportError(f"suite '{suite.name}': trial {trial} is {row['state']}, no student to export")
+    seeds = seed_runs(runs).get(str(row["run_id"]))
+    if not seeds:
+        raise ExportError(f"suite '{suite.name}': trial {row['trial']} has no seed runs")
+    return row, seeds[0]
+
+
+class _Artifacts:
+    """Where a run's or a logged model's artifacts are: as the store recorded them, or, for a local store whose
+    work folder was moved or copied (MLflow records absolute paths), at the same place under the suite's
+    current `<work_dir>/mlartifacts/`."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.root = Path(local_file_uri_to_path(stores.artifact_root(suite)))
+
+    def locate(self, uri: str) -> str:
+        if not uri.startswith("file:"):
+            return uri  # a server or object store: MLflow fetches it
+        path = local_file_uri_to_path(uri)
+        marker = f"/{self.root.name}/"
+        if not Path(path).exists() and marker in path:
+            moved = self.root / path.split(marker, 1)[1]
+            if moved.exists():
+                return moved.as_uri()
+        return uri
+
+
+def export(suite: Suite, out: str | Path, trial: int | None = None) -> Exported:
+    """Write the student of `trial` (default: the validation-best configuration) to `out` as a plain folder."""
+    row, seed_run = choose(suite, trial)
+    number, name = int(row["trial"]), str(row["run_name"])
+    client = MlflowClient()
+    where = _Artifacts(suite)
+    with tracking.guard():
+        run = client.get_run(seed_run)
+        base = where.locate(run.info.artifact_uri)
+        kept = {a.path for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{base}/{keep.ARTIFACTS}")}
+    if keep.CONTEXT_FILE not in {Path(p).name for p in kept}:
+        raise ExportError(
+            f"suite '{suite.name}': trial {number} kept no student (it ran with tracking.save_student: none)"
+        )
+    adapter = any(Path(p).name == "adapter" for p in kept)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        context_file = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{base}/{keep.ARTIFACTS}/{keep.CONTEXT_FILE}", dst_path=tmp
+        )
+        context = StudentContext.from_json(Path(context_file).read_text())
+        model_id = run.data.tags.get(keep.MODEL_TAG)
+        if model_id:
+            with tracking.guard():
+                location = where.locate(client.get_logged_model(model_id).artifact_location)
+            model, tok = _logged(location)
+            source = "model"
+        elif adapter:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{keep.ARTIFACTS}/adapter", dst_path=tmp)
+            model, tok = _merged(suite, path)
+            source = "adapter"
+        else:
+            raise ExportError(
+                f"suite '{suite.name}': trial {number} ({name}) is a full fine-tune whose weights were not kept "
+                f"(tracking.save_student: {suite.tracking.save_student} keeps them for the best configuration "
+                "only; `all` keeps every one)"
+            )
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        if adapter:
+            shutil.rmtree(folder / "adapter", ignore_errors=True)
+            mlflow.artifacts.download_artifacts(  # lands as OUT/adapter
+                artifact_uri=f"{base}/{keep.ARTIFACTS}/adapter", dst_path=str(folder)
+            )
+    (folder / keep.CONTEXT_FILE).write_text(context.to_json())
+    metrics = {k: float(v) for k, v in run.data.metrics.items() if not k.startswith("system/")}
+    return Exported(folder, number, name, seed_run, source, context, metrics)
+
+
+def _logged(location: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        with tracking.guard():
+            parts: dict[str, Any] = mlflow.transformers.load_model(location, return_type="components")
+    except (MlflowException, OSError) as e:
+        raise ExportError(f"cannot load the logged student at {location}: {str(e).splitlines()[0]}") from e
+    return parts["model"], parts["tokenizer"]
+
+
+def _merged(suite: Suite, adapter: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    base = models.load(keep.base_name(suite), "cpu")
+    merged = PeftModel.from_pretrained(base.model, adapter).merge_and_unload()
+    return merged, base.tokenizer
+
+
+def load_student(
+    suite: Suite, trial: int | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, StudentContext]:
+    """The student of `trial` (default: the validation-best configuration) as plain transformers objects, with
+    the context c' it must be prompted with (`context.prompt(text)`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        done = export(suite, tmp, trial)
+        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(tmp)
+    model.eval()
+    return model, tok, done.context
