@@ -14,6 +14,7 @@ import matplotlib
 import pandas as pd
 import torch
 
+from harness import tracking
 from harness.perf import plots, training
 from harness.perf.timing import Goal
 from harness.perf.training import TrainReport
@@ -35,6 +36,7 @@ def machine() -> dict[str, str]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "git_commit": tracking.git_commit(),  # the code measured (the results are committed after it)
     }
 
 
@@ -99,6 +101,7 @@ def write(out: Path, res: Results) -> None:
         f"- Command: `{res.command}`",
         f"- Machine: {mach['cpu']}, {mach['cpu_count']} cores ({mach['torch_threads']} torch threads), "
         f"GPU {mach['gpu']}, torch {mach['torch']}, Python {mach['python']}",
+        f"- Code: git commit {mach['git_commit']}",
         f"- Load average (1, 5, 15 min) before: {loads[0]}; after: {loads[1]}{shared}",
         f"- Wall time: {(time.time() - res.started) / 60:.1f} min",
         "- Each arm runs once per repeat, arm order rotating; a ratio is the median over repeats of the"
