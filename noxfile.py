@@ -39,7 +39,8 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", *SOURCES)
     session.run("ruff", "format", "--check", *SOURCES)
     session.run("codespell", *SOURCES, "README.md", "results", "pyproject.toml")
-    install(session)  # mypy needs the real torch, transformers, pydantic, ... to check our calls into them
+    # mypy needs the real torch, transformers, pydantic, ... (and trl, for harness/perf) to check our calls into them
+    install(session, "perf")
     session.install("mypy", "types-PyYAML", "types-tqdm", *CONSTRAINTS)
     session.run("mypy")  # files and settings: [tool.mypy] in pyproject.toml
 
