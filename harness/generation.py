@@ -23,6 +23,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from harness import softprompt
+
 MIN_SHARED_PREFIX = 32  # below this, a separate prefill costs more than it saves
 
 
@@ -221,7 +223,7 @@ def generate(
     config = GenerationConfig(**gen_kwargs)
     expand = num_beams if num_beams > 1 else num_return_sequences
 
-    prefix_len = _usable_prefix(prompts, reuse_prefix)
+    prefix_len = _usable_prefix(prompts, reuse_prefix and not softprompt.active(model))
     prefix_kv = _prefill(lm, prompts[0][:prefix_len]) if prefix_len else None
 
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -284,7 +286,7 @@ def continuation_logits(
     lm = _as_lm(model)
     device = lm.device
     pad_id = 0
-    prefix_len = _usable_prefix(prompts, reuse_prefix)
+    prefix_len = _usable_prefix(prompts, reuse_prefix and not softprompt.active(model))
     prefix_kv = _prefill(lm, prompts[0][:prefix_len]) if prefix_len else None
     keep_arg = _accepts(model, "logits_to_keep")
 

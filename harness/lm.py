@@ -18,7 +18,7 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from harness import generation
+from harness import generation, softprompt
 
 
 class QuietHFLM(HFLM):
@@ -66,7 +66,7 @@ class PrefixReuseLM(QuietHFLM):
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **kwargs: Any) -> torch.Tensor:
         """[prefix | left-padded own tokens] with the prefix's cache; same width, so HFLM's slicing holds."""
         mask = kwargs.get("attention_mask")
-        if self.backend != "causal" or mask is None:
+        if self.backend != "causal" or mask is None or softprompt.active(self.model):
             return super()._model_generate(context, max_length, stop, **kwargs)
         rows = [context[i][mask[i].bool()].tolist() for i in range(context.shape[0])]
         p = generation._usable_prefix(rows, True)
@@ -83,7 +83,7 @@ class PrefixReuseLM(QuietHFLM):
     # --- loglikelihood -------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None) -> list:
         """Find the prefix every request's context shares (each keeps ≥ 1 own context token), then score."""
-        if self.backend == "causal":
+        if self.backend == "causal" and not softprompt.active(self.model):
             p = generation._usable_prefix([r[1] for r in requests], True)
             self._ll_prefix = list(requests[0][1][:p]) if p else None
         try:

@@ -1,0 +1,199 @@
+"""The learned context c' = n virtual tokens (harness/softprompt.py): a soft prompt initialised from the embeddings
+of a text t must make the frozen model behave exactly as the plain model with t in front of its input, in every
+path that reads the student: training logits (and hidden states), generation, and lm-eval's scoring."""
+
+from __future__ import annotations
+
+import copy
+
+import lm_eval
+import pytest
+import torch
+from helpers import SUITES
+
+from harness import generation, scoring, softprompt
+from harness.batching import make_batch, target_logits, target_logits_and_hidden
+from harness.contexts import Context
+from harness.lm import PrefixReuseLM, QuietHFLM
+from harness.tasks import encode_prompt, load_task, task_manager
+
+TEXT = "Answer E if the number is even and O if it is odd."
+
+
+def _prompts(tok, n: int = 5) -> list[list[int]]:
+    """Prompts of different lengths (the batches pad), each a rendered chat turn as the harness builds them."""
+    questions = ["12", "7 and then some more words", "a", "1001 is the number here, is it even", "3 3 3"]
+    return [
+        encode_prompt(
+            tok, tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        )
+        for q in questions[:n]
+    ]
+
+
+@pytest.fixture(scope="module")
+def text_ids(tiny) -> list[int]:
+    return tiny.tokenizer.encode(TEXT, add_special_tokens=False)
+
+
+def test_a_text_initialised_soft_prompt_gives_the_logits_of_the_text(tiny, text_ids):
+    model, tok = tiny.model, tiny.tokenizer
+    prompts = _prompts(tok)
+    targets = [[5, 9, 11], [7], [3, 4], [8, 8, 8, 8], [2]]
+    prompt = softprompt.initial(model, len(text_ids), text_ids)
+    plain = make_batch([text_ids + p for p in prompts], targets, tok.pad_token_id)
+    with torch.no_grad():
+        want = target_logits(model, plain)
+        want_logits, want_hidden = target_logits_and_hidden(model, plain, (0, 1, -1))
+        full_want = model(input_ids=torch.tensor([text_ids + prompts[0]])).logits[:, len(text_ids) :]
+        with softprompt.attach(model, prompt) as as_teacher:
+            batch = make_batch(prompts, targets, tok.pad_token_id)
+            got = target_logits(model, batch)
+            got_logits, got_hidden = target_logits_and_hidden(model, batch, (0, 1, -1))
+            full_got = model(torch.tensor([prompts[0]])).logits  # positional input_ids, as lm-eval calls it
+            with as_teacher():  # teacher mode: the plain model again, same object
+                plain_again = target_logits(model, batch)
+        after = target_logits(model, batch)
+    mask = plain.mask
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_logits[mask], want_logits[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_hidden[mask], want_hidden[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full_got, full_want, atol=1e-5, rtol=1e-5)
+    assert full_got.shape[1] == len(prompts[0])  # the virtual positions are not in what the caller gets
+    torch.testing.assert_close(plain_again, after)
+    assert (got[mask] - after[mask]).abs().max() > 1e-3  # the check is not vacuous: the prompt changes logits
+    assert softprompt.attached(model) is None and not softprompt.active(model)
+
+
+def test_generation_with_a_soft_prompt_is_generation_after_the_text(tiny, text_ids):
+    """Left-padded batches, sampled and greedy: the same tokens as the plain model given t + x."""
+    model, tok = tiny.model, tiny.tokenizer
+    prompts = _prompts(tok)
+    prompt = softprompt.initial(model, len(text_ids), text_ids)
+    for kwargs in ({}, {"do_sample": True, "seed": 3}):
+        want = generation.generate(
+            model, tok, [text_ids + p for p in prompts], max_new_tokens=8, batch_size=3, **kwargs
+        )
+        with softprompt.attach(model, prompt):
+            got = generation.generate(model, tok, prompts, max_new_tokens=8, batch_size=3, **kwargs)
+        assert got == want
+    alone = generation.generate(model, tok, prompts, max_new_tokens=8, batch_size=3)
+    assert alone != want  # without the text the model answers differently: the comparison has teeth
+
+
+def test_random_init_is_seeded_and_the_prompt_round_trips(tiny, tmp_path):
+    a = softprompt.initial(tiny.model, 4, None, seed=1)
+    b = softprompt.initial(tiny.model, 4, None, seed=1)
+    c = softprompt.initial(tiny.model, 4, None, seed=2)
+    assert torch.equal(a.embeddings, b.embeddings) and not torch.equal(a.embeddings, c.embeddings)
+    assert a.meta["init"] == "random"
+    path = softprompt.save(a, tmp_path / softprompt.FILE)
+    back = softprompt.load(path)
+    assert torch.equal(back.embeddings, a.embeddings) and back.meta == a.meta and back.n_tokens == 4
+
+
+def test_short_text_repeats_to_fill_the_prompt(tiny):
+    ids = tiny.tokenizer.encode("even odd", add_special_tokens=False)
+    prompt = softprompt.initial(tiny.model, len(ids) * 2 + 1, ids)
+    embed = tiny.model.get_input_embeddings().weight
+    want = embed[torch.tensor((ids * 3)[: len(ids) * 2 + 1])]
+    torch.testing.assert_close(prompt.embeddings, want)
+
+
+def test_attach_freezes_the_model_and_trains_only_the_prompt(tiny, text_ids):
+    model = copy.deepcopy(tiny.model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    prompt = softprompt.initial(model, 3, text_ids)
+    with softprompt.attach(model, prompt):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert len(trainable) == 1 and trainable[0] is prompt.embeddings
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+    assert all(p is not prompt.embeddings for p in model.parameters())
+
+
+class _TextInFront(QuietHFLM):
+    """Plain lm-eval HFLM whose every encoded context starts with the ids of a text: the reference arm."""
+
+    def __init__(self, *args, prefix: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefix = list(prefix)
+
+    def tok_encode(self, string, add_special_tokens=None, left_truncate_len=None, **kwargs):
+        return self.prefix + super().tok_encode(string, add_special_tokens=add_special_tokens, **kwargs)
+
+    def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None, truncation=False):
+        rows = [self.tok_encode(s) for s in strings]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        return ids, mask
+
+
+def _samples(lm, config, task_name: str, manager) -> dict[int, dict]:
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[config],
+        num_fewshot=0,
+        apply_chat_template=True,
+        fewshot_as_multiturn=True,
+        limit=12,
+        log_samples=True,
+        bootstrap_iters=0,
+        task_manager=manager,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+        verbosity="WARNING",
+    )
+    return {int(s["doc_id"]): s for s in out["samples"][task_name]}
+
+
+def _responses(sample: dict) -> list:
+    """What the model returned for an item: per-option log-likelihoods, or the generated text."""
+    first = [r[0] for r in sample["resps"]]  # lm-eval keeps a list of responses per request
+    return [float(x[0]) if isinstance(x, (list, tuple)) else x for x in first]
+
+
+@pytest.mark.parametrize("task_name", ["parity", "date_iso"])
+def test_lm_eval_scores_the_soft_prompt_as_the_plain_model_with_the_text_in_front(tiny, text_ids, task_name):
+    """Reference: plain lm-eval (HFLM) on the plain model with t's ids in front of every context. The soft-prompted
+    model through lm-eval's HFLM, through the harness's default `hf-prefix-reuse` and through the harness's own
+    scoring path (`scoring.evaluate_arm`) must return the same log-likelihoods / generations, answers and scores."""
+    folder = SUITES / "tasks" / task_name
+    bundle = load_task(task_name, folder)
+    manager = task_manager(folder)
+    config = bundle.lm_eval_task(bundle.split("test", 12, 0))
+    metric = scoring.main_metric(bundle.config, bundle.task, None)
+    model, tok = tiny.model, tiny.tokenizer
+    want = _samples(
+        _TextInFront(pretrained=model, tokenizer=tok, batch_size=4, prefix=text_ids), config, task_name, manager
+    )
+    plain = _samples(QuietHFLM(pretrained=model, tokenizer=tok, batch_size=4), config, task_name, manager)
+    prompt = softprompt.initial(model, len(text_ids), text_ids)
+    with softprompt.attach(model, prompt):
+        got = {
+            cls.__name__: _samples(cls(pretrained=model, tokenizer=tok, batch_size=4), config, task_name, manager)
+            for cls in (QuietHFLM, PrefixReuseLM)
+        }
+        arm = scoring.evaluate_arm(
+            "student", model, tok, config, task_name, Context(None, 0),
+            metric=metric, limit=12, batch_size=4, task_manager=manager,
+        )  # fmt: skip
+    assert len(want) == 12
+    for name, samples in got.items():
+        assert samples.keys() == want.keys(), name
+        for i, s in samples.items():
+            a, b = _responses(s), _responses(want[i])
+            if task_name == "parity":
+                assert a == pytest.approx(b, abs=1e-4), (name, i)
+            else:
+                assert a == b, (name, i)
+    assert arm.per_item == {i: float(s[metric]) for i, s in want.items()}
+    assert arm.answers == {i: scoring._answer(s) for i, s in want.items()}
+    # not vacuous: without the text in front the model returns something else
+    assert any(_responses(plain[i]) != _responses(want[i]) for i in want)
