@@ -91,7 +91,11 @@ def cmd_export(args: argparse.Namespace, suite: Suite) -> int:
         for split in ("validation", "test")
         if f"{split}_student_score" in done.metrics
     )
-    source = "logged model" if done.source == "model" else "adapter merged into the base model"
+    source = {
+        "model": "logged model",
+        "adapter": "adapter merged into the base model",
+        "soft_prompt": f"{done.context.soft_prompt} trained virtual tokens ({done.folder / 'soft_prompt.safetensors'})",
+    }[done.source]
     print(f"trial {done.trial} ({done.configuration}), first training seed, from its {source}: {scores}")
     print(f"written to {done.folder}: AutoModelForCausalLM.from_pretrained('{done.folder}')")
     print(f"prompt it with its context c' ({done.context.context}): {done.folder / keep.CONTEXT_FILE}")

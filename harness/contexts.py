@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from harness.registry import Entry, NonNegativeInt, PositiveInt, Registry
+from harness.registry import Entry, NonNegativeInt, Positive, PositiveInt, Registry
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,12 @@ class ContextEnv:
 
 @dataclass(frozen=True)
 class Modification(Entry):
-    """A named c → c' function `fn(c, env, **params)`; its keyword-only arguments are its parameters."""
+    """A named c → c' function `fn(c, env, **params)`; its keyword-only arguments are its parameters.
+
+    `learned`: c' also holds trainable virtual tokens (`soft_prompt`); `fn` returns only its text part, and the
+    trial builds the tokens (`n_tokens`, `init`) and trains them on the frozen model."""
+
+    learned: bool = False
 
 
 MODIFICATIONS: Registry[Modification] = Registry("context modification", Modification)
@@ -101,6 +106,38 @@ def truncate(c: Context, env: ContextEnv, *, n: PositiveInt = 32) -> Context:
 def tag(c: Context, env: ContextEnv, *, text: str | None = None) -> Context:
     """A short task tag replaces the context: the student learns to expand the tag into the skill."""
     return Context(system=text if text is not None else f"Task: {env.task_name}", n_demos=0)
+
+
+@register("soft_prompt", learned=True)
+def soft_prompt(
+    c: Context,
+    env: ContextEnv,
+    *,
+    n_tokens: PositiveInt = 16,
+    init: Literal["text", "random"] = "text",
+    learning_rate: Positive | None = None,
+) -> Context:
+    """c' = n trainable virtual tokens and no text: the context moves into n input embeddings while the model's
+    weights stay frozen (prompt tuning, the gisting idea). `init: text` starts from the embeddings of c's first
+    n tokens (flattened as `truncate` does, repeated when c is shorter); `random` from n vocabulary tokens drawn
+    with the training seed. `learning_rate` overrides the suite's for the virtual tokens (prompt tuning wants a
+    far larger step than weights do), so one grid can cross soft prompts with weight training fairly."""
+    return Context(system=None, n_demos=0)
+
+
+def init_ids(c: Context, env: ContextEnv, n_tokens: int) -> list[int]:
+    """The token ids a text-initialised soft prompt starts from: c flattened, its first `n_tokens` tokens."""
+    if env.tokenizer is None:
+        raise ValueError("soft_prompt needs the tokenizer")
+    ids = env.tokenizer.encode(flatten(c, env), add_special_tokens=False)[:n_tokens]
+    if not ids:
+        raise ValueError("soft_prompt: init 'text' needs a non-empty context c; use init: random")
+    return ids
+
+
+def learned(name: str) -> bool:
+    """Whether the modification's c' holds trainable virtual tokens."""
+    return MODIFICATIONS.lookup(name).learned
 
 
 def modify(name: str, c: Context, env: ContextEnv, params: dict[str, Any] | None = None) -> Context:

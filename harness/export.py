@@ -4,9 +4,10 @@ The trial is the study's best configuration on validation unless `--trial` names
 chooses, never on test), and the student is its first training seed's: the one `harness.keep` logged. OUT/ is
 a plain transformers folder (`AutoModelForCausalLM.from_pretrained(OUT)`) with the tokenizer and its chat
 template, `student_context.json` (the context c' the student must be prompted with), and for LoRA students
-the adapter in `adapter/` (peft format, on the suite's base model). Weights come from the model MLflow's
-transformers flavour logged, else from the base model with the seed run's adapter merged (the same fp32 merge
-the trial scored).
+the adapter in `adapter/` (peft format, on the suite's base model); for a learned c' (soft_prompt) the base
+model and `soft_prompt.safetensors`, the virtual tokens `load_student` attaches in front of every input.
+Weights come from the model MLflow's transformers flavour logged, else from the base model with the seed run's
+adapter merged (the same fp32 merge the trial scored).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from harness import keep, models, stores, tracking
+from harness import keep, models, softprompt, stores, tracking
 from harness.keep import StudentContext
 from harness.report.runs import best_trials, load_runs, load_study, seed_runs, trial_table
 from harness.spec import Suite
@@ -47,7 +48,8 @@ class Exported:
     trial: int
     configuration: str
     seed_run_id: str
-    source: str  # "model" (the logged transformers model) or "adapter" (base + the seed run's adapter)
+    source: str  # "model" (the logged transformers model), "adapter" (base + the seed run's adapter) or
+    # "soft_prompt" (the base model, and the seed run's virtual tokens in OUT/soft_prompt.safetensors)
     context: StudentContext
     metrics: dict[str, float]  # the seed run's own metrics: what this very student scored
 
@@ -115,6 +117,7 @@ def export(suite: Suite, out: str | Path, trial: int | None = None) -> Exported:
             f"suite '{suite.name}': trial {number} kept no student (it ran with tracking.save_student: none)"
         )
     adapter = any(Path(p).name == "adapter" for p in kept)
+    learned = any(Path(p).name == "soft_prompt" for p in kept)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +126,14 @@ def export(suite: Suite, out: str | Path, trial: int | None = None) -> Exported:
         )
         context = StudentContext.from_json(Path(context_file).read_text())
         model_id = run.data.tags.get(keep.MODEL_TAG)
-        if model_id:
+        if learned:  # a learned c' on frozen weights: the base model, its virtual tokens beside it
+            loaded = models.load(keep.base_name(suite), "cpu")
+            model, tok = loaded.model, loaded.tokenizer
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{base}/{keep.ARTIFACTS}/soft_prompt/{softprompt.FILE}", dst_path=str(folder)
+            )
+            source = "soft_prompt"
+        elif model_id:
             with tracking.guard():
                 location = where.locate(client.get_logged_model(model_id).artifact_location)
             model, tok = _logged(location)
@@ -174,5 +184,7 @@ def load_student(
         done = export(suite, tmp, trial)
         model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(tmp)
+        if (Path(tmp) / softprompt.FILE).is_file():
+            softprompt.bind(model, softprompt.load(Path(tmp) / softprompt.FILE))
     model.eval()
     return model, tok, done.context

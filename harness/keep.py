@@ -5,8 +5,9 @@ with `student_context.json` (`StudentContext`): the prompt template that reprodu
 and scored on, and lm-eval's arguments for the same prompts.
 
 - `none`: nothing is kept.
-- `adapter`: each seed run gets its LoRA adapter (`student/adapter/`, peft format) and `student/student_context.json`
-  as artifacts; a full fine-tune keeps only the context (its weights are the whole model's size).
+- `adapter`: each seed run gets its LoRA adapter (`student/adapter/`, peft format) or its trained virtual tokens
+  (`student/soft_prompt/`, a learned c') and `student/student_context.json` as artifacts; a full fine-tune keeps
+  only the context (its weights are the whole model's size).
 - `best` (default): as `adapter`; and a configuration that is the study's best on validation when it finishes
   (validation gap closure, as the report chooses; never test) has its first seed's student logged with MLflow's
   transformers flavour on that seed's run and registered as a new version of `<suite>-student`, alias `best`.
@@ -41,7 +42,7 @@ from mlflow.tracking import MlflowClient
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from harness import stores, tracking
+from harness import softprompt, stores, tracking
 from harness.config import TrialConfig
 from harness.contexts import Context
 from harness.metrics import TrialMetrics
@@ -97,6 +98,7 @@ class StudentContext:
     add_special_tokens: bool
     lm_eval: dict[str, Any] = field(default_factory=dict)
     trial: dict[str, Any] = field(default_factory=dict)  # which trial and seed trained it, its scores
+    soft_prompt: int = 0  # a learned c': this many virtual tokens (soft_prompt.safetensors) precede every prompt
 
     def prompt(self, text: str) -> str:
         """The student's prompt for one input (the task's `doc_to_text`), exactly as it was trained on."""
@@ -184,7 +186,9 @@ class Keeper:
             folder = self.spool / run_id
             self.spooled.append(run_id)
             try:
-                if isinstance(student, PeftModel):
+                if (prompt := softprompt.attached(student)) is not None:  # the weights are the frozen base's
+                    softprompt.save(prompt, folder / "soft_prompt" / softprompt.FILE)
+                elif isinstance(student, PeftModel):
                     student.save_pretrained(str(folder / "adapter"))
                 elif keep_full:
                     cast(PreTrainedModel, student).save_pretrained(folder / "model")
@@ -206,8 +210,9 @@ class Keeper:
         folder = self.spool / run.run_id
         card = self.context(ctx, label, {**trial, "run_id": run.run_id})
         run.log_text(card.to_json(), f"{ARTIFACTS}/{CONTEXT_FILE}")
-        if (folder / "adapter").is_dir():
-            run.log_artifacts(folder / "adapter", f"{ARTIFACTS}/adapter")
+        for part in ("adapter", "soft_prompt"):
+            if (folder / part).is_dir():
+                run.log_artifacts(folder / part, f"{ARTIFACTS}/{part}")
         if self.mode == "all":
             self._log_model(run.run_id, card)
         if run.run_id != self.first_run:
@@ -220,7 +225,9 @@ class Keeper:
             docs = list(b.splits["validation"].docs[:3]) or b.task.train_docs(3)
             self.contexts[key] = describe(b.task, b.tok, docs, ctx, label)
         c = self.contexts[key]
-        return StudentContext(**{**asdict(c), "trial": trial})
+        file = self.spool / str(trial.get("run_id")) / "soft_prompt" / softprompt.FILE
+        virtual = softprompt.load(file).n_tokens if file.is_file() else 0
+        return StudentContext(**{**asdict(c), "trial": trial, "soft_prompt": virtual})
 
     # --- at the end of a configuration -----------------------------------------------------------
     def configuration_done(self, run: tracking.TrialRun, cfg: TrialConfig, number: int, metrics: TrialMetrics) -> None:
@@ -268,6 +275,8 @@ class Keeper:
         folder = self.spool / run_id
         if (folder / "model").is_dir():
             model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
+        elif (folder / "soft_prompt").is_dir():  # frozen weights: the base itself, its virtual tokens beside it
+            model = copy.deepcopy(self.bench.base_model()).to("cpu").float()
         else:
             base = copy.deepcopy(self.bench.base_model()).to("cpu").float()
             model = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload()
@@ -292,6 +301,9 @@ class Keeper:
             folder = self.spool / run_id / "context"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / CONTEXT_FILE).write_text(card.to_json())
+            prompt = self.spool / run_id / "soft_prompt" / softprompt.FILE
+            if prompt.is_file():  # the student is these weights with the virtual tokens in front of every input
+                shutil.copy(prompt, folder / softprompt.FILE)
             MlflowClient().log_model_artifacts(info.model_id, str(folder))
         tracking.TrialRun(run_id).set_tags({MODEL_TAG: info.model_id})
         return info.model_id
@@ -304,6 +316,12 @@ class Keeper:
             f"`{base_name(self.suite)}` (task {card.task}): configuration `{t.get('configuration', '')}`, "
             f"MLflow run {t.get('run_id')}.\n\nPrompt it with exactly its context c' (`{card.context}`): "
             f"`{CONTEXT_FILE}` beside the weights, `prompt_template.format(prompt=<input>)`.\n"
+            + (
+                f"\nIts context is learned: the {card.soft_prompt} virtual tokens in `{softprompt.FILE}` go in front "
+                "of every input's embeddings (`harness.load_student` attaches them); the weights are the base's.\n"
+                if card.soft_prompt
+                else ""
+            )
         )
 
     def _register(

@@ -179,6 +179,14 @@ def attach(model: torch.nn.Module, prompt: SoftPrompt) -> Iterator[Callable[[], 
             p.requires_grad_(flag)
 
 
+def bind(model: torch.nn.Module, prompt: SoftPrompt) -> torch.nn.Module:
+    """Attach for good: a loaded student is its base model with its virtual tokens (`harness.load_student`)."""
+    binding = attach(model, prompt)
+    binding.__enter__()
+    model._harness_soft_prompt_binding = binding  # type: ignore[assignment]  # kept alive with the model
+    return model
+
+
 def save(prompt: SoftPrompt, path: str | Path) -> Path:
     """The virtual tokens as safetensors (`embeddings` [n, hidden], float32), what they were built from as metadata."""
     path = Path(path)

@@ -407,6 +407,29 @@ class Suite(_Strict):
     # Filled by load_suite, not by the user.
     source: str | None = Field(None, exclude=True)
 
+    @model_validator(mode="after")
+    def _learned_contexts_need_frozen_weights(self) -> Suite:
+        """A learned c' (soft_prompt) trains virtual tokens on frozen weights: refused where every lora_rank the
+        sweep can pick is > 0. Where it can also pick 0, the other points fail fast as invalid combinations."""
+        rank = self.hyperparameters.lora_rank
+        lowest = rank if isinstance(rank, int) else min(rank.choices) if isinstance(rank, Choices) else rank.low
+        if lowest <= 0:
+            return self
+        errors = [
+            error_detail(
+                "value_error",
+                ("axes", "contexts", i),
+                f"{mod.label} trains virtual tokens on frozen weights, so it needs hyperparameters.lora_rank 0 "
+                f"(it is {lowest if isinstance(rank, int) else f'at least {lowest}'})",
+                mod.label,
+            )
+            for i, mod in enumerate(self.axes.contexts)
+            if MODIFICATIONS[mod.name].learned
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("suite", errors)
+        return self
+
     @property
     def suite_dir(self) -> Path:
         return Path(self.source).parent if self.source else Path.cwd()

@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from harness import generation
+from harness import generation, softprompt
 from harness.batching import make_batch, target_logits, target_logits_and_hidden
 from harness.losses import Extras, TeacherNeeds, compute_loss, teacher_needs
 from harness.metrics import TRAIN_LOSS, TRAIN_LR
@@ -103,15 +103,27 @@ def apply_lora(model: torch.nn.Module, rank: int) -> PeftModel:
 
 @contextlib.contextmanager
 def student_of(
-    base: torch.nn.Module, lora_rank: int, *, share_base: bool = True
+    base: torch.nn.Module,
+    lora_rank: int,
+    *,
+    share_base: bool = True,
+    soft_prompt: softprompt.SoftPrompt | None = None,
 ) -> Iterator[tuple[torch.nn.Module, Callable[[], contextlib.AbstractContextManager]]]:
     """The student to train from `base`, and a context manager under which `base` is the teacher again.
 
     Full fine-tuning trains a deep copy in float32 (fp32 master weights even when the frozen base is
     bf16). LoRA with `share_base` injects the adapters into `base` itself, no copy: the teacher is the
     same modules with the adapters disabled, and leaving the block removes them (`unload`, no merge),
-    so `base`'s weights are untouched. Inside the block, run teacher work under the returned context.
+    so `base`'s weights are untouched. A `soft_prompt` is attached to `base` itself, frozen (no copy, no
+    adapters: lora_rank must be 0); the teacher is `base` with the virtual tokens switched off. Inside the
+    block, run teacher work under the returned context.
     """
+    if soft_prompt is not None:
+        if lora_rank > 0:
+            raise ValueError(f"a soft prompt trains on frozen weights: lora_rank must be 0, not {lora_rank}")
+        with softprompt.attach(base, soft_prompt) as as_teacher:
+            yield base, as_teacher
+        return
     if lora_rank > 0 and share_base:
         flags = [p.requires_grad for p in base.parameters()]
         student = apply_lora(base, lora_rank)

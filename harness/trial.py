@@ -23,11 +23,11 @@ from typing import Any, Protocol, cast
 import torch
 from peft import PeftModel
 
-from harness import aggregate, intrinsic, models, scoring, stores
+from harness import aggregate, intrinsic, models, scoring, softprompt, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.config import TrialConfig, train_settings
-from harness.contexts import Context, modify
+from harness.contexts import MODIFICATIONS, Context, init_ids, modify
 from harness.losses import TeacherNeeds, teacher_needs
 from harness.metrics import HELDOUT_KL, TrialMetrics
 from harness.results import Arms, ContextGap, TrainingInput, TrialResult
@@ -106,6 +106,15 @@ class Workbench:
     # --- prompts -----------------------------------------------------------------------------------
     def student_context(self, mod: AxisValue) -> Context:
         return modify(mod.name, self.context, self.task.env(self.context, self.tok), mod.params)
+
+    def soft_prompt(self, mod: AxisValue, seed: int) -> softprompt.SoftPrompt | None:
+        """The untrained virtual tokens of a learned c' (None for a text-only one), on the student's device."""
+        entry, params = MODIFICATIONS.resolve(mod.name, mod.params)
+        if not entry.learned:
+            return None
+        n = int(params["n_tokens"])
+        ids = init_ids(self.context, self.task.env(self.context, self.tok), n) if params["init"] == "text" else None
+        return softprompt.initial(self.base_model(), n, ids, seed, context=mod.label)
 
     def encode(self, docs: list[dict[str, Any]], ctx: Context) -> list[list[int]]:
         """Prompt ids of (ctx, doc), the ids lm-eval feeds the model for the same item (BOS included)."""
@@ -282,6 +291,11 @@ class Workbench:
 
 
 def _validate(cfg: TrialConfig) -> None:
+    if MODIFICATIONS.lookup(cfg.context.name).learned and cfg.hp.lora_rank > 0:
+        raise InvalidCombination(
+            f"context '{cfg.context.label}' learns virtual tokens on frozen weights; it needs lora_rank 0, "
+            f"not {cfg.hp.lora_rank}"
+        )
     if TARGETS[cfg.target.name].uses_student and not teacher_needs(cfg.loss.name, cfg.loss.params).any:
         raise InvalidCombination(
             f"target '{cfg.target.label}' samples from the student and needs a distribution loss "
@@ -344,7 +358,8 @@ def _run_trial(
     eval_s = time.perf_counter() - eval_start
     if cfg.hp.lora_rank > 0:
         torch.manual_seed(seed)  # adapter init must not depend on what ran before (cached arms, lm-eval)
-    student, as_teacher = stack.enter_context(student_of(bench.base_model(), cfg.hp.lora_rank))
+    prompt = bench.soft_prompt(cfg.context, seed)
+    student, as_teacher = stack.enter_context(student_of(bench.base_model(), cfg.hp.lora_rank, soft_prompt=prompt))
 
     def on_policy_of(phase: Phase) -> OnPolicy | None:
         if not TARGETS[phase.name].uses_student:
@@ -377,6 +392,8 @@ def _run_trial(
             reporter.report(step, {HELDOUT_KL.name: kl})
 
     settings = train_settings(cfg.hp, s.training, seed)
+    if prompt is not None and (lr := MODIFICATIONS.resolve(cfg.context.name, cfg.context.params)[1]["learning_rate"]):
+        settings = dataclasses.replace(settings, learning_rate=float(lr))
     result = train(
         student,
         examples,
@@ -398,7 +415,8 @@ def _run_trial(
     if reporter:
         reporter.log_step(result.steps, {HELDOUT_KL.name: after["heldout_kl"]})
     h = bench.heldout()
-    saved = [len(a) - len(b) for a, b in zip(h.prompts, bench.encode(h.docs, c_student), strict=True)]
+    virtual = prompt.n_tokens if prompt is not None else 0  # |c| − n: the virtual tokens are context too
+    saved = [len(a) - len(b) - virtual for a, b in zip(h.prompts, bench.encode(h.docs, c_student), strict=True)]
     eval_start = time.perf_counter()
     split_arms = {
         name: Arms(t_arm, b_arm, bench.arm("student", student, None, c_student, name))

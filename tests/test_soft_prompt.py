@@ -9,13 +9,16 @@ import copy
 import lm_eval
 import pytest
 import torch
-from helpers import SUITES
+from helpers import SUITES, write_suite
 
 from harness import generation, scoring, softprompt
 from harness.batching import make_batch, target_logits, target_logits_and_hidden
-from harness.contexts import Context
+from harness.config import HyperParams, TrialConfig
+from harness.contexts import Context, init_ids
 from harness.lm import PrefixReuseLM, QuietHFLM
+from harness.spec import load_suite
 from harness.tasks import encode_prompt, load_task, task_manager
+from harness.trial import InvalidCombination, Workbench, run_trial
 
 TEXT = "Answer E if the number is even and O if it is odd."
 
@@ -197,3 +200,61 @@ def test_lm_eval_scores_the_soft_prompt_as_the_plain_model_with_the_text_in_fron
     assert arm.answers == {i: scoring._answer(s) for i, s in want.items()}
     # not vacuous: without the text in front the model returns something else
     assert any(_responses(plain[i]) != _responses(want[i]) for i in want)
+
+
+# ----------------------------------------------------------------------------- in a trial and a study
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("soft-prompt")
+    path = write_suite(
+        folder,
+        axes={
+            "targets": [{"name": "greedy"}],
+            "contexts": [{"name": "empty"}, {"name": "soft_prompt", "n_tokens": 4, "learning_rate": 0.05}],
+            "losses": [{"name": "forward_kl"}],
+        },
+        hyperparameters={"learning_rate": 1.0e-3, "epochs": 1, "batch_size": 4, "train_inputs": 8, "lora_rank": 0},
+    )
+    return Workbench(load_suite(path))
+
+
+def _config(bench, context: int, **hp) -> TrialConfig:
+    s = bench.suite
+    values = {**dict(s.hyperparameters), **hp}
+    return TrialConfig(s.axes.targets[0], s.axes.contexts[context], s.axes.losses[0], HyperParams.from_values(values))
+
+
+@pytest.mark.slow
+def test_a_soft_prompt_trial_trains_only_its_tokens_and_is_scored_with_exactly_them(bench):
+    model = bench.base_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kept: list[softprompt.SoftPrompt] = []
+
+    def keep(student):
+        assert student is model  # no copy: the frozen base with the tokens attached
+        kept.append(copy.deepcopy(softprompt.attached(student)))
+
+    result = run_trial(bench, _config(bench, 1), bench.suite.seed, on_trained=keep)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)  # bitwise
+    assert softprompt.attached(model) is None
+    trained = kept[0]
+    untrained = bench.soft_prompt(bench.suite.axes.contexts[1], bench.suite.seed)
+    assert trained.n_tokens == 4 and not torch.equal(trained.embeddings, untrained.embeddings)
+    ids = bench.task.env(bench.context, bench.tok)
+    assert torch.equal(untrained.embeddings, model.get_input_embeddings().weight[init_ids(bench.context, ids, 4)])
+    # lm-eval, run again on the frozen model with exactly the trained tokens, gives the trial's student scores
+    with softprompt.attach(model, trained):
+        for split in ("validation", "test"):
+            again = bench.arm("student", model, None, result.student_context, split)
+            assert again.per_item == getattr(result, split).student.per_item
+    # context tokens saved = |c| − n: the 'empty' context's saving less the 4 virtual tokens
+    empty = run_trial(bench, _config(bench, 0), bench.suite.seed)
+    assert result.metrics.context_tokens_saved == pytest.approx(empty.metrics.context_tokens_saved - 4)
+
+
+def test_a_soft_prompt_with_lora_fails_fast_with_its_reason(bench):
+    with pytest.raises(InvalidCombination, match="lora_rank 0, not 4"):
+        run_trial(bench, _config(bench, 1, lora_rank=4), bench.suite.seed)
