@@ -423,7 +423,12 @@ def _run_trial(
         for name, (t_arm, b_arm) in fixed.items()
     }
     if control_base is not None:
-        c_student_arm = bench.arm("control_student", student, None, bench.control_context(), control=True)
+        # a learned c' leaves the weights untouched: off its own task the student is the base without its tokens
+        c_student_arm = (
+            dataclasses.replace(control_base, arm="control_student")
+            if prompt is not None
+            else bench.arm("control_student", student, None, bench.control_context(), control=True)
+        )
         split_arms["test"] = dataclasses.replace(
             split_arms["test"], control_base=control_base, control_student=c_student_arm
         )
