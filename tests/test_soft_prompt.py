@@ -10,8 +10,10 @@ import lm_eval
 import pytest
 import torch
 from helpers import SUITES, write_suite
+from mlflow.tracking import MlflowClient
 
-from harness import generation, scoring, softprompt
+import harness
+from harness import generation, scoring, softprompt, stores, tracking
 from harness.batching import make_batch, target_logits, target_logits_and_hidden
 from harness.config import HyperParams, TrialConfig
 from harness.contexts import Context, init_ids
@@ -258,3 +260,50 @@ def test_a_soft_prompt_trial_trains_only_its_tokens_and_is_scored_with_exactly_t
 def test_a_soft_prompt_with_lora_fails_fast_with_its_reason(bench):
     with pytest.raises(InvalidCombination, match="lora_rank 0, not 4"):
         run_trial(bench, _config(bench, 1, lora_rank=4), bench.suite.seed)
+
+
+@pytest.mark.slow
+def test_a_study_crossing_empty_and_a_soft_prompt_keeps_and_reloads_the_tokens(tmp_path):
+    """From YAML to the kept student: `harness.run` on contexts [empty, soft_prompt(n_tokens=4)]; every soft-prompt
+    seed run carries its virtual tokens as an artifact; `harness.load_student` gives the base model with exactly
+    those tokens attached, and real lm-eval scores it as the trial scored its student."""
+    path = write_suite(
+        tmp_path,
+        name="soft",
+        axes={
+            "targets": [{"name": "greedy"}],
+            "contexts": [{"name": "empty"}, {"name": "soft_prompt", "n_tokens": 4, "learning_rate": 0.05}],
+            "losses": [{"name": "forward_kl"}],
+        },
+        sweep={"sampler": "grid", "n_trials": 2, "seeds": 2},
+    )
+    df = harness.run(path)
+    assert sorted(df["state"]) == ["COMPLETE", "COMPLETE"]
+    soft = df[df["context"].str.startswith("soft_prompt")].iloc[0]
+    empty = df[df["context"] == "empty"].iloc[0]
+    assert soft["context_tokens_saved"] == pytest.approx(empty["context_tokens_saved"] - 4)
+    suite = load_suite(path)
+    tracking.use_store(stores.tracking_uri(suite))
+    client = MlflowClient()
+    runs = client.search_runs([client.get_run(soft["run_id"]).info.experiment_id])
+    seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == soft["run_id"]]
+    assert len(seeds) == 2
+    for r in seeds:
+        assert f"student/soft_prompt/{softprompt.FILE}" in {
+            a.path for a in client.list_artifacts(r.info.run_id, "student/soft_prompt")
+        }
+    first = next(r for r in seeds if r.data.tags["harness.seed"] == str(suite.seed))
+    tokens = softprompt.load(client.download_artifacts(first.info.run_id, f"student/soft_prompt/{softprompt.FILE}"))
+
+    model, tok, ctx = harness.load_student(path, trial=int(soft["trial"]))
+    attached = softprompt.attached(model)
+    assert attached is not None and torch.equal(attached.embeddings, tokens.embeddings)
+    assert ctx.soft_prompt == 4 and (ctx.system, ctx.n_demos) == (None, 0)
+    bench = Workbench(suite)
+    split = bench.splits["test"]
+    arm = scoring.evaluate_arm(
+        "student", model, tok, bench.task.lm_eval_task(split), bench.task.name, Context(None, 0),
+        metric=bench.metric, limit=split.limit, batch_size=suite.evaluation.batch_size, seed=suite.seed,
+        task_manager=task_manager(bench.task.folder),
+    )  # fmt: skip
+    assert arm.score == first.data.metrics["test_student_score"]
