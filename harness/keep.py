@@ -273,6 +273,7 @@ class Keeper:
         """The spooled student as a plain model on the CPU: the saved full model, or base + adapter merged in fp32
         (the trial scored the same adapter unmerged on the base; a bf16 frozen base on CUDA is cast up first)."""
         folder = self.spool / run_id
+        model: Any
         if (folder / "model").is_dir():
             model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
         elif (folder / "soft_prompt").is_dir():  # frozen weights: the base itself, its virtual tokens beside it

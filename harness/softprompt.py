@@ -25,7 +25,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import safe_open
@@ -50,12 +50,17 @@ class SoftPrompt(torch.nn.Module):
         return int(self.embeddings.shape[0])
 
 
+def _embedding(model: torch.nn.Module) -> torch.nn.Embedding:
+    """The model's input embedding layer (transformers' `get_input_embeddings`)."""
+    return cast(torch.nn.Embedding, cast(Any, model).get_input_embeddings())
+
+
 def initial(
     model: torch.nn.Module, n_tokens: int, text_ids: list[int] | None = None, seed: int = 0, **meta: Any
 ) -> SoftPrompt:
     """The untrained virtual tokens: the embeddings of the first n tokens of `text_ids` (repeated when shorter,
     as peft's TEXT init), or, with no text, of n vocabulary tokens drawn with `seed` (peft's SAMPLE_VOCAB)."""
-    embed = model.get_input_embeddings()
+    embed = _embedding(model)
     device = embed.weight.device
     if text_ids:
         ids = (list(text_ids) * math.ceil(n_tokens / len(text_ids)))[:n_tokens]
@@ -105,7 +110,7 @@ class _Hooks:
         if embeds is None:
             if ids is None:
                 raise ValueError("a soft-prompted model needs input_ids or inputs_embeds")
-            embeds = module.get_input_embeddings()(ids)
+            embeds = _embedding(module)(ids)
         rows, device = embeds.shape[0], embeds.device
         mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
         if mask is not None:
@@ -160,7 +165,7 @@ def attach(model: torch.nn.Module, prompt: SoftPrompt) -> Iterator[Callable[[], 
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    prompt.to(model.get_input_embeddings().weight.device)
+    prompt.to(_embedding(model).weight.device)
     hooks = _Hooks(model, prompt)
     handles = [
         model.register_forward_pre_hook(hooks.before, with_kwargs=True),
