@@ -37,7 +37,7 @@ from harness.redact import portable
 from harness.results import TrialResult
 from harness.spec import Choices, Range, Suite
 from harness.train import TrainingDiverged
-from harness.trial import InvalidCombination, Workbench, per_item_table, run_trial
+from harness.trial import InvalidCombination, Workbench, check_combination, per_item_table, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +499,13 @@ def plan(suite: Suite) -> list[str]:
         for i, point in enumerate(points, 1):
             values = dict(zip(space, point, strict=True))
             hp = " ".join(f"{k}={values[k]}" for k in space if k not in ("target", "context", "loss"))
-            lines.append(f"  {i:>3}. {tracking.run_name(values['target'], values['context'], values['loss'])} {hp}")
+            why = ""
+            try:
+                check_combination(suggest(optuna.trial.FixedTrial(values), suite))
+            except InvalidCombination as e:
+                why = f"  (fails at once: {e})"
+            name = tracking.run_name(values["target"], values["context"], values["loss"])
+            lines.append(f"  {i:>3}. {name} {hp}{why}")
     else:
         for axis, axis_values in (
             ("target", suite.axes.targets),

@@ -290,7 +290,8 @@ class Workbench:
         return {name: split.note for name, split in self.splits.items()}
 
 
-def _validate(cfg: TrialConfig) -> None:
+def check_combination(cfg: TrialConfig) -> None:
+    """Raise InvalidCombination for a configuration that cannot run (before any teacher or training work)."""
     if MODIFICATIONS.lookup(cfg.context.name).learned and cfg.hp.lora_rank > 0:
         raise InvalidCombination(
             f"context '{cfg.context.label}' learns virtual tokens on frozen weights; it needs lora_rank 0, "
@@ -316,7 +317,7 @@ def run_trial(
     `on_trained` receives the trained student before anything else (a LoRA student still as its adapter), for
     whoever keeps it; the trial itself discards it once scored.
     """
-    _validate(cfg)
+    check_combination(cfg)
     with contextlib.ExitStack() as stack:  # a LoRA student's adapters leave the base model when the trial ends
         return _run_trial(bench, cfg, seed, reporter, on_trained, stack)
 

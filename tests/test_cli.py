@@ -240,3 +240,20 @@ def test_verbose_goes_before_or_after_the_command():
     assert parser.parse_args(["-v", "run", "s.yaml"]).verbose is True
     assert parser.parse_args(["run", "s.yaml", "--verbose"]).verbose is True
     assert parser.parse_args(["run", "s.yaml"]).verbose is False
+
+
+def test_dry_run_marks_the_grid_points_that_fail_at_once(tmp_path, capsys, monkeypatch):
+    """A soft prompt crossed with a LoRA rank: the points that put adapters under virtual tokens are listed with
+    the reason they will fail, before anything runs."""
+    monkeypatch.setattr(models_module, "load", _no_model)
+    path = write_suite(
+        tmp_path,
+        axes={"contexts": [{"name": "empty"}, {"name": "soft_prompt", "n_tokens": 4}]},
+        hyperparameters={"lora_rank": {"choices": [0, 8]}, "epochs": 1, "batch_size": 4, "train_inputs": 8},
+        sweep={"sampler": "grid", "n_trials": 4},
+    )
+    assert main(["run", str(path), "--dry-run"]) == 0
+    points = [line for line in capsys.readouterr().out.splitlines() if re.match(r"\s+\d+\. ", line)]
+    failing = [line for line in points if "fails at once" in line]
+    assert len(points) == 4 and len(failing) == 1
+    assert "soft_prompt(n_tokens=4)" in failing[0] and "lora_rank=8" in failing[0] and "not 8" in failing[0]
