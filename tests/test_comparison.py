@@ -130,3 +130,15 @@ def test_benchmark_needs_distinct_suite_names(tmp_path):
     suite = load_suite(write_suite(tmp_path))
     with pytest.raises(SuiteError, match="share a name"):
         benchmark.write_benchmark([suite, suite], tmp_path / "out")
+
+
+def test_benchmark_headline_names_every_configuration_tied_for_the_best_rank():
+    """Two configurations with the same mean rank: the line names both (a sort order must not pick one)."""
+    t1 = pd.DataFrame({"configuration": ["A", "B", "C"], "test": [0.9, 0.8, 0.1], "verdict": ["best", "tie", "worse"]})
+    t2 = pd.DataFrame({"configuration": ["A", "B", "C"], "test": [0.7, 0.8, 0.1], "verdict": ["tie", "best", "worse"]})
+    agg = stats.aggregate_tasks({"one": t1, "two": t2}, n_boot=200)
+    line = benchmark.headline(agg)
+    assert line.startswith("`A` and `B` tie for the best mean test rank across 2 tasks: 1.50") or line.startswith(
+        "`B` and `A` tie for the best mean test rank across 2 tasks: 1.50"
+    )
+    assert line.endswith("the rank intervals of 0 of the 1 others overlap theirs.")

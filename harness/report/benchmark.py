@@ -41,19 +41,30 @@ def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
 
 
 def headline(agg: pd.DataFrame) -> str:
-    """The quotable line: which configuration ranks best across tasks, and how many others it cannot be told from."""
+    """The quotable line: which configuration ranks best across tasks (all of them, when tied), and how many
+    others it cannot be told from."""
     top = agg.iloc[0]
     n_tasks = int(agg["tasks"].max())
-    others = agg.iloc[1:]
-    overlap = others[others["rank_low"] <= top["rank_high"]]
-    body = (
-        f"`{top['configuration']}` has the best mean test rank across {n_tasks} task{'s' if n_tasks != 1 else ''}: "
-        f"{top['rank_mean']:.2f} (95% interval over tasks {top['rank_low']:.2f}–{top['rank_high']:.2f}, "
-        f"range {fmt(top['rank_min'])}–{fmt(top['rank_max'])})"
-    )
+    tasks = f"{n_tasks} task{'s' if n_tasks != 1 else ''}"
+    tied = agg[agg["rank_mean"] == top["rank_mean"]]
+    others = agg.iloc[len(tied) :]
+    overlap = others[others["rank_low"] <= tied["rank_high"].max()]
+    if len(tied) > 1:
+        spans = ", ".join(f"{r['rank_low']:.2f}–{r['rank_high']:.2f}" for _, r in tied.iterrows())
+        body = (
+            f"{' and '.join(f'`{c}`' for c in tied['configuration'])} tie for the best mean test rank across "
+            f"{tasks}: {top['rank_mean']:.2f} (95% intervals over tasks {spans})"
+        )
+    else:
+        body = (
+            f"`{top['configuration']}` has the best mean test rank across {tasks}: {top['rank_mean']:.2f} (95% "
+            f"interval over tasks {top['rank_low']:.2f}–{top['rank_high']:.2f}, range {fmt(top['rank_min'])}–"
+            f"{fmt(top['rank_max'])})"
+        )
     if others.empty:
-        return body + "; it is the only configuration."
-    return body + f"; the rank intervals of {len(overlap)} of the {len(others)} others overlap its."
+        return body + ("; they are the only configurations." if len(tied) > 1 else "; it is the only configuration.")
+    theirs = "theirs" if len(tied) > 1 else "its"
+    return body + f"; the rank intervals of {len(overlap)} of the {len(others)} others overlap {theirs}."
 
 
 def benchmark_md(agg: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> str:
