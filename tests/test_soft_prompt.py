@@ -5,6 +5,7 @@ path that reads the student: training logits (and hidden states), generation, an
 from __future__ import annotations
 
 import copy
+import math
 
 import lm_eval
 import pytest
@@ -18,7 +19,7 @@ from harness.batching import make_batch, target_logits, target_logits_and_hidden
 from harness.config import HyperParams, TrialConfig
 from harness.contexts import Context, init_ids
 from harness.lm import PrefixReuseLM, QuietHFLM
-from harness.spec import load_suite
+from harness.spec import AxisValue, load_suite
 from harness.tasks import encode_prompt, load_task, task_manager
 from harness.trial import InvalidCombination, Workbench, run_trial
 
@@ -307,3 +308,20 @@ def test_a_study_crossing_empty_and_a_soft_prompt_keeps_and_reloads_the_tokens(t
         task_manager=task_manager(bench.task.folder),
     )  # fmt: skip
     assert arm.score == first.data.metrics["test_student_score"]
+
+
+@pytest.mark.slow
+def test_on_policy_and_hidden_state_losses_train_a_soft_prompt(bench):
+    """The student samples with its virtual tokens and the teacher (the same model, tokens off) scores the samples;
+    a hidden-state loss reads the student's states at the caller's positions. The weights stay bitwise frozen."""
+    model = bench.base_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    s = bench.suite
+    hp = HyperParams.from_values(dict(s.hyperparameters))
+    for target, loss in (
+        (AxisValue(name="on_policy", mix=1.0), AxisValue(name="forward_kl")),
+        (AxisValue(name="greedy"), AxisValue(name="hidden_mse", layers=[-1], weight=0.5)),
+    ):
+        result = run_trial(bench, TrialConfig(target, s.axes.contexts[1], loss, hp), s.seed)
+        assert math.isfinite(result.metrics.final_train_loss) and result.metrics.train_steps == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
