@@ -100,7 +100,7 @@ def make_sampler(suite: Suite) -> workers.PerTrialSeed:
 
     def make(seed: int) -> optuna.samplers.BaseSampler:
         if kind == "grid":
-            return optuna.samplers.GridSampler(space, seed=seed)
+            return workers.seeded_grid(space, suite.seed, seed)
         if kind == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
         if kind == "random":
@@ -124,7 +124,7 @@ def make_pruner(suite: Suite) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
 
 
-def suggest(trial: optuna.Trial, suite: Suite) -> TrialConfig:
+def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, suite: Suite) -> TrialConfig:
     """Draw one configuration: the three categorical axes plus the searched hyperparameters."""
     ax = suite.axes
     by_label = {

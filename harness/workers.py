@@ -23,13 +23,14 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler
+from optuna.samplers import BaseSampler, GridSampler
+from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import FrozenTrial, TrialState
 
 from harness import stores, tracking
@@ -106,6 +107,16 @@ class PerTrialSeed(BaseSampler):
 
     def reseed_rng(self) -> None:
         """Nothing to reseed: every trial's seed comes from its number."""
+
+
+def seeded_grid(space: Mapping[str, Sequence[Any]], grid_seed: int, pick_seed: int) -> GridSampler:
+    """A GridSampler for one trial: the grid shuffled by `grid_seed` (the suite's: a grid id is the same point in
+    every trial and worker, so every point runs once), the pick among unvisited points drawn with `pick_seed`
+    (the trial's: two workers starting together rarely take the same point). Optuna draws both from one
+    generator, so the pick's is replaced once the shuffle is done."""
+    sampler = GridSampler(dict(space), seed=grid_seed)
+    sampler._rng = LazyRandomState(pick_seed)
+    return sampler
 
 
 # ----------------------------------------------------------------------------- counting

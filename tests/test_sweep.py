@@ -325,3 +325,23 @@ def test_run_exits_1_when_no_trial_completed(tmp_path, capsys):
     assert cli.main(["run", str(path), "--no-report"]) == 1
     err = capsys.readouterr().err
     assert "error: no trial completed (1 trials: 1 × TrainingDiverged)" in err
+
+
+def test_the_grid_sampler_visits_every_point_once(tmp_path):
+    """Every trial gets a fresh sampler (workers.PerTrialSeed); the grid's order must still be the same in all of
+    them, or a grid id means a different point in each trial and points repeat while others never run."""
+    path = write_suite(
+        tmp_path,
+        axes={
+            "contexts": [{"name": "empty"}, {"name": "fewer_demos", "k": 1}],
+            "losses": [{"name": "self_target_nll"}, {"name": "forward_kl"}],
+        },
+        hyperparameters={"lora_rank": {"choices": [0, 8]}, "learning_rate": {"choices": [1.0e-4, 1.0e-3]}},
+        sweep={"sampler": "grid", "n_trials": 16},
+    )
+    suite = load_suite(path)
+    for seed in (0, 1, 7):
+        study = optuna.create_study(sampler=sweep.make_sampler(suite.model_copy(update={"seed": seed})))
+        study.optimize(lambda t: float(len(str(sweep.suggest(t, suite)))), n_trials=16)
+        points = {tuple(sorted(t.params.items())) for t in study.trials}
+        assert len(points) == 16, f"seed {seed}: {len(points)} distinct points in 16 trials"
