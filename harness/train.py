@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -98,7 +99,9 @@ class TrainResult:
 def apply_lora(model: torch.nn.Module, rank: int) -> PeftModel:
     """Wrap the student in LoRA adapters on every linear layer (rank > 0)."""
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():  # peft reads a transformers attribute deprecated for v6: one line per trial
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, cfg)
 
 
 @contextlib.contextmanager
