@@ -115,13 +115,14 @@ def soft_prompt(
     *,
     n_tokens: PositiveInt = 16,
     init: Literal["text", "random"] = "text",
-    learning_rate: Positive | None = None,
+    lr_scale: Positive = 100.0,
 ) -> Context:
     """c' = n trainable virtual tokens and no text: the context moves into n input embeddings while the model's
     weights stay frozen (prompt tuning, the gisting idea). `init: text` starts from the embeddings of c's first
     n tokens (flattened as `truncate` does, repeated when c is shorter); `random` from n vocabulary tokens drawn
-    with the training seed. `learning_rate` overrides the suite's for the virtual tokens (prompt tuning wants a
-    far larger step than weights do), so one grid can cross soft prompts with weight training fairly."""
+    with the training seed. The virtual tokens train at `lr_scale` × the suite's learning_rate: prompt tuning
+    wants a far larger step than weights do (1e-2 to 3e-1 against 1e-5 to 1e-3), and a scale keeps one
+    learning-rate search meaningful for soft prompts and weights in the same grid."""
     return Context(system=None, n_demos=0)
 
 

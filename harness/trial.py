@@ -393,8 +393,9 @@ def _run_trial(
             reporter.report(step, {HELDOUT_KL.name: kl})
 
     settings = train_settings(cfg.hp, s.training, seed)
-    if prompt is not None and (lr := MODIFICATIONS.resolve(cfg.context.name, cfg.context.params)[1]["learning_rate"]):
-        settings = dataclasses.replace(settings, learning_rate=float(lr))
+    if prompt is not None:  # virtual tokens take a larger step than weights (soft_prompt's lr_scale)
+        scale = float(MODIFICATIONS.resolve(cfg.context.name, cfg.context.params)[1]["lr_scale"])
+        settings = dataclasses.replace(settings, learning_rate=settings.learning_rate * scale)
     result = train(
         student,
         examples,

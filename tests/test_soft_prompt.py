@@ -215,7 +215,7 @@ def bench(tmp_path_factory):
         folder,
         axes={
             "targets": [{"name": "greedy"}],
-            "contexts": [{"name": "empty"}, {"name": "soft_prompt", "n_tokens": 4, "learning_rate": 0.05}],
+            "contexts": [{"name": "empty"}, {"name": "soft_prompt", "n_tokens": 4, "lr_scale": 50}],
             "losses": [{"name": "forward_kl"}],
         },
         hyperparameters={"learning_rate": 1.0e-3, "epochs": 1, "batch_size": 4, "train_inputs": 8, "lora_rank": 0},
@@ -253,6 +253,14 @@ def test_a_soft_prompt_trial_trains_only_its_tokens_and_is_scored_with_exactly_t
         for split in ("validation", "test"):
             again = bench.arm("student", model, None, result.student_context, split)
             assert again.per_item == getattr(result, split).student.per_item
+    # the tokens step at lr_scale × the suite's learning rate: a scale near 0 leaves them where they started
+    still = AxisValue(name="soft_prompt", n_tokens=4, lr_scale=1e-9)
+    hp = HyperParams.from_values(dict(bench.suite.hyperparameters))
+    frozen: list[softprompt.SoftPrompt] = []
+    cfg = TrialConfig(bench.suite.axes.targets[0], still, bench.suite.axes.losses[0], hp)
+    run_trial(bench, cfg, bench.suite.seed, on_trained=lambda s: frozen.append(copy.deepcopy(softprompt.attached(s))))
+    moved = (trained.embeddings - untrained.embeddings).abs().max()
+    assert (frozen[0].embeddings - untrained.embeddings).abs().max() < 1e-6 < moved
     # context tokens saved = |c| − n: the 'empty' context's saving less the 4 virtual tokens
     empty = run_trial(bench, _config(bench, 0), bench.suite.seed)
     assert result.metrics.context_tokens_saved == pytest.approx(empty.metrics.context_tokens_saved - 4)
@@ -273,7 +281,7 @@ def test_a_study_crossing_empty_and_a_soft_prompt_keeps_and_reloads_the_tokens(t
         name="soft",
         axes={
             "targets": [{"name": "greedy"}],
-            "contexts": [{"name": "empty"}, {"name": "soft_prompt", "n_tokens": 4, "learning_rate": 0.05}],
+            "contexts": [{"name": "empty"}, {"name": "soft_prompt", "n_tokens": 4, "lr_scale": 50}],
             "losses": [{"name": "forward_kl"}],
         },
         sweep={"sampler": "grid", "n_trials": 2, "seeds": 2},
