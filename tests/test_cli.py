@@ -128,7 +128,7 @@ def test_dry_run_of_a_sampled_study_shows_axes_and_ranges(tmp_path, capsys, monk
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "5 trials" in out and "TPESampler" in out
-    assert re.search(r"context\s+empty, fewer_demos\(k=1\)", out)
+    assert re.search(r"context\s+fewer_demos\(k=1\), empty", out)
     assert re.search(r"learning_rate\s+float in \[0\.0001, 0\.003\], log scale", out)
     assert "fixed: " in out and "epochs=1" in out
     assert not (tmp_path / ".harness" / "optuna.db").exists()
