@@ -325,6 +325,10 @@ def summary_sentence(table: pd.DataFrame) -> str:
         raise StatsError("summary: the table needs exactly one 'best' row (build it with comparison_table)")
     name = best_rows["configuration"].iloc[0]
     others = table[table["verdict"] != "best"]
+    lead = f"{name} is best on validation"
+    if "validation" in table and len(tied := others[others["validation"] == best_rows["validation"].iloc[0]]):
+        plural = "s" if len(tied) > 1 else ""
+        lead += f" (tied there with {len(tied)} other{plural}; the earliest trial is the reference)"
     if others.empty:
         return f"{name} is the only configuration; there is nothing to compare it with."
     n = len(others)
@@ -340,7 +344,7 @@ def summary_sentence(table: pd.DataFrame) -> str:
         who = ", ".join(ahead["configuration"])
         parts.append(f"worse than {len(ahead)} ({who}; p <= {_fmt_p(ahead['p_holm'].max())})")
     body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"{name} is best on validation; on test it is {body}."
+    return f"{lead}; on test it is {body}."
 
 
 def aggregate_tasks(tables: Mapping[str, pd.DataFrame], n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:

@@ -240,3 +240,12 @@ def test_aggregate_tasks_mean_rank_by_hand():
     assert ((agg["rank_low"] >= agg["rank_min"]) & (agg["rank_high"] <= agg["rank_max"])).all()
     assert agg.loc["A", "rank_low"] == 1.0 and agg.loc["A", "rank_high"] == 3.0  # both tasks drawn twice happens
     assert agg.loc["D", "verdict[t2]"] == "-" and agg.loc["B", "verdict[t1]"] == "worse"
+
+
+def test_summary_sentence_says_when_validation_ties():
+    """Two configurations with the same validation figure: the sentence names the reference and says it is tied."""
+    df = stats.comparison_table(_four_configurations(), n_boot=200)
+    df.loc[df["configuration"] == "C", "validation"] = df.loc[df["configuration"] == "A", "validation"].iloc[0]
+    assert stats.summary_sentence(df).startswith(
+        "A is best on validation (tied there with 1 other; the earliest trial is the reference); on test it is"
+    )

@@ -83,7 +83,9 @@ def compare(suite: Suite, df: pd.DataFrame, scores: Mapping[str, Mapping[str, An
     if done.empty:
         return None
     done["configuration"] = labels(done)
-    done = done.sort_values(val_col, ascending=False, kind="stable")
+    # ties on validation: the earliest trial is the reference (the sentence says so)
+    keys = [val_col, "trial"] if "trial" in done else [val_col]
+    done = done.sort_values(keys, ascending=[False, True][: len(keys)], kind="stable")
     data = [aggregate.read_item_scores(scores[rid], "test") for rid in done["run_id"]]
     grids, seeds = aggregate.paired(data)
     n_boot, seed = suite.evaluation.bootstrap, suite.seed
