@@ -32,6 +32,7 @@ from harness import keep, models, softprompt, stores, tracking
 from harness.keep import StudentContext
 from harness.report.runs import best_trials, load_runs, load_study, seed_runs, trial_table
 from harness.spec import Suite
+from harness.train import quiet_peft
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ def _logged(location: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 
 def _merged(suite: Suite, adapter: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     base = models.load(keep.base_name(suite), "cpu")
-    merged = PeftModel.from_pretrained(base.model, adapter).merge_and_unload()
+    with quiet_peft():
+        merged = PeftModel.from_pretrained(base.model, adapter).merge_and_unload()
     return merged, base.tokenizer
 
 

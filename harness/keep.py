@@ -48,6 +48,7 @@ from harness.contexts import Context
 from harness.metrics import TrialMetrics
 from harness.spec import Suite
 from harness.tasks import TaskBundle, encode_prompt
+from harness.train import quiet_peft
 from harness.trial import Workbench
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,8 @@ class Keeper:
             model = copy.deepcopy(self.bench.base_model()).to("cpu").float()
         else:
             base = copy.deepcopy(self.bench.base_model()).to("cpu").float()
-            model = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload()
+            with quiet_peft():
+                model = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload()
         model.name_or_path = base_name(self.suite)  # MLflow records it; the spool folder is deleted
         return cast(PreTrainedModel, model)
 

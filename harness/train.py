@@ -99,9 +99,17 @@ class TrainResult:
 def apply_lora(model: torch.nn.Module, rank: int) -> PeftModel:
     """Wrap the student in LoRA adapters on every linear layer (rank > 0)."""
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft reads a transformers attribute deprecated for v6: one line per trial
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with quiet_peft():
         return get_peft_model(model, cfg)
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft reads a transformers attribute deprecated for v6 whenever it wraps a model: one log line per LoRA trial
+    (and per kept adapter loaded back), about nothing the user can change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 @contextlib.contextmanager
