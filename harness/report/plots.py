@@ -41,7 +41,9 @@ def plot_forest(table: pd.DataFrame | None, path: Path) -> None:
     statistic = str(table["statistic"].iloc[0])
     n = len(table)
     colours = {"best": "tab:blue", "better": "tab:green", "worse": "tab:red", "tie": "dimgrey"}
-    fig, ax = plt.subplots(figsize=(11.0, 2.0 + 0.42 * n))
+    ticks = [f"{r['configuration']}  (val {r['validation']:.3f})" for _, r in table.iterrows()]
+    # the labels take their own width (about 0.075 in a character), the intervals keep about 6 inches
+    fig, ax = plt.subplots(figsize=(max(11.0, 6.0 + 0.075 * max(len(t) for t in ticks)), 2.0 + 0.42 * n))
     y = np.arange(n)[::-1]  # validation rank 1 at the top
     for yi, (_, r) in zip(y, table.iterrows(), strict=True):
         c = colours.get(str(r["verdict"]), "black")
@@ -52,7 +54,6 @@ def plot_forest(table: pd.DataFrame | None, path: Path) -> None:
     if statistic == "gap_closure":
         ax.axvline(0, color="grey", lw=0.8, ls=":")
         ax.axvline(1, color="green", lw=0.8, ls=":")
-    ticks = [f"{r['configuration']}  (val {r['validation']:.3f})" for _, r in table.iterrows()]
     ax.set_yticks(y, ticks)
     ax.set_ylim(-0.7, n - 0.3)
     name = "gap closure (0 = baseline, 1 = teacher)" if statistic == "gap_closure" else "student score"
