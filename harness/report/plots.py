@@ -72,7 +72,7 @@ def plot_forest(table: pd.DataFrame | None, path: Path) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
