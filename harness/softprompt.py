@@ -91,8 +91,8 @@ def active(model: torch.nn.Module) -> bool:
 class _Hooks:
     """The pre- and post-forward hooks that put the virtual tokens in front of every sequence."""
 
-    def __init__(self, model: torch.nn.Module, prompt: SoftPrompt) -> None:
-        self.model, self.prompt = model, prompt
+    def __init__(self, prompt: SoftPrompt) -> None:
+        self.prompt = prompt
         self.enabled = True
         self.prepended = False
 
@@ -166,7 +166,7 @@ def attach(model: torch.nn.Module, prompt: SoftPrompt) -> Iterator[Callable[[], 
     for p in model.parameters():
         p.requires_grad_(False)
     prompt.to(_embedding(model).weight.device)
-    hooks = _Hooks(model, prompt)
+    hooks = _Hooks(prompt)
     handles = [
         model.register_forward_pre_hook(hooks.before, with_kwargs=True),
         model.register_forward_hook(hooks.after, with_kwargs=True),

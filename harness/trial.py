@@ -114,7 +114,7 @@ class Workbench:
             return None
         n = int(params["n_tokens"])
         ids = init_ids(self.context, self.task.env(self.context, self.tok), n) if params["init"] == "text" else None
-        return softprompt.initial(self.base_model(), n, ids, seed, context=mod.label)
+        return softprompt.initial(self.base_model(), n, ids, seed, context=mod.label, lr_scale=params["lr_scale"])
 
     def encode(self, docs: list[dict[str, Any]], ctx: Context) -> list[list[int]]:
         """Prompt ids of (ctx, doc), the ids lm-eval feeds the model for the same item (BOS included)."""
@@ -394,8 +394,7 @@ def _run_trial(
 
     settings = train_settings(cfg.hp, s.training, seed)
     if prompt is not None:  # virtual tokens take a larger step than weights (soft_prompt's lr_scale)
-        scale = float(MODIFICATIONS.resolve(cfg.context.name, cfg.context.params)[1]["lr_scale"])
-        settings = dataclasses.replace(settings, learning_rate=settings.learning_rate * scale)
+        settings = dataclasses.replace(settings, learning_rate=settings.learning_rate * float(prompt.meta["lr_scale"]))
     result = train(
         student,
         examples,
