@@ -66,6 +66,9 @@ def train_settings(hp: HyperParams, training: Training, seed: int) -> TrainSetti
     )
 
 
+DEFAULT_INPUTS = AxisValue(name="train_split")
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """One point of the sweep: a value per axis plus concrete hyperparameters."""
@@ -74,11 +77,22 @@ class TrialConfig:
     context: AxisValue
     loss: AxisValue
     hp: HyperParams
+    inputs: AxisValue = DEFAULT_INPUTS  # where z comes from; the train split unless the suite says otherwise
+
+    @property
+    def inputs_label(self) -> str | None:
+        """The inputs axis value where it is not the default train split (run names and labels show it then)."""
+        return None if self.inputs == DEFAULT_INPUTS else self.inputs.label
 
     def params(self) -> dict[str, Any]:
-        """Flat parameter names for tracking: axis.* labels, axis params, and hp.*."""
+        """Flat parameter names for tracking: axis.* labels, axis params, and hp.*; `inputs` where it is not
+        the train split (a study written before the axis keeps its parameters)."""
         out: dict[str, Any] = {"target": self.target.label, "context": self.context.label, "loss": self.loss.label}
-        for axis, v in (("target", self.target), ("context", self.context), ("loss", self.loss)):
+        axes = [("target", self.target), ("context", self.context), ("loss", self.loss)]
+        if self.inputs_label is not None:
+            out["inputs"] = self.inputs_label
+            axes.append(("inputs", self.inputs))
+        for axis, v in axes:
             out[f"{axis}.name"] = v.name
             for k, p in v.params.items():
                 out[f"{axis}.{k}"] = p
@@ -89,8 +103,8 @@ class TrialConfig:
 def fixed_config(suite: Suite) -> TrialConfig:
     """The single configuration of a suite that fixes one value per axis and every hyperparameter."""
     ax = suite.axes
-    if any(len(v) != 1 for v in (ax.targets, ax.contexts, ax.losses)) or suite.hyperparameters.searched():
+    if any(len(v) != 1 for v in (ax.targets, ax.contexts, ax.losses, ax.inputs)) or suite.hyperparameters.searched():
         raise ValueError("suite sweeps several values; run it as a study")
     return TrialConfig(
-        ax.targets[0], ax.contexts[0], ax.losses[0], HyperParams.from_values(dict(suite.hyperparameters))
+        ax.targets[0], ax.contexts[0], ax.losses[0], HyperParams.from_values(dict(suite.hyperparameters)), ax.inputs[0]
     )

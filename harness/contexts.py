@@ -1,9 +1,10 @@
 """Context modifications c → c': named, deterministic functions in one registry.
 
-A context is a system instruction plus the first `n_demos` demonstrations of the
-task's demo split. That is exactly the pair (system_instruction, num_fewshot)
-lm-eval takes, so the string a student trains on and the string lm-eval scores
-are built by the same code (see `tasks.py`).
+A context is up to three texts (an instruction, a system prompt, a document: what a suite reads from
+its own fields and files) plus the first `n_demos` demonstrations of the task's demo split. The texts
+join into one system message, so c is exactly the pair (system_instruction, num_fewshot) lm-eval takes,
+and the string a student trains on and the string lm-eval scores are built by the same code (`tasks.py`).
+Modifications keep, drop or replace the parts by name.
 """
 
 from __future__ import annotations
@@ -14,13 +15,34 @@ from typing import Any, Literal, Protocol
 
 from harness.registry import Entry, NonNegativeInt, Positive, PositiveInt, Registry
 
+PARTS = ("instruction", "system_prompt", "document")  # the text parts of c, in the order they are joined
+
 
 @dataclass(frozen=True)
 class Context:
-    """What the model sees before the query: an optional system instruction and k demonstrations."""
+    """What the model sees before the query: up to three texts in one system message, and k demonstrations.
 
-    system: str | None
+    `instruction` is the suite's short task instruction, `system_prompt` a long prompt (persona, rule sheet)
+    and `document` a text whose knowledge c carries; either may be None. A modification that writes new text
+    (truncate, tag) puts it in `instruction`."""
+
+    instruction: str | None
     n_demos: int = 0
+    system_prompt: str | None = None
+    document: str | None = None
+
+    @property
+    def system(self) -> str | None:
+        """The system message: the text parts joined by blank lines (None when c has no text)."""
+        texts = [t for t in (self.instruction, self.system_prompt, self.document) if t]
+        return "\n\n".join(texts) if texts else None
+
+    def only(self, *parts: str, n_demos: int = 0) -> Context:
+        """c with just the named text parts kept, and `n_demos` demonstrations."""
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown context part(s) {sorted(unknown)} (known: {', '.join(PARTS)})")
+        return Context(n_demos=n_demos, **{p: getattr(self, p) if p in parts else None for p in PARTS})
 
 
 class Tokenizer(Protocol):
@@ -60,27 +82,39 @@ def full(c: Context, env: ContextEnv) -> Context:
 @register("empty")
 def empty(c: Context, env: ContextEnv) -> Context:
     """c' = nothing: the whole context must move into the weights."""
-    return Context(system=None, n_demos=0)
+    return Context(None, 0)
 
 
 @register("instruction_only")
 def instruction_only(c: Context, env: ContextEnv) -> Context:
-    """Keep the instruction, drop the demonstrations: distil what the examples teach."""
-    return Context(system=c.system, n_demos=0)
+    """Keep the instruction, drop the demonstrations, the system prompt and the document: distil what they teach."""
+    return c.only("instruction")
 
 
 @register("demos_only")
 def demos_only(c: Context, env: ContextEnv) -> Context:
-    """Keep the demonstrations, drop the instruction."""
-    return Context(system=None, n_demos=c.n_demos)
+    """Keep the demonstrations, drop every text part."""
+    return c.only(n_demos=c.n_demos)
 
 
 @register("fewer_demos")
 def fewer_demos(c: Context, env: ContextEnv, *, k: NonNegativeInt = 1) -> Context:
-    """Keep the instruction and the first k demonstrations."""
+    """Keep the text parts and the first k demonstrations."""
     if k < 0:
         raise ValueError(f"fewer_demos: k must be ≥ 0, got {k}")
-    return Context(system=c.system, n_demos=min(int(k), c.n_demos))
+    return c.only(*PARTS, n_demos=min(int(k), c.n_demos))
+
+
+Part = Literal["instruction", "system_prompt", "document", "demos"]
+
+
+@register("without")
+def without(c: Context, env: ContextEnv, *, part: Part = "document") -> Context:
+    """Drop one part of c and keep the rest: `without(part=document)` asks whether the weights can hold a
+    document's facts while the instruction stays in the prompt, `without(part=system_prompt)` a persona's rules."""
+    if part == "demos":
+        return c.only(*PARTS)
+    return c.only(*(p for p in PARTS if p != part), n_demos=c.n_demos)
 
 
 def flatten(c: Context, env: ContextEnv) -> str:
@@ -99,13 +133,13 @@ def truncate(c: Context, env: ContextEnv, *, n: PositiveInt = 32) -> Context:
         raise ValueError(f"truncate: n must be ≥ 1, got {n}")
     ids = env.tokenizer.encode(flatten(c, env), add_special_tokens=False)[: int(n)]
     text = env.tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return Context(system=text or None, n_demos=0)
+    return Context(text or None, 0)
 
 
 @register("tag")
 def tag(c: Context, env: ContextEnv, *, text: str | None = None) -> Context:
     """A short task tag replaces the context: the student learns to expand the tag into the skill."""
-    return Context(system=text if text is not None else f"Task: {env.task_name}", n_demos=0)
+    return Context(text if text is not None else f"Task: {env.task_name}", 0)
 
 
 @register("soft_prompt", learned=True)
@@ -123,7 +157,7 @@ def soft_prompt(
     with the training seed. The virtual tokens train at `lr_scale` × the suite's learning_rate: prompt tuning
     wants a far larger step than weights do (1e-2 to 3e-1 against 1e-5 to 1e-3), and a scale keeps one
     learning-rate search meaningful for soft prompts and weights in the same grid."""
-    return Context(system=None, n_demos=0)
+    return Context(None, 0)
 
 
 def init_ids(c: Context, env: ContextEnv, n_tokens: int) -> list[int]:

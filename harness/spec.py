@@ -34,7 +34,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from harness import sources
 from harness.contexts import MODIFICATIONS
+from harness.inputs import INPUTS
 from harness.losses import LOSSES, teacher_needs
 from harness.redact import redact
 from harness.registry import (
@@ -97,10 +99,42 @@ class Task(_Strict):
     control: ControlTask | None = Field(None, description="an unrelated task scored to show forgetting")
 
 
+class Text(_Strict):
+    """A text of c, inline (`text`) or from a UTF-8 file next to the suite (`file`); a plain string is `text`."""
+
+    file: str | None = Field(None, description="a UTF-8 file, relative to the suite file")
+    text: str | None = Field(None, description="the text itself")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string(cls, v: Any) -> Any:
+        return {"text": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Text:
+        if (self.file is None) == (self.text is None):
+            raise ValueError("give exactly one of `file` and `text`")
+        return self
+
+
+class Document(Text):
+    """A document whose knowledge c carries (facts, a manual, a codebase's notes)."""
+
+    max_tokens: Integer | None = Field(
+        None,
+        ge=1,
+        description="keep the document's first N tokens (None: all of it; a document longer than the model's "
+        "window fails before any trial)",
+    )
+
+
 class ContextSpec(_Strict):
-    """The teacher's full context c: a system instruction plus the first `demos` demonstrations."""
+    """The teacher's full context c: an instruction, a system prompt and a document (each optional, joined in
+    that order into the system message) plus the first `demos` demonstrations."""
 
     instruction: str | None = None
+    system_prompt: Text | None = Field(None, description="a long system prompt: a persona, a rule sheet")
+    document: Document | None = Field(None, description="a document c carries, its facts to be distilled")
     demos: Integer = Field(4, ge=0)
 
 
@@ -178,14 +212,46 @@ if TYPE_CHECKING:  # what the fields hold; pydantic builds the checking types be
     TargetAxis: TypeAlias = list[AxisValue]
     ContextAxis: TypeAlias = list[AxisValue]
     LossAxis: TypeAlias = list[AxisValue]
+    InputsAxis: TypeAlias = list[AxisValue]
 else:
     TargetAxis, ContextAxis, LossAxis = _axis(TARGETS), _axis(MODIFICATIONS), _axis(LOSSES)
+    InputsAxis = _axis(INPUTS)
+
+
+def _uses_references(t: AxisValue) -> bool:
+    """A target value that reads the dataset's answers: ground_truth, or a schedule with it as a phase."""
+    if t.name == "ground_truth":
+        return True
+    return any(isinstance(v, dict) and v.get("name") == "ground_truth" for v in t.params.values())
 
 
 class Axes(_Strict):
     targets: TargetAxis = Field(default_factory=lambda: [AxisValue(name="greedy")])
     contexts: ContextAxis = Field(default_factory=lambda: [AxisValue(name="empty")])
     losses: LossAxis = Field(default_factory=lambda: [AxisValue(name="self_target_nll")])
+    inputs: InputsAxis = Field(
+        default_factory=lambda: [AxisValue(name="train_split")],
+        description="where the inputs z come from: train_split, self_study, paraphrase, mixed",
+    )
+
+    @model_validator(mode="after")
+    def _references_need_train_items(self) -> Axes:
+        """`ground_truth` trains on the dataset's answers, which generated inputs do not have."""
+        generated = [f"inputs.{i} '{v.label}'" for i, v in enumerate(self.inputs) if INPUTS[v.name].generated]
+        errors = [
+            error_detail(
+                "value_error",
+                ("targets", i),
+                f"{t.label} trains on the dataset's answers, which generated inputs have none of: "
+                f"{', '.join(generated)}; use greedy or sample targets",
+                t.label,
+            )
+            for i, t in enumerate(self.targets)
+            if generated and _uses_references(t)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("axes", errors)
+        return self
 
     @model_validator(mode="after")
     def _sampled_needs_on_policy(self) -> Axes:
@@ -446,8 +512,26 @@ class Suite(_Strict):
 
         Leaves out what only says how long to run or where to store (n_trials, timeout, storage,
         tracking URI, cache_dir, work_dir, device, which students are kept) and the description."""
-        blob = json.dumps(self.model_dump(mode="json", by_alias=True, exclude=_NOT_HASHED), sort_keys=True)
+        data = self.model_dump(mode="json", by_alias=True, exclude=_NOT_HASHED)
+        for part in ("system_prompt", "document"):  # absent parts leave the hash of a suite written before them
+            if data["context"][part] is None:
+                del data["context"][part]
+        if data["axes"]["inputs"] == [{"name": "train_split"}]:
+            del data["axes"]["inputs"]
+        if any(data["context"].get(part) for part in ("system_prompt", "document")):
+            data["context_texts"] = sources.digest(self.context_texts())  # the files' bytes, not their names
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def context_texts(self) -> dict[str, str]:
+        """The system prompt and document of c as text (read from their files); a SourceError names the field."""
+        base = self.suite_dir
+        c = self.context
+        return {
+            part: sources.read(src, f"context.{part}", base)
+            for part, src in (("system_prompt", c.system_prompt), ("document", c.document))
+            if src is not None
+        }
 
     def resolved_yaml(self) -> str:
         """The suite with every default filled in, as logged with each trial: store passwords redacted."""
@@ -622,6 +706,13 @@ def _only_model(annotation: Any) -> Any:
 
 def _folder_problems(suite: Suite) -> list[str]:
     problems = []
+    for part in ("system_prompt", "document"):
+        src = getattr(suite.context, part)
+        if src is not None:
+            try:
+                sources.read(src, f"context.{part}", suite.suite_dir)
+            except sources.SourceError as e:
+                problems.append(str(e))
     task_dir, control_dir = suite.task_dir(), suite.control_dir()
     if suite.task.path and not (task_dir and task_dir.is_dir()):
         problems.append(f"task.path: folder {suite.task.path} not found next to the suite")

@@ -32,6 +32,7 @@ import torch
 
 from harness import aggregate, keep, stores, tracking, workers
 from harness.config import HyperParams, TrialConfig
+from harness.contexts import Context
 from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
 from harness.redact import portable
 from harness.results import TrialResult
@@ -83,6 +84,8 @@ def grid_space(suite: Suite) -> dict[str, list[Any]]:
         "context": [v.label for v in suite.axes.contexts],
         "loss": [v.label for v in suite.axes.losses],
     }
+    if len(suite.axes.inputs) > 1:  # one source: not a dimension (a study from before the axis stays the same)
+        space["inputs"] = [v.label for v in suite.axes.inputs]
     for name, v in suite.hyperparameters.searched().items():
         if isinstance(v, Range):
             raise ValueError(f"hyperparameters.{name}: the grid sampler needs `choices`, not a range")
@@ -132,6 +135,8 @@ def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, suite: Suite) -> Tria
         "context": {v.label: v for v in ax.contexts},
         "loss": {v.label: v for v in ax.losses},
     }
+    if len(ax.inputs) > 1:
+        by_label["inputs"] = {v.label: v for v in ax.inputs}
     chosen = {axis: values[trial.suggest_categorical(axis, list(values))] for axis, values in by_label.items()}
     hp: dict[str, Any] = {}
     for name, value in suite.hyperparameters:
@@ -146,7 +151,8 @@ def suggest(trial: optuna.Trial | optuna.trial.FixedTrial, suite: Suite) -> Tria
             hp[name] = trial.suggest_categorical(name, value.choices)
         else:
             hp[name] = value
-    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], HyperParams.from_values(hp))
+    inputs = chosen.get("inputs", ax.inputs[0])
+    return TrialConfig(chosen["target"], chosen["context"], chosen["loss"], HyperParams.from_values(hp), inputs)
 
 
 class _Reporter:
@@ -257,7 +263,7 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
 
 
 def run_name(cfg: TrialConfig, seed: int | None = None) -> str:
-    return tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label, seed)
+    return tracking.run_name(cfg.target.label, cfg.context.label, cfg.loss.label, seed, cfg.inputs_label)
 
 
 def _log_seed(run: tracking.TrialRun, bench: Workbench, result: TrialResult) -> None:
@@ -428,7 +434,8 @@ def view_metrics(suite: Suite) -> list[str]:
 
 def view_params(suite: Suite) -> list[str]:
     """The runs view's parameter columns: the three axes and the searched hyperparameters."""
-    return ["target", "context", "loss", *(f"hp.{h}" for h in suite.hyperparameters.searched())]
+    sources = ["inputs"] if [v.name for v in suite.axes.inputs] != ["train_split"] else []
+    return ["target", "context", "loss", *sources, *(f"hp.{h}" for h in suite.hyperparameters.searched())]
 
 
 def _duration(seconds: float) -> str:
@@ -458,7 +465,7 @@ class Progress:
 
     def line(self, trial: optuna.trial.FrozenTrial, k: int) -> tuple[int, str]:
         p = trial.params
-        what = tracking.run_name(str(p.get("target")), str(p.get("context")), str(p.get("loss")))
+        what = tracking.run_name(str(p.get("target")), str(p.get("context")), str(p.get("loss")), None, p.get("inputs"))
         level = logging.INFO
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.values is not None:
             outcome = (
@@ -478,6 +485,31 @@ def _sampler_kind(sampler: optuna.samplers.BaseSampler) -> str:
     return sampler.kind if isinstance(sampler, workers.PerTrialSeed) else type(sampler).__name__
 
 
+def context_lines(suite: Suite, width: int = 600) -> list[str]:
+    """c as `--dry-run` shows it: its parts and the system message they make (long ones cut in the middle),
+    and how many demonstrations follow it as chat turns."""
+    c, texts = suite.context, suite.context_texts()
+    full = Context(c.instruction, c.demos, texts.get("system_prompt"), texts.get("document"))
+    parts = [f"instruction ({len(c.instruction)} chars)"] if c.instruction else []
+    for part in ("system_prompt", "document"):
+        src = getattr(c, part)
+        if src is not None:
+            where = src.file if src.file else "inline"
+            cut = f", first {src.max_tokens} tokens" if getattr(src, "max_tokens", None) else ""
+            parts.append(f"{part} ({where}, {len(texts[part])} chars{cut})")
+    parts.append(f"{c.demos} demonstration{'s' if c.demos != 1 else ''} (chat turns from the task's few-shot split)")
+    lines = ["context c: " + " + ".join(parts)]
+    system = full.system
+    if system:
+        shown = (
+            system
+            if len(system) <= width
+            else f"{system[: width // 2]} [... {len(system) - width} chars ...] " + (system[-width // 2 :])
+        )
+        lines += ["  system message:", *(f"    | {line}" for line in shown.splitlines())]
+    return lines
+
+
 def plan(suite: Suite) -> list[str]:
     """What `harness run` would do, for `--dry-run`: the grid's every point, or the axes and ranges a sampler
     draws from; the fixed hyperparameters. Reads the suite only (no model, no study)."""
@@ -487,6 +519,7 @@ def plan(suite: Suite) -> list[str]:
         f"objectives {', '.join(sw.objectives)}, sampler {_sampler_kind(make_sampler(suite))}, "
         f"pruner {make_pruner(suite).__class__.__name__}, seed {suite.seed}"
     ]
+    lines += context_lines(suite)
     searched = suite.hyperparameters.searched()
     if sw.sampler == "grid":
         space = grid_space(suite)
@@ -498,19 +531,20 @@ def plan(suite: Suite) -> list[str]:
         )
         for i, point in enumerate(points, 1):
             values = dict(zip(space, point, strict=True))
-            hp = " ".join(f"{k}={values[k]}" for k in space if k not in ("target", "context", "loss"))
+            hp = " ".join(f"{k}={values[k]}" for k in space if k not in ("target", "context", "loss", "inputs"))
             why = ""
             try:
                 check_combination(suggest(optuna.trial.FixedTrial(values), suite))
             except InvalidCombination as e:
                 why = f"  (fails at once: {e})"
-            name = tracking.run_name(values["target"], values["context"], values["loss"])
+            name = tracking.run_name(values["target"], values["context"], values["loss"], None, values.get("inputs"))
             lines.append(f"  {i:>3}. {name} {hp}{why}")
     else:
         for axis, axis_values in (
             ("target", suite.axes.targets),
             ("context", suite.axes.contexts),
             ("loss", suite.axes.losses),
+            ("inputs", suite.axes.inputs),
         ):
             lines.append(f"  {axis:<14} {', '.join(v.label for v in axis_values)}")
         for name, v in searched.items():

@@ -154,7 +154,8 @@ class TaskBundle:
             "test": self.task.test_docs,
         }
         if not has[split]():
-            raise TaskError(f"task '{self.name}' has no {split} split")
+            hint = "; take the inputs from the teacher instead: axes.inputs: [self_study]" if split == "train" else ""
+            raise TaskError(f"task '{self.name}' has no {split} split{hint}")
         return list(get[split]())
 
     def train_docs(self, n: int | None = None) -> list[dict[str, Any]]:
@@ -265,6 +266,31 @@ class TaskBundle:
         if isinstance(prompt, list):
             raise TaskError(f"task '{self.name}' has multiple inputs per document; not supported for distillation")
         return prompt
+
+    def render_text(self, text: str, ctx: Context, tokenizer: Any) -> str:
+        """The prompt for a free-text input (a generated query) under a context: lm-eval's own prompt for a
+        stand-in item (a demonstration, else the first scored item) with that item's input replaced by `text`,
+        so system message, demonstrations and chat turns are built exactly as for the task's own items."""
+        pool = list(self.task.fewshot_docs() or []) or self.eval_docs()
+        captured: list[list[dict[str, str]]] = []
+
+        def capture(messages: list[dict[str, str]], **kwargs: Any) -> str:
+            captured.append([dict(m) for m in messages])
+            return ""
+
+        self.task.fewshot_context(
+            pool[0],
+            num_fewshot=ctx.n_demos,
+            system_instruction=ctx.system,
+            apply_chat_template=True,
+            fewshot_as_multiturn=True,
+            chat_template=capture,
+        )
+        messages = captured[0]
+        if not messages or messages[-1].get("role") != "user":
+            raise TaskError(f"task '{self.name}': its prompt does not end in a user turn; cannot place an input")
+        messages[-1]["content"] = text
+        return chat_template_fn(tokenizer)(messages, add_generation_prompt=True)
 
     def env(self, ctx: Context, tokenizer: Any) -> ContextEnv:
         return ContextEnv(demos=self.demo_pairs(ctx.n_demos), task_name=self.name, tokenizer=tokenizer)

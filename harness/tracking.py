@@ -126,9 +126,10 @@ class _Client:
         return call
 
 
-def run_name(target: str, context: str, loss: str, seed: int | None = None) -> str:
-    """A trial run's name: its configuration as the runs table lists it, e.g. `greedy|empty|forward_kl seed=0`."""
-    name = f"{target}|{context}|{loss}"
+def run_name(target: str, context: str, loss: str, seed: int | None = None, inputs: str | None = None) -> str:
+    """A trial run's name: its configuration as the runs table lists it, e.g. `greedy|empty|forward_kl seed=0`;
+    inputs other than the train split follow the loss (`greedy|empty|forward_kl|self_study`)."""
+    name = f"{target}|{context}|{loss}" + (f"|{inputs}" if inputs and inputs != "train_split" else "")
     return name if seed is None else f"{name} seed={seed}"
 
 

@@ -28,12 +28,14 @@ from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.config import TrialConfig, train_settings
 from harness.contexts import MODIFICATIONS, Context, init_ids, modify
+from harness.inputs import Query, draw
 from harness.losses import TeacherNeeds, teacher_needs
 from harness.metrics import HELDOUT_KL, TrialMetrics
 from harness.results import Arms, ContextGap, TrainingInput, TrialResult
-from harness.spec import AxisValue, Suite
+from harness.spec import AxisValue, Suite, SuiteError
 from harness.targets import TARGETS, Phase, phases
 from harness.tasks import SPLITS, Split, TaskBundle, encode_prompt, load_task, task_manager
+from harness.teacher_inputs import TeacherInputs
 from harness.train import Example, OnPolicy, Switch, student_of, train
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ class Workbench:
         }
         stops = suite.training.stop_strings
         self.stop = self.task.stop_strings() if stops is None else tuple(stops)
-        self.context = Context(suite.context.instruction, suite.context.demos)
+        self.context = self._full_context()
         self.memo: dict[Any, Any] = {}
         self._heldout: HeldOut | None = None
         self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
@@ -102,6 +104,55 @@ class Workbench:
             self.control = load_task(suite.task.control.name, suite.control_dir())
             self.control_metric = scoring.main_metric(self.control.config, self.control.task, suite.task.control.metric)
             self.control_split = self.control.scored_split(suite.task.control.eval_limit)
+
+    def _full_context(self) -> Context:
+        """c from the suite: its instruction, system prompt and document (read from their files; the document
+        cut to `max_tokens`), and its demonstrations. A c that cannot fit the teacher's window fails here, before
+        any trial, naming the field."""
+        c, texts = self.suite.context, self.suite.context_texts()
+        document = texts.get("document")
+        if document is not None and c.document is not None and c.document.max_tokens is not None:
+            ids = self.tok.encode(document, add_special_tokens=False)
+            if len(ids) > c.document.max_tokens:
+                document = str(self.tok.decode(ids[: c.document.max_tokens], skip_special_tokens=True)).strip()
+        ctx = Context(c.instruction, c.demos, texts.get("system_prompt"), document)
+        window = getattr(self.teacher.model.config, "max_position_embeddings", None)
+        if window and ctx.system:
+            needed = len(self.tok.encode(ctx.system, add_special_tokens=False)) + self.suite.training.max_new_tokens
+            if needed > window:
+                field = "context.document" if document else "context.system_prompt"
+                raise SuiteError(
+                    f"{self.suite.source}: {field}: c is {needed - self.suite.training.max_new_tokens} tokens, with "
+                    f"the answer more than the teacher's window of {window}; set context.document.max_tokens "
+                    "or shorten the text"
+                )
+        return ctx
+
+    def inputs(self, source: AxisValue, n: int) -> list[Query]:
+        """The trial's inputs z from its source (`axes.inputs`): made once per study and source with the
+        suite's seed, so every configuration and seed drawing from it trains on the same inputs."""
+        key = ("inputs", source.label, n)
+        if key not in self.memo:
+            env = TeacherInputs(
+                self.task,
+                self.teacher,
+                self.store,
+                self.context,
+                list(self.splits.values()),
+                self.suite.training.generation_batch_size,
+            )
+            self.memo[key] = draw(source.name, source.params, env, n, self.suite.seed)
+        return self.memo[key]
+
+    def encode_queries(self, queries: list[Query], ctx: Context) -> list[list[int]]:
+        """Prompt ids of each input under ctx: a task item through lm-eval's own prompt, a generated one as the
+        same prompt with its text in place of the item's (`TaskBundle.render_text`)."""
+        return [
+            self.encode([q.doc], ctx)[0]
+            if q.doc is not None
+            else encode_prompt(self.tok, self.task.render_text(q.text, ctx, self.tok))
+            for q in queries
+        ]
 
     # --- prompts -----------------------------------------------------------------------------------
     def student_context(self, mod: AxisValue) -> Context:
@@ -335,10 +386,10 @@ def _run_trial(
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
     c_student = bench.student_context(cfg.context)
-    docs = bench.task.train_docs(cfg.hp.train_inputs)
-    t_prompts = bench.encode(docs, bench.context)
-    s_prompts = bench.encode(docs, c_student)
-    refs = [bench.task.reference(d) for d in docs]
+    queries = bench.inputs(cfg.inputs, cfg.hp.train_inputs)
+    t_prompts = bench.encode_queries(queries, bench.context)
+    s_prompts = bench.encode_queries(queries, c_student)
+    refs = [q.reference or "" for q in queries]
 
     t0 = time.perf_counter()
     loss_params = cfg.loss.params
@@ -438,8 +489,8 @@ def _run_trial(
         [split_arms["validation"]], [split_arms["test"]], n_boot=s.evaluation.bootstrap, seed=s.seed
     )
     inputs = [
-        TrainingInput(str(bench.task.task.doc_to_text(d)), r, str(bench.tok.decode(t, skip_special_tokens=True)))
-        for d, r, t in zip(docs, refs, tgts, strict=True)
+        TrainingInput(q.text, r, str(bench.tok.decode(t, skip_special_tokens=True)))
+        for q, r, t in zip(queries, refs, tgts, strict=True)
     ]
     metrics = TrialMetrics(
         **scores,

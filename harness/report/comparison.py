@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from harness import aggregate, stats
-from harness.report.runs import AXES
+from harness.report.runs import axes_of
 from harness.report.tables import fmt_param, varying_hps
 from harness.spec import Suite
 
@@ -63,9 +63,10 @@ def labels(df: pd.DataFrame) -> pd.Series:
     configurations would otherwise read the same. The same label in two suites is the same configuration
     (the benchmark matches on it)."""
     vary, _ = varying_hps(df)
+    axes = axes_of(df)
     base = df.apply(
         lambda r: (
-            " / ".join(str(r.get(a)) for a in AXES)
+            " / ".join(str(r.get(a) if a != "inputs" or isinstance(r.get(a), str) else "train_split") for a in axes)
             + ("".join(f", {v.removeprefix('hp.')}={fmt_param(r[v])}" for v in vary))
         ),
         axis=1,

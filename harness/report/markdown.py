@@ -9,7 +9,7 @@ import pandas as pd
 
 from harness import stats
 from harness.report.comparison import TITLE, Comparison
-from harness.report.runs import AXES
+from harness.report.runs import axes_of
 from harness.report.tables import axis_table, ci, fmt, fmt_metric, fmt_param, md_table, varying_hps
 from harness.spec import Suite
 
@@ -136,7 +136,7 @@ def _trials_md(df: pd.DataFrame) -> list[str]:
     headers = [
         "#",
         "state",
-        *AXES,
+        *axes_of(df),
         *(v.removeprefix("hp.") for v in vary),
         "validation gap closure",
         "test gap closure [95% CI]",
@@ -149,7 +149,7 @@ def _trials_md(df: pd.DataFrame) -> list[str]:
         [
             fmt(r["trial"]),
             r["state"],
-            *(r.get(a) for a in AXES),
+            *(r.get(a) for a in axes_of(df)),
             *(fmt_param(r[v]) for v in vary),
             fmt(r.get("validation_gap_closure")),
             ci(r.get("test_gap_closure"), r.get("test_gap_closure_low"), r.get("test_gap_closure_high")),
@@ -177,7 +177,7 @@ def _trials_md(df: pd.DataFrame) -> list[str]:
                     [
                         fmt(r["trial"]),
                         r["state"],
-                        " / ".join(str(r.get(a)) for a in AXES),
+                        " / ".join(str(r.get(a)) for a in axes_of(df)),
                         r["reason"] or "(no reason recorded)",
                     ]
                     for _, r in bad.iterrows()
@@ -216,7 +216,7 @@ def summary_md(
         "interval is in the comparison above).",
         "",
     ]
-    for axis in AXES:
+    for axis in axes_of(df):
         if axis in df:
             out += [f"### {axis}", "", axis_table(df, axis), ""]
     out += _trials_md(df)

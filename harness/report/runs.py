@@ -19,6 +19,14 @@ from harness.spec import Suite
 log = logging.getLogger(__name__)
 
 AXES = ("target", "context", "loss")
+
+
+def axes_of(df: pd.DataFrame) -> tuple[str, ...]:
+    """The axes a study's runs name: the three, and `inputs` where a trial drew its inputs elsewhere than the
+    train split (runs log it only then)."""
+    return (*AXES, "inputs") if "inputs" in df and df["inputs"].notna().any() else AXES
+
+
 TAGS = (
     "teacher",
     "student",

@@ -1,0 +1,168 @@
+"""Contexts beyond demonstrations (issue 21): c from a system-prompt or document file, and the inputs axis
+(train_split, self_study, paraphrase, mixed) with generated inputs that never repeat a held-out item."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import write_suite
+
+from harness import cli
+from harness.config import HyperParams, TrialConfig
+from harness.contexts import Context, ContextEnv, modify
+from harness.inputs import INPUTS, SEEDS, InputError, Query, clean, draw, normal
+from harness.spec import AxisValue, SuiteError, load_suite
+from harness.trial import Workbench, run_trial
+
+RULES = "You are Quill, a terse assistant. Rule 1: answer in one word. Rule 2: never apologise."
+DOC = "The Zorbian capital is Plimmet. Plimmet lies on the river Ost. Its mayor is Dana Varr."
+
+
+def test_context_parts_join_into_one_system_message_and_modifications_pick_them():
+    c = Context("Answer briefly.", 3, RULES, DOC)
+    assert c.system == f"Answer briefly.\n\n{RULES}\n\n{DOC}"
+    env = ContextEnv(demos=(), task_name="t")
+    assert modify("empty", c, env).system is None
+    assert modify("instruction_only", c, env) == Context("Answer briefly.", 0)
+    assert modify("without", c, env, {"part": "document"}) == Context("Answer briefly.", 3, RULES, None)
+    assert modify("without", c, env, {"part": "system_prompt"}).system == f"Answer briefly.\n\n{DOC}"
+    assert modify("without", c, env, {"part": "demos"}) == Context("Answer briefly.", 0, RULES, DOC)
+    assert modify("fewer_demos", c, env, {"k": 1}) == Context("Answer briefly.", 1, RULES, DOC)
+    assert modify("demos_only", c, env) == Context(None, 3)
+    assert Context("only").system == "only"  # a suite written before the parts: c is its instruction
+
+
+def _suite(tmp_path, **context):
+    (tmp_path / "rules.txt").write_text(RULES + "\n", encoding="utf-8")
+    (tmp_path / "doc.md").write_text(DOC, encoding="utf-8")
+    return write_suite(tmp_path, context={"instruction": "Answer E or O.", "demos": 2, **context})
+
+
+def test_context_files_are_read_next_to_the_suite_and_change_the_study_hash(tmp_path):
+    path = _suite(tmp_path, system_prompt={"file": "rules.txt"}, document={"file": "doc.md"})
+    suite = load_suite(path)
+    assert suite.context_texts() == {"system_prompt": RULES, "document": DOC}
+    before = suite.content_hash()
+    (tmp_path / "doc.md").write_text(DOC + " Its river floods in May.", encoding="utf-8")
+    assert load_suite(path).content_hash() != before  # the bytes, not the name, decide the study
+    sub = tmp_path / "inline"
+    sub.mkdir()
+    inline = load_suite(write_suite(sub, context={"instruction": "Answer E or O.", "system_prompt": RULES}))
+    assert inline.context_texts() == {"system_prompt": RULES}
+
+
+@pytest.mark.parametrize(
+    ("context", "data", "expected"),
+    [
+        ({"system_prompt": {"file": "missing.txt"}}, None, "context.system_prompt.file: no such file missing.txt"),
+        ({"document": {"file": "bad.txt"}}, b"ok\n\xff\xfe", "context.document.file: bad.txt line 2: not UTF-8"),
+        ({"document": {"file": "bad.txt"}}, b"  \n", "context.document.file: bad.txt is empty"),
+        ({"system_prompt": {"file": "a", "text": "b"}}, None, "context.system_prompt: Value error, give exactly one"),
+        ({"document": {"text": "x", "max_tokens": 0}}, None, "context.document.max_tokens: Input should be greater"),
+    ],
+)
+def test_bad_context_sources_fail_validate_in_one_line(tmp_path, capsys, context, data, expected):
+    if data is not None:
+        (tmp_path / "bad.txt").write_bytes(data)
+    path = _suite(tmp_path, **context)
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and expected.replace("Value error, ", "") in err[0]
+
+
+def test_ground_truth_targets_refuse_generated_inputs(tmp_path, capsys):
+    path = write_suite(
+        tmp_path,
+        axes={"targets": [{"name": "ground_truth"}], "inputs": [{"name": "train_split"}, {"name": "self_study"}]},
+    )
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "axes.targets.0: ground_truth trains on the dataset's answers" in err and "inputs.1 'self_study'" in err
+
+
+def test_dry_run_shows_the_rendered_system_message(tmp_path, capsys):
+    path = _suite(tmp_path, system_prompt={"file": "rules.txt"})
+    assert cli.main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "system_prompt (rules.txt, " in out and f"    | {RULES}" in out and "2 demonstrations" in out
+
+
+class _Env:
+    """A scripted teacher: each call returns the next batch of replies (the registry logic under test)."""
+
+    def __init__(self, replies, heldout=(), train=()):
+        self.replies, self.heldout, self.train, self.calls = list(replies), set(heldout), list(train), []
+
+    def train_queries(self, n):
+        return [Query(t, {"question": t}, "E") for t in self.train[:n]]
+
+    def heldout_texts(self):
+        return {normal(t) for t in self.heldout}
+
+    def sample_texts(self, instructions, with_context, *, temperature, max_new_tokens, seed):
+        self.calls.append((len(instructions), with_context, temperature, seed))
+        batch = self.replies.pop(0)
+        return (batch * len(instructions))[: len(instructions)]
+
+
+def test_self_study_deduplicates_filters_held_out_items_and_says_when_it_runs_short():
+    env = _Env(
+        [["Is 12 even?", "is 12 EVEN", "Question: Is 7 odd?", "ok", "Is 3 odd?", SEEDS[0]], ["Is 99 even?"] * 9],
+        heldout=["Is 3 odd?"],
+    )
+    got = draw("self_study", {}, env, 3, seed=5)
+    assert [q.text for q in got] == ["Is 12 even?", "Is 7 odd?", "Is 99 even?"]
+    assert all(q.reference is None and q.doc is None for q in got)
+    assert env.calls[0][1] is True and env.calls[0][3] == 5 and env.calls[1][3] == 6  # sees c; seeded per round
+    with pytest.raises(InputError, match=r"self_study: made 1 distinct inputs of the 4 asked in 2 rounds"):
+        draw("self_study", {"rounds": 2}, _Env([["Is it the same?"], ["Is it the same?"]]), 4, seed=0)
+    assert clean('  "Request: What is Plimmet?"\n\nMore text') == "What is Plimmet?"
+
+
+def test_paraphrase_rewrites_each_train_input_without_c_and_mixed_interleaves():
+    env = _Env([["Is twelve even?", "Is 7 odd"], ["Tell me if 7 is odd."]], train=["Is 12 even?", "Is 7 odd?"])
+    got = draw("paraphrase", {}, env, 2, seed=0)
+    assert [q.text for q in got] == ["Is twelve even?", "Tell me if 7 is odd."]  # a copy of the input is retried
+    assert env.calls[0][1] is False and env.calls[0][2] == 0.7
+    mixed = draw("mixed", {"share": 0.5}, _Env([["A new one?", "Another one?"]], train=["t1", "t2"]), 4, seed=0)
+    assert [q.text for q in mixed] == ["t1", "A new one?", "t2", "Another one?"]
+    assert set(INPUTS) >= {"train_split", "self_study", "paraphrase", "mixed"}
+
+
+@pytest.mark.slow
+def test_a_self_study_trial_on_a_task_trains_on_teacher_written_inputs_that_never_repeat_held_out_items(tmp_path):
+    path = _suite(
+        tmp_path,
+        system_prompt={"file": "rules.txt"},
+        document={"file": "doc.md", "max_tokens": 12},
+    )
+    raw = path.read_text().replace("train_inputs: 8", "train_inputs: 6")
+    path.write_text(raw)
+    bench = Workbench(load_suite(path))
+    assert bench.context.system_prompt == RULES
+    assert len(bench.tok.encode(bench.context.document, add_special_tokens=False)) <= 12
+    source = AxisValue(name="self_study", rounds=8)
+    queries = bench.inputs(source, 6)
+    assert len({normal(q.text) for q in queries}) == 6
+    held = {normal(str(bench.task.task.doc_to_text(d))) for s in bench.splits.values() for d in s.docs}
+    assert not held & {normal(q.text) for q in queries}
+    again = bench.inputs(source, 6)
+    assert again == queries  # once per study
+    # the generated input sits where a task item's text would: same prompt around it
+    doc = bench.task.train_docs(1)[0]
+    item = bench.encode([doc], bench.context)[0]
+    as_text = bench.encode_queries([Query(str(bench.task.task.doc_to_text(doc)))], bench.context)[0]
+    assert as_text == item
+    s = bench.suite
+    hp = HyperParams.from_values({**dict(s.hyperparameters), "train_inputs": 6})
+    cfg = TrialConfig(s.axes.targets[0], s.axes.contexts[1], s.axes.losses[0], hp, source)
+    result = run_trial(bench, cfg, s.seed)
+    assert [i.input for i in result.inputs] == [q.text for q in queries]
+    assert all(i.reference == "" for i in result.inputs)
+    assert result.metrics.train_steps >= 1
+
+
+def test_a_document_longer_than_the_teachers_window_fails_before_any_trial(tmp_path):
+    (tmp_path / "long.txt").write_text("word " * 5000, encoding="utf-8")
+    path = _suite(tmp_path, document={"file": "long.txt"})
+    with pytest.raises(SuiteError, match=r"context.document: c is \d+ tokens, .* window of 4096; set context.document"):
+        Workbench(load_suite(path))
