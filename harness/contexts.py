@@ -67,6 +67,7 @@ class Modification(Entry):
     trial builds the tokens (`n_tokens`, `init`) and trains them on the frozen model."""
 
     learned: bool = False
+    kind: Literal["embeddings", "kv"] = "embeddings"  # a learned c': virtual input tokens, or a KV prefix
 
 
 MODIFICATIONS: Registry[Modification] = Registry("context modification", Modification)
@@ -157,6 +158,22 @@ def soft_prompt(
     with the training seed. The virtual tokens train at `lr_scale` × the suite's learning_rate: prompt tuning
     wants a far larger step than weights do (1e-2 to 3e-1 against 1e-5 to 1e-3), and a scale keeps one
     learning-rate search meaningful for soft prompts and weights in the same grid."""
+    return Context(None, 0)
+
+
+@register("prefix_tuning", learned=True, kind="kv")
+def prefix_tuning(
+    c: Context,
+    env: ContextEnv,
+    *,
+    n_tokens: PositiveInt = 16,
+    init: Literal["text", "random"] = "text",
+    lr_scale: Positive = 100.0,
+) -> Context:
+    """c' = a trained KV prefix of n positions per layer and no text (prefix tuning; Cartridges' cartridge): the
+    context moves into keys and values every query attends to, on frozen weights. `init: text` starts from the
+    model's own cache of c's first n tokens (as Cartridges does), `random` from that of n random vocabulary
+    tokens; it trains at `lr_scale` × learning_rate, as `soft_prompt`."""
     return Context(None, 0)
 
 

@@ -16,6 +16,11 @@ peft's prompt tuning was not used: it drops `position_ids` (a left-padded row th
 across its padding, so scores depend on the batch) and returns the virtual positions' logits. Prefix KV
 reuse (`generation`, `harness.lm`) cannot be used while a soft prompt is active (a cache longer than its
 caller's ids), so both check `active(model)`.
+
+The same hooks carry the other learned c', a trained KV prefix (`prefix_kv.PrefixKV`, prefix tuning): the
+mask, positions and cache positions shift by n just the same, but instead of embeddings the starting call
+gets a cache already holding the prefix, so there are no virtual positions in the output to drop. Both are
+saved in the same file (`FILE`), told apart by its tensors.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from typing import Any, cast
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import DynamicCache
+
+from harness.prefix_kv import PrefixKV
 
 ATTRIBUTE = "harness_soft_prompt"  # the submodule name while attached: `model.parameters()` then includes it
 FILE = "soft_prompt.safetensors"
@@ -76,10 +84,13 @@ def initial(
     return prompt.to(device)
 
 
-def attached(model: torch.nn.Module) -> SoftPrompt | None:
-    """The soft prompt attached to `model`, if any."""
+Learned = SoftPrompt | PrefixKV  # a learned c': virtual tokens or a KV prefix
+
+
+def attached(model: torch.nn.Module) -> Learned | None:
+    """The soft prompt or KV prefix attached to `model`, if any."""
     found = getattr(model, ATTRIBUTE, None)
-    return found if isinstance(found, SoftPrompt) else None
+    return found if isinstance(found, SoftPrompt | PrefixKV) else None
 
 
 def active(model: torch.nn.Module) -> bool:
@@ -91,7 +102,7 @@ def active(model: torch.nn.Module) -> bool:
 class _Hooks:
     """The pre- and post-forward hooks that put the virtual tokens in front of every sequence."""
 
-    def __init__(self, prompt: SoftPrompt) -> None:
+    def __init__(self, prompt: Learned) -> None:
         self.prompt = prompt
         self.enabled = True
         self.prepended = False
@@ -106,6 +117,8 @@ class _Hooks:
         for name, value in zip(("input_ids", "attention_mask"), args, strict=False):
             kwargs[name] = value
         n = self.prompt.n_tokens
+        if isinstance(self.prompt, PrefixKV):
+            return self._prefix(module, kwargs, n)
         ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
         if embeds is None:
             if ids is None:
@@ -133,6 +146,29 @@ class _Hooks:
         self.prepended = True
         return (), kwargs
 
+    def _prefix(self, module: torch.nn.Module, kwargs: dict[str, Any], n: int) -> tuple[tuple, dict[str, Any]]:
+        """A KV prefix: n ones in front of the mask, positions and cache positions shifted by n, and at the call
+        that starts a sequence a cache holding the prefix (no extra positions in the output to drop)."""
+        assert isinstance(self.prompt, PrefixKV)
+        ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
+        source = ids if ids is not None else embeds
+        if source is None:
+            raise ValueError("a prefix-tuned model needs input_ids or inputs_embeds")
+        mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
+        if mask is not None:
+            kwargs["attention_mask"] = torch.cat([mask.new_ones((mask.shape[0], n)), mask], dim=1)
+        if positions is not None:
+            kwargs["position_ids"] = positions + n
+        if isinstance(kwargs.get("cache_position"), torch.Tensor):
+            kwargs["cache_position"] = kwargs["cache_position"] + n
+        past = kwargs.get("past_key_values")
+        if past is None or past.get_seq_length() == 0:
+            cache = past if past is not None else DynamicCache(config=cast(Any, module).config)
+            dtype = embeds.dtype if embeds is not None else _embedding(module).weight.dtype
+            kwargs["past_key_values"] = self.prompt.fill(cache, source.shape[0], dtype)
+        self.prepended = False
+        return (), kwargs
+
     def after(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         if not self.prepended:
             return output
@@ -157,7 +193,7 @@ class _Hooks:
 
 
 @contextlib.contextmanager
-def attach(model: torch.nn.Module, prompt: SoftPrompt) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
+def attach(model: torch.nn.Module, prompt: Learned) -> Iterator[Callable[[], contextlib.AbstractContextManager]]:
     """Make `model` the soft-prompted student for the block: its weights frozen (flags restored after), the
     prompt its only trainable parameter. Yields a context manager under which `model` is the plain model."""
     if attached(model) is not None:
@@ -184,7 +220,7 @@ def attach(model: torch.nn.Module, prompt: SoftPrompt) -> Iterator[Callable[[], 
             p.requires_grad_(flag)
 
 
-def bind(model: torch.nn.Module, prompt: SoftPrompt) -> torch.nn.Module:
+def bind(model: torch.nn.Module, prompt: Learned) -> torch.nn.Module:
     """Attach for good: a loaded student is its base model with its virtual tokens (`harness.load_student`)."""
     binding = attach(model, prompt)
     binding.__enter__()
@@ -192,17 +228,25 @@ def bind(model: torch.nn.Module, prompt: SoftPrompt) -> torch.nn.Module:
     return model
 
 
-def save(prompt: SoftPrompt, path: str | Path) -> Path:
-    """The virtual tokens as safetensors (`embeddings` [n, hidden], float32), what they were built from as metadata."""
+def save(prompt: Learned, path: str | Path) -> Path:
+    """The learned c' as safetensors, float32: `embeddings` [n, hidden] (soft prompt) or `keys` and `values`
+    [layers, kv_heads, n, head_dim] (KV prefix); what it was built from as metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"n_tokens": str(prompt.n_tokens), "meta": json.dumps(prompt.meta, sort_keys=True)}
-    save_file({"embeddings": prompt.embeddings.detach().float().cpu().contiguous()}, str(path), metadata=meta)
+    if isinstance(prompt, PrefixKV):
+        tensors = {"keys": prompt.keys, "values": prompt.values}
+    else:
+        tensors = {"embeddings": prompt.embeddings}
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
     return path
 
 
-def load(path: str | Path) -> SoftPrompt:
-    """A saved soft prompt, on the CPU."""
+def load(path: str | Path) -> Learned:
+    """A saved soft prompt or KV prefix, on the CPU."""
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-    return SoftPrompt(load_file(str(path))["embeddings"], meta)
+    tensors = load_file(str(path))
+    if "keys" in tensors:
+        return PrefixKV(tensors["keys"], tensors["values"], meta)
+    return SoftPrompt(tensors["embeddings"], meta)

@@ -118,7 +118,7 @@ def student_of(
     lora_rank: int,
     *,
     share_base: bool = True,
-    soft_prompt: softprompt.SoftPrompt | None = None,
+    soft_prompt: softprompt.Learned | None = None,
 ) -> Iterator[tuple[torch.nn.Module, Callable[[], contextlib.AbstractContextManager]]]:
     """The student to train from `base`, and a context manager under which `base` is the teacher again.
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 import torch
 from peft import PeftModel
 
-from harness import aggregate, intrinsic, models, scoring, softprompt, stores
+from harness import aggregate, intrinsic, models, prefix_kv, scoring, softprompt, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.config import TrialConfig, train_settings
@@ -158,14 +158,16 @@ class Workbench:
     def student_context(self, mod: AxisValue) -> Context:
         return modify(mod.name, self.context, self.task.env(self.context, self.tok), mod.params)
 
-    def soft_prompt(self, mod: AxisValue, seed: int) -> softprompt.SoftPrompt | None:
-        """The untrained virtual tokens of a learned c' (None for a text-only one), on the student's device."""
+    def soft_prompt(self, mod: AxisValue, seed: int) -> softprompt.Learned | None:
+        """The untrained virtual tokens or KV prefix of a learned c' (None for a text-only one), on the student's
+        device."""
         entry, params = MODIFICATIONS.resolve(mod.name, mod.params)
         if not entry.learned:
             return None
         n = int(params["n_tokens"])
         ids = init_ids(self.context, self.task.env(self.context, self.tok), n) if params["init"] == "text" else None
-        return softprompt.initial(self.base_model(), n, ids, seed, context=mod.label, lr_scale=params["lr_scale"])
+        make = prefix_kv.initial if entry.kind == "kv" else softprompt.initial
+        return make(self.base_model(), n, ids, seed, context=mod.label, lr_scale=params["lr_scale"])
 
     def encode(self, docs: list[dict[str, Any]], ctx: Context) -> list[list[int]]:
         """Prompt ids of (ctx, doc), the ids lm-eval feeds the model for the same item (BOS included)."""

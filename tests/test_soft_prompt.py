@@ -14,7 +14,7 @@ from helpers import SUITES, write_suite
 from mlflow.tracking import MlflowClient
 
 import harness
-from harness import generation, scoring, softprompt, stores, tracking
+from harness import generation, prefix_kv, scoring, softprompt, stores, tracking
 from harness.batching import make_batch, target_logits, target_logits_and_hidden
 from harness.config import HyperParams, TrialConfig
 from harness.contexts import Context, init_ids
@@ -37,16 +37,22 @@ def _prompts(tok, n: int = 5) -> list[list[int]]:
     ]
 
 
+@pytest.fixture(params=["soft_prompt", "prefix_kv"])
+def make(request):
+    """The two learned c' (virtual input tokens, a KV prefix): initialised from a text, each must act as that text."""
+    return softprompt.initial if request.param == "soft_prompt" else prefix_kv.initial
+
+
 @pytest.fixture(scope="module")
 def text_ids(tiny) -> list[int]:
     return tiny.tokenizer.encode(TEXT, add_special_tokens=False)
 
 
-def test_a_text_initialised_soft_prompt_gives_the_logits_of_the_text(tiny, text_ids):
+def test_a_text_initialised_soft_prompt_gives_the_logits_of_the_text(tiny, text_ids, make):
     model, tok = tiny.model, tiny.tokenizer
     prompts = _prompts(tok)
     targets = [[5, 9, 11], [7], [3, 4], [8, 8, 8, 8], [2]]
-    prompt = softprompt.initial(model, len(text_ids), text_ids)
+    prompt = make(model, len(text_ids), text_ids)
     plain = make_batch([text_ids + p for p in prompts], targets, tok.pad_token_id)
     with torch.no_grad():
         want = target_logits(model, plain)
@@ -71,11 +77,11 @@ def test_a_text_initialised_soft_prompt_gives_the_logits_of_the_text(tiny, text_
     assert softprompt.attached(model) is None and not softprompt.active(model)
 
 
-def test_generation_with_a_soft_prompt_is_generation_after_the_text(tiny, text_ids):
+def test_generation_with_a_soft_prompt_is_generation_after_the_text(tiny, text_ids, make):
     """Left-padded batches, sampled and greedy: the same tokens as the plain model given t + x."""
     model, tok = tiny.model, tiny.tokenizer
     prompts = _prompts(tok)
-    prompt = softprompt.initial(model, len(text_ids), text_ids)
+    prompt = make(model, len(text_ids), text_ids)
     for kwargs in ({}, {"do_sample": True, "seed": 3}):
         want = generation.generate(
             model, tok, [text_ids + p for p in prompts], max_new_tokens=8, batch_size=3, **kwargs
@@ -166,7 +172,7 @@ def _responses(sample: dict) -> list:
 
 
 @pytest.mark.parametrize("task_name", ["parity", "date_iso"])
-def test_lm_eval_scores_the_soft_prompt_as_the_plain_model_with_the_text_in_front(tiny, text_ids, task_name):
+def test_lm_eval_scores_the_soft_prompt_as_the_plain_model_with_the_text_in_front(tiny, text_ids, make, task_name):
     """Reference: plain lm-eval (HFLM) on the plain model with t's ids in front of every context. The soft-prompted
     model through lm-eval's HFLM, through the harness's default `hf-prefix-reuse` and through the harness's own
     scoring path (`scoring.evaluate_arm`) must return the same log-likelihoods / generations, answers and scores."""
@@ -180,7 +186,7 @@ def test_lm_eval_scores_the_soft_prompt_as_the_plain_model_with_the_text_in_fron
         _TextInFront(pretrained=model, tokenizer=tok, batch_size=4, prefix=text_ids), config, task_name, manager
     )
     plain = _samples(QuietHFLM(pretrained=model, tokenizer=tok, batch_size=4), config, task_name, manager)
-    prompt = softprompt.initial(model, len(text_ids), text_ids)
+    prompt = make(model, len(text_ids), text_ids)
     with softprompt.attach(model, prompt):
         got = {
             cls.__name__: _samples(cls(pretrained=model, tokenizer=tok, batch_size=4), config, task_name, manager)
@@ -333,3 +339,33 @@ def test_on_policy_and_hidden_state_losses_train_a_soft_prompt(bench):
         result = run_trial(bench, TrialConfig(target, s.axes.contexts[1], loss, hp), s.seed)
         assert math.isfinite(result.metrics.final_train_loss) and result.metrics.train_steps == 2
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_prefix_tuning_trial_trains_only_its_kv_prefix_and_is_scored_with_exactly_it(bench, tmp_path):
+    """prefix_tuning: the frozen weights bitwise unchanged, the keys and values moved from the cache of c's first
+    n tokens, lm-eval rerun with exactly the trained prefix reproduces the trial's student scores, and the saved
+    file loads back as the same prefix."""
+    model = bench.base_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kept: list = []
+    mod = AxisValue(name="prefix_tuning", n_tokens=4, lr_scale=50)
+    hp = HyperParams.from_values(dict(bench.suite.hyperparameters))
+    cfg = TrialConfig(bench.suite.axes.targets[0], mod, bench.suite.axes.losses[0], hp)
+    result = run_trial(
+        bench, cfg, bench.suite.seed, on_trained=lambda s: kept.append(copy.deepcopy(softprompt.attached(s)))
+    )
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and softprompt.attached(model) is None
+    trained, untrained = kept[0], bench.soft_prompt(mod, bench.suite.seed)
+    assert isinstance(trained, prefix_kv.PrefixKV) and trained.n_tokens == 4
+    assert not torch.equal(trained.keys, untrained.keys)
+    ids = init_ids(bench.context, bench.task.env(bench.context, bench.tok), 4)
+    torch.testing.assert_close(untrained.keys, prefix_kv.initial(model, 4, ids).keys)  # Cartridges' init: c's cache
+    with softprompt.attach(model, trained):
+        again = bench.arm("student", model, None, result.student_context, "test")
+    assert again.per_item == result.test.student.per_item
+    back = softprompt.load(softprompt.save(trained, tmp_path / softprompt.FILE))
+    assert isinstance(back, prefix_kv.PrefixKV) and torch.equal(back.values, trained.values.cpu())
+    assert result.metrics.context_tokens_saved == pytest.approx(
+        run_trial(bench, _config(bench, 0), bench.suite.seed).metrics.context_tokens_saved - 4
+    )
