@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = add("validate", "check a suite file and print what it sweeps")
     v.add_argument("suite")
+    v.add_argument("--fast", action="store_true", help="validate the `--fast` variant (what `run --fast` runs)")
     v.set_defaults(fn=cmd_validate)
     r = add("run", "run a suite: one trial, or an Optuna study over its axes")
     r.add_argument("suite")
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn="cmd_report")
     g = add("gap", "score teacher (c) and untrained model (each c'): is there a gap to close?")
     g.add_argument("suite")
+    g.add_argument("--fast", action="store_true", help="the `--fast` variant's validation items")
     g.add_argument("--min-gap", type=float, default=15.0, help="exit 1 if a gap is below this many points (default 15)")
     g.set_defaults(fn="cmd_gap")
     x = add("export", "write a trial's student as a plain transformers folder, with the context c' it expects")
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(fn="cmd_export")
     u = add("ui", "start the MLflow UI (and optuna-dashboard, when installed) on a suite's stores")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")
+    u.add_argument("--fast", action="store_true", help="the stores of the suite's `--fast` variant")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.add_argument(

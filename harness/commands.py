@@ -15,7 +15,7 @@ from types import FrameType
 
 from filelock import FileLock
 
-from harness import export, keep, stores, supervise, sweep, tracking, workers
+from harness import console, export, keep, stores, supervise, sweep, tracking, workers
 from harness.redact import redact
 from harness.report.benchmark import write_benchmark
 from harness.report.runs import best_trials, load_runs, load_study, trial_table
@@ -40,14 +40,15 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
         print(f"error: {e}; the running trial was requeued: rerun `harness run` when it answers", file=sys.stderr)
         return 1
     print("\n".join(sweep.summary(study)))
-    print(f"compare the trials in the MLflow UI: harness ui {args.suite}")
+    print(f"compare the trials in the MLflow UI: {console.command('ui', suite, path=args.suite)}")
     failed = workers.no_result(study)
     if not args.no_report and study.get_trials(deepcopy=False):
         with FileLock(stores.work_dir(suite) / "report.lock"):  # workers on one machine may finish together
             folder = write_report(suite, "results")
             version = summarise_study(suite, folder)
         if version is not None:
-            print(f"best student: {keep.registered_name(suite)} version {version}; harness export {args.suite} OUT/")
+            hint = console.command("export", suite, "OUT/", path=args.suite)
+            print(f"best student: {keep.registered_name(suite)} version {version}; {hint}")
         print(f"report written to {folder}")
     if failed:
         print(f"error: {failed}", file=sys.stderr)
@@ -138,13 +139,14 @@ def cmd_ui(args: argparse.Namespace, suite: Suite) -> int:
     uri = stores.tracking_uri(suite)
     base = f"http://{args.host}:{args.port}"
     exp_id = tracking.find_experiment(suite)
+    run_hint = console.command("run", suite, path=args.suite)
     if exp_id is not None:  # refresh the experiment's kind, description and runs view (older stores lack them)
         tracking.setup(suite)
         objective = sweep.direction(suite.sweep.objectives[0])
         tracking.save_trials_view(exp_id, sweep.view_metrics(suite), sweep.view_params(suite), objective == "maximize")
         where = f"runs of harness/{suite.name}: {tracking.ui_url(base, exp_id)}"
     else:
-        where = f"{base} (no runs of suite '{suite.name}' yet: `harness run {args.suite}` first)"
+        where = f"{base} (no runs of suite '{suite.name}' yet: `{run_hint}` first)"
     print(f"MLflow UI ({redact(uri)}), {where}")
     # One web worker and no background job runners (they serve MLflow's GenAI features): 2 processes, not 11.
     env = {**os.environ}
@@ -160,7 +162,7 @@ def cmd_ui(args: argparse.Namespace, suite: Suite) -> int:
     db = stores.sqlite_file(storage)
     if dashboard and db is not None and not db.exists():
         # optuna-dashboard opens a storage without creating its tables, and exits on an empty one
-        print(f"Optuna dashboard: no study yet in {redact(storage)} (`harness run {args.suite}` first)")
+        print(f"Optuna dashboard: no study yet in {redact(storage)} (`{run_hint}` first)")
         dashboard = None
     elif dashboard:
         commands["optuna-dashboard"] = [dashboard, storage, "--host", args.host, "--port", str(args.dashboard_port)]

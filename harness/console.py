@@ -29,6 +29,21 @@ IGNORED_WARNINGS = (
 )
 
 
+FAST_SUFFIX = "-fast"  # Suite.fast names its variant `<name>-fast`
+
+
+def command(verb: str, suite: object, *rest: str, path: str | None = None) -> str:
+    """The exact `harness VERB SUITE [--fast] ...` that finds this suite's study: a hint a user can paste
+    (a `--fast` variant's study is only found with `--fast`); `path`: the suite as the user typed it."""
+    name, source = str(getattr(suite, "name", "")), getattr(suite, "source", None)
+    fast = name.endswith(FAST_SUFFIX)
+    where = path or source or name.removesuffix(FAST_SUFFIX)
+    if path is None and source and os.path.isabs(source):  # as the user would type it from here
+        rel = os.path.relpath(source)
+        where = source if rel.startswith("..") else rel
+    return " ".join(["harness", verb, str(where), *(["--fast"] if fast else []), *rest])
+
+
 def terminal() -> bool:
     """Whether a person is watching stderr (a terminal), not a file or a pipe."""
     return sys.stderr.isatty()

@@ -28,7 +28,7 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from harness import keep, models, softprompt, stores, tracking
+from harness import console, keep, models, softprompt, stores, tracking
 from harness.keep import StudentContext
 from harness.report.runs import best_trials, load_runs, load_study, seed_runs, trial_table
 from harness.spec import Suite
@@ -60,9 +60,11 @@ def choose(suite: Suite, trial: int | None) -> tuple[pd.Series, str]:
     its first seed, whose student is the one kept."""
     runs, _ = load_runs(suite)
     if runs.empty:
-        raise ExportError(
-            f"suite '{suite.name}': no trials recorded (`harness run {suite.source or suite.name}` first)"
-        )
+        hint = f"`{console.command('run', suite)}` first"
+        if not suite.name.endswith(console.FAST_SUFFIX):  # the newcomer's `nox -s benchmark -- --fast` study
+            fast = suite.model_copy(update={"name": suite.name + console.FAST_SUFFIX})
+            hint += f", or after a `--fast` run: `{console.command('export', fast, 'OUT')}`"
+        raise ExportError(f"suite '{suite.name}': no trials recorded ({hint})")
     table = trial_table(runs, load_study(suite))
     if trial is None:
         best = best_trials(table, 1)

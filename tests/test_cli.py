@@ -20,7 +20,7 @@ import optuna
 import pytest
 from helpers import ROOT, write_suite
 
-from harness import __version__, stores, sweep
+from harness import __version__, console, stores, sweep
 from harness import models as models_module
 from harness.cli import build_parser, main
 from harness.commands import dashboard_command
@@ -257,3 +257,33 @@ def test_dry_run_marks_the_grid_points_that_fail_at_once(tmp_path, capsys, monke
     failing = [line for line in points if "fails at once" in line]
     assert len(points) == 4 and len(failing) == 1
     assert "soft_prompt(n_tokens=4)" in failing[0] and "lora_rank=8" in failing[0] and "not 8" in failing[0]
+
+
+# ---------------------------------------------------------------- `--fast` everywhere, hints that work as printed
+def test_every_command_that_takes_a_suite_takes_fast():
+    parser = build_parser()
+    for argv in (["validate", "s.yaml"], ["run", "s.yaml"], ["report", "s.yaml"], ["gap", "s.yaml"], ["ui", "s.yaml"]):
+        assert parser.parse_args([*argv, "--fast"]).fast, argv
+    assert parser.parse_args(["export", "s.yaml", "OUT", "--fast"]).fast
+
+
+def test_hints_of_a_fast_suite_say_fast(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suite = load_suite(write_suite(tmp_path))
+    assert console.command("ui", suite, path="smoke.yaml") == "harness ui smoke.yaml"
+    assert console.command("ui", suite.fast(), path="smoke.yaml") == "harness ui smoke.yaml --fast"
+    assert console.command("export", suite.fast(), "OUT/") == "harness export smoke.yaml --fast OUT/"
+
+
+def test_export_before_any_run_prints_the_command_that_works(tmp_path, capsys, monkeypatch):
+    """A newcomer's `nox -s benchmark -- --fast` study is found by `export --fast` only: the error says so."""
+    monkeypatch.chdir(tmp_path)
+    path = write_suite(tmp_path)
+    assert main(["export", str(path), "OUT"]) == 2
+    err = capsys.readouterr().err
+    assert "`harness run smoke.yaml` first, or after a `--fast` run: `harness export smoke.yaml --fast OUT`" in err
+    assert main(["export", str(path), "OUT", "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert "suite 'smoke-fast': no trials recorded (`harness run smoke.yaml --fast` first)" in err
+    assert main(["report", str(path), "--fast"]) == 2
+    assert "run `harness run smoke.yaml --fast` first" in capsys.readouterr().err

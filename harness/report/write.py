@@ -21,6 +21,7 @@ import optuna
 import pandas as pd
 from matplotlib.typing import RcKeyType
 
+from harness import console
 from harness.redact import redact
 from harness.report import optuna_plots, plots
 from harness.report.comparison import Comparison, compare, load_item_scores
@@ -71,7 +72,8 @@ def write_report(suite: Suite, out: str | Path) -> Path:
     runs, uri = load_runs(suite)
     kinds = runs.get("tags.harness.kind", pd.Series(dtype=object))
     if runs.empty or not (kinds == "trial").any():
-        raise SuiteError(f"no trials recorded for suite '{suite.name}' in {redact(uri)}; run `harness run` first")
+        hint = console.command("run", suite)
+        raise SuiteError(f"no trials recorded for suite '{suite.name}' in {redact(uri)}; run `{hint}` first")
     study = load_study(suite)
     df = trial_table(runs, study)
     folder = Path(out) / suite.name
