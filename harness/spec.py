@@ -625,10 +625,40 @@ def _duplicate_keys(node: yaml.Node | None, path: tuple[str, ...] = ()) -> list[
     return problems
 
 
+# A suite is a few kilobytes; the caps keep a hostile or mistaken file from costing minutes or memory.
+MAX_SUITE_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+
+
+def _yaml_shape_problem(text: str) -> str | None:
+    """Anchors, aliases and deep nesting, found from the parser's events before anything is composed.
+
+    An alias can expand a few hundred bytes into billions of nodes (or refer to itself) and the composer
+    recurses once per level; a suite needs neither, so both are refused with the line they are on."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            return (
+                f"line {line}: YAML anchors and aliases (&name, *name, <<) are not allowed in a suite; "
+                "write the values out"
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return f"line {line}: nested more than {MAX_YAML_DEPTH} levels deep"
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
 def _read_yaml(p: Path) -> dict[str, Any]:
     if p.is_dir():
         raise SuiteError(f"{p}: is a folder; give a suite YAML file")
     try:
+        size = p.stat().st_size
+        if size > MAX_SUITE_BYTES:
+            raise SuiteError(f"{p}: {size} bytes; a suite file is at most {MAX_SUITE_BYTES} bytes (1 MiB)")
         data = p.read_bytes()
     except FileNotFoundError:
         raise SuiteError(f"{p}: no such suite file") from None
@@ -640,6 +670,9 @@ def _read_yaml(p: Path) -> dict[str, Any]:
         line = data[: e.start].count(b"\n") + 1
         raise SuiteError(f"{p}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
     try:
+        shape = _yaml_shape_problem(text)
+        if shape:
+            raise SuiteError(f"{p}: {shape}")
         duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -135,6 +136,19 @@ def test_non_utf8_suite_names_the_line(tmp_path):
     path.write_bytes(b"name: x\ncontext: {instruction: caf\xe9}\n")
     with pytest.raises(SuiteError, match=r"latin1.yaml: line 2: not UTF-8 text \(byte 0xe9\)"):
         load_suite(path)
+
+
+def test_oversized_suite_is_refused_before_parsing(tmp_path):
+    """A 50 MB description once took 43 s to validate: the size is checked before the file is read."""
+    path = tmp_path / "huge.yaml"
+    with path.open("w") as f:
+        f.write("name: x\n" + TASK + "description: ")
+        f.write("a" * (50 << 20))
+    start = time.perf_counter()
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    assert time.perf_counter() - start < 1.0
+    assert err.value.problems == [f"{path}: {path.stat().st_size} bytes; a suite file is at most 1048576 bytes (1 MiB)"]
 
 
 def test_ranges_and_labels(tmp_path):
