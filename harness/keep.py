@@ -42,7 +42,7 @@ from mlflow.tracking import MlflowClient
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from harness import softprompt, stores, tracking
+from harness import aggregate, softprompt, stores, tracking
 from harness.config import TrialConfig
 from harness.contexts import Context
 from harness.metrics import TrialMetrics
@@ -242,8 +242,7 @@ class Keeper:
         self, first: str, run: tracking.TrialRun, cfg: TrialConfig, number: int, metrics: TrialMetrics
     ) -> None:
         value = getattr(metrics, VALIDATION)
-        best = tracking.best_finished(self.experiment_id, stores.study_name(self.suite), VALIDATION)
-        if value is None or math.isnan(value) or (best is not None and value <= best):
+        if value is None or math.isnan(value) or not leads(self.suite, self.experiment_id, value, number, run.run_id):
             return
         trial = {
             "number": number,
@@ -366,6 +365,24 @@ class Keeper:
             linked.append({"name": name, "version": version.version})
             client.set_logged_model_tags(model_id, {MODEL_VERSIONS: json.dumps(linked)})
         return str(version.version)
+
+
+def leads(suite: Suite, experiment_id: str, value: float, number: int, run_id: str) -> bool:
+    """Whether configuration run `run_id` (trial `number`, `value` on validation) ranks first among the study's
+    finished ones, by the rule the report and export use (`aggregate.validation_rank`: a tie goes to the
+    earliest trial): only then is its student registered as the best so far."""
+    with tracking.guard():
+        found = MlflowClient().search_runs(
+            [experiment_id],
+            filter_string=f"tags.`harness.study` = '{stores.study_name(suite)}' "
+            "and tags.`harness.kind` = 'trial' and attributes.status = 'FINISHED'",
+            max_results=5000,
+        )
+    others = [r for r in found if r.info.run_id != run_id]
+    values = [r.data.metrics.get(VALIDATION) for r in others] + [value]
+    trials = [r.data.tags.get("optuna.trial_number") for r in others] + [number]
+    order = aggregate.validation_rank(values, trials)
+    return bool(order) and order[0] == len(others)
 
 
 def settle(suite: Suite, best_run_id: str | None) -> str | None:

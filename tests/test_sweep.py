@@ -345,3 +345,60 @@ def test_the_grid_sampler_visits_every_point_once(tmp_path):
         study.optimize(lambda t: float(len(str(sweep.suggest(t, suite)))), n_trials=16)
         points = {tuple(sorted(t.params.items())) for t in study.trials}
         assert len(points) == 16, f"seed {seed}: {len(points)} distinct points in 16 trials"
+
+
+# ---------------------------------------------------------------- one tie-break rule: report, export, kept student
+def test_a_tie_on_validation_is_broken_the_same_way_by_report_export_and_keep(tmp_path):
+    """Three configurations tie on validation (trials 3, 1 and 2, in that row order): the report's reference,
+    export's default trial and the student `keep` registers are all the earliest trial, 1."""
+    import pandas as pd
+
+    from harness import aggregate, keep
+    from harness.report import comparison
+    from harness.report.runs import best_trials
+
+    rows = [(3, 0.8), (0, 0.5), (1, 0.8), (2, 0.8)]  # trial, validation gap closure
+    df = pd.DataFrame(
+        {
+            "trial": [t for t, _ in rows],
+            "state": "COMPLETE",
+            "run_id": [f"run{t}" for t, _ in rows],
+            "target": "greedy",
+            "context": "empty",
+            "loss": "forward_kl",
+            "hp.learning_rate": [1e-4 * (t + 1) for t, _ in rows],
+            "validation_gap_closure": [v for _, v in rows],
+            "test_gap_closure": 0.5,
+        }
+    )
+    items = {str(i): float(i % 2) for i in range(20)}
+    split = {"note": "", "teacher": {k: 1.0 for k in items}, "baseline": {k: 0.0 for k in items}}
+    scores = {
+        f"run{t}": {
+            "format": aggregate.FORMAT,
+            "metric": "acc",
+            "seeds": [0, 1],
+            "splits": {"test": {**split, "student": {"0": items, "1": items}}},
+        }
+        for t, _ in rows
+    }
+    suite = load_suite(write_suite(tmp_path, evaluation={"bootstrap": 200}))
+    assert int(best_trials(df, 1).iloc[0]["trial"]) == 1  # export's default and settle's alias `best`
+    assert int(comparison.compare(suite, df, scores).table.iloc[0]["trial"]) == 1  # the report's reference
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        exp = mlflow.create_experiment("tie")
+        client = mlflow.MlflowClient()
+        for number, value in rows:
+            if number == 1:
+                continue  # the configuration now finishing
+            run = client.create_run(exp, tags={"harness.study": stores.study_name(suite), "harness.kind": "trial"})
+            client.set_tag(run.info.run_id, "optuna.trial_number", str(number))
+            client.log_metric(run.info.run_id, "validation_gap_closure", value)
+            client.set_terminated(run.info.run_id)
+        assert keep.leads(suite, exp, 0.8, 1, "now")  # ties with 2 and 3, earlier than both: registered
+        assert not keep.leads(suite, exp, 0.8, 4, "now")  # ties, later than 2: not registered
+        assert keep.leads(suite, exp, 0.81, 4, "now")
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -84,9 +84,9 @@ def compare(suite: Suite, df: pd.DataFrame, scores: Mapping[str, Mapping[str, An
     if done.empty:
         return None
     done["configuration"] = labels(done)
-    # ties on validation: the earliest trial is the reference (the sentence says so)
-    keys = [val_col, "trial"] if "trial" in done else [val_col]
-    done = done.sort_values(keys, ascending=[False, True][: len(keys)], kind="stable")
+    # ties on validation: the earliest trial is the reference (the sentence says so), as export and keep choose
+    trials = done["trial"].tolist() if "trial" in done else [None] * len(done)
+    done = done.iloc[aggregate.validation_rank(done[val_col].astype(float).tolist(), trials)]
     data = [aggregate.read_item_scores(scores[rid], "test") for rid in done["run_id"]]
     grids, seeds = aggregate.paired(data)
     n_boot, seed = suite.evaluation.bootstrap, suite.seed

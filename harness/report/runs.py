@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness import stores, tracking
+from harness import aggregate, stores, tracking
 from harness.metrics import METRICS, STEP_METRICS
 from harness.redact import redact
 from harness.spec import Suite
@@ -180,5 +180,11 @@ def histories(run_ids: Sequence[str]) -> dict[str, dict[str, list[tuple[int, flo
 
 
 def best_trials(df: pd.DataFrame, n: int = MAX_CURVES) -> pd.DataFrame:
-    """The n completed configurations with the highest gap closure on validation (what chooses; never test)."""
-    return completed(df).sort_values(VALIDATION, ascending=False).head(n)
+    """The n completed configurations with the highest gap closure on validation (what chooses; never test),
+    ties to the earliest trial (`aggregate.validation_rank`, as the kept student and the comparison)."""
+    if VALIDATION not in df.columns:
+        return df.iloc[0:0]
+    done = df[df["state"] == "COMPLETE"]
+    trials = done["trial"] if "trial" in done else pd.Series([None] * len(done), index=done.index)
+    order = aggregate.validation_rank(done[VALIDATION].astype(float).tolist(), trials.tolist())
+    return done.iloc[order[:n]]
