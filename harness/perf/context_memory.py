@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"One context position costs {per_token} bytes of KV cache per query on this model (keys and values, every "
         "layer, the model's dtype). A soft prompt and a KV prefix of n positions cost the same n positions at "
-        "inference; they differ in what is trained. LoRA and full fine-tuning leave no context beyond the bare prompt (positions are counted over the prompt with no context, which on SmolLM2 still holds its chat template's default system message), at the price "
+        "inference; they differ in what is trained. LoRA and full fine-tuning leave no context beyond the bare "
+        "prompt (positions are counted over the prompt with no context, which on SmolLM2 still holds its chat "
+        "template's default system message), at the price "
         "of trained weights (a full fine-tune is a copy of the model).",
         "",
         df.to_markdown(index=False),
