@@ -3,6 +3,7 @@ trials with reasons."""
 
 from __future__ import annotations
 
+import logging
 import math
 from types import SimpleNamespace
 
@@ -348,7 +349,7 @@ def test_the_grid_sampler_visits_every_point_once(tmp_path):
 
 
 # ---------------------------------------------------------------- one tie-break rule: report, export, kept student
-def test_a_tie_on_validation_is_broken_the_same_way_by_report_export_and_keep(tmp_path):
+def test_a_tie_on_validation_is_broken_the_same_way_by_report_export_and_keep(tmp_path, caplog):
     """Three configurations tie on validation (trials 3, 1 and 2, in that row order): the report's reference,
     export's default trial and the student `keep` registers are all the earliest trial, 1."""
     import pandas as pd
@@ -400,5 +401,16 @@ def test_a_tie_on_validation_is_broken_the_same_way_by_report_export_and_keep(tm
         assert keep.leads(suite, exp, 0.8, 1, "now")  # ties with 2 and 3, earlier than both: registered
         assert not keep.leads(suite, exp, 0.8, 4, "now")  # ties, later than 2: not registered
         assert keep.leads(suite, exp, 0.81, 4, "now")
+
+        # settle (the end of a run) finds trial 1's registered student: no "not registered" warning
+        chosen = str(best_trials(df, 1).iloc[0]["run_id"])
+        name = keep.registered_name(suite)
+        client.create_registered_model(name)
+        client.create_model_version(name, source=str(tmp_path), tags={"harness.trial_run_id": chosen})
+        with caplog.at_level(logging.WARNING, logger="harness.keep"):
+            assert keep.settle(suite, chosen) == "1"
+            assert "not registered" not in caplog.text
+            assert keep.settle(suite, "run3") is None  # a later tie, never registered: the warning is due
+            assert "not registered" in caplog.text
     finally:
         mlflow.set_tracking_uri(None)
