@@ -537,7 +537,13 @@ def plan(suite: Suite) -> list[str]:
                 check_combination(suggest(optuna.trial.FixedTrial(values), suite))
             except InvalidCombination as e:
                 why = f"  (fails at once: {e})"
-            name = tracking.run_name(values["target"], values["context"], values["loss"], None, values.get("inputs"))
+            name = tracking.run_name(
+                values["target"],
+                values["context"],
+                values["loss"],
+                None,
+                values.get("inputs", suite.axes.inputs[0].label),
+            )
             lines.append(f"  {i:>3}. {name} {hp}{why}")
     else:
         for axis, axis_values in (
