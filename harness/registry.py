@@ -49,8 +49,8 @@ def _not_bool(v: Any) -> Any:
 
 
 # Parameter types shared by the registries and the suite spec. Floats also accept numeric text
-# (PyYAML reads `1e-4` without a dot as a string); integers must be YAML integers.
-Number = Annotated[float, BeforeValidator(_not_bool)]
+# (PyYAML reads `1e-4` without a dot as a string) but never `.inf` or `.nan`; integers must be YAML integers.
+Number = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 Integer = Annotated[int, Strict()]
 Positive = Annotated[Number, Field(gt=0)]
 NonNegative = Annotated[Number, Field(ge=0)]

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeAlias, TypeVar, cast
@@ -317,6 +318,17 @@ class Choices(_Strict, Generic[T]):
 
     choices: list[T] = Field(min_length=1)
 
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, v: list[T]) -> list[T]:
+        """`1.0e-3` and `0.001` are one value: a repeat would weight it twice in the sweep."""
+        seen: list[T] = []
+        for x in v:
+            if x in seen:
+                raise ValueError(f"choices repeat: {x} is given twice; keep one")
+            seen.append(x)
+        return v
+
 
 def _hyper(value: Any, rng: Any = Range) -> Any:
     """A hyperparameter: a fixed `value`, a `{low, high, log, int, step}` range or `{choices: [...]}`.
@@ -399,6 +411,10 @@ class Evaluation(_Strict):
     )
 
 
+# Seeds are 32-bit unsigned (numpy's limit); more than 100 per configuration is a typo, not a study.
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 100
+
 Objective = Literal["gap_closure", "student_score", "train_tokens", "wall_time_s"]
 
 
@@ -408,6 +424,7 @@ class Sweep(_Strict):
     seeds: Integer = Field(
         3,
         ge=1,
+        le=MAX_SEEDS,
         description="training seeds per configuration: suite.seed, suite.seed + 1, ...; a seed changes data order, "
         "LoRA init, sampled targets and on-policy draws, nothing else; the objective is the mean over seeds",
     )
@@ -456,9 +473,12 @@ class Tracking(_Strict):
 
 
 class Suite(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        description="one safe path component (it names folders, the MLflow experiment and the registered model): "
+        "letters, digits, _ . -, not starting with a dot, at most 100 characters",
+    )
     description: str = ""
-    seed: Integer = 0
+    seed: Integer = Field(0, ge=0, le=MAX_SEED, description="the first training seed (a 32-bit unsigned integer)")
     models: Models = Models()
     task: Task
     context: ContextSpec = ContextSpec()
@@ -472,6 +492,28 @@ class Suite(_Strict):
 
     # Filled by load_suite, not by the user.
     source: str | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        """The name becomes a folder: `..`, `a/b` or a leading dot would put it somewhere else."""
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}", v):
+            shown = repr(v) if len(v) <= 40 else repr(v[:37]) + "..."
+            raise ValueError(
+                "must be one path component: letters, digits, _ . -, not starting with a dot, "
+                f"at most 100 characters (got {shown})"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _last_seed_fits(self) -> Suite:
+        """The seeds run are seed .. seed + sweep.seeds - 1: the last must still be a 32-bit seed."""
+        if self.seed + self.sweep.seeds - 1 > MAX_SEED:
+            raise ValidationError.from_exception_data(
+                "suite",
+                [error_detail("value_error", ("seed",), f"seed + sweep.seeds - 1 is above {MAX_SEED}", self.seed)],
+            )
+        return self
 
     @model_validator(mode="after")
     def _learned_contexts_need_frozen_weights(self) -> Suite:
