@@ -452,12 +452,48 @@ class Sweep(_Strict):
         "default $HARNESS_CACHE_DIR, else work_dir/cache",
     )
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        """An RDB URL Optuna can open: its scheme a SQLAlchemy dialect, its driver installed; nothing connects."""
+        if v is not None:
+            _check_database_url(v)
+        return v
+
     @field_validator("objectives")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError("objectives repeat")
         return v
+
+
+def _check_database_url(url: str) -> None:
+    """Raise ValueError (one line, no password) unless SQLAlchemy can build an engine for `url`.
+
+    SQLAlchemy is imported only here, for a suite that names a storage: validate stays fast without one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError("not a database URL (e.g. sqlite:///optuna.db, postgresql://user@host/db)") from None
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        from sqlalchemy.dialects import __all__ as known
+
+        scheme = parsed.drivername
+        close = difflib.get_close_matches(parsed.get_backend_name(), known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown database '{scheme}' in the URL (known: {', '.join(sorted(known))}){hint}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise ValueError(
+            f"the driver for '{parsed.drivername}' is not installed ({e.name or e}); install it or name another"
+        ) from None
 
 
 SaveStudent = Literal["none", "adapter", "best", "all"]

@@ -321,3 +321,18 @@ def test_fast_caps_items_seeds_and_configurations(tmp_path):
     assert fast.axes == suite.axes and fast.hyperparameters == suite.hyperparameters
     assert fast.training_seeds() == [suite.seed, suite.seed + 1]
     assert suite.training_seeds() == [0, 1, 2, 3, 4]
+
+
+def test_storage_url_is_checked_without_connecting(tmp_path):
+    """A PostgreSQL URL to a port nothing listens on validates (no connection is made); a bad scheme does not."""
+    ok = write_suite(tmp_path, sweep={"storage": "postgresql://user:secret@127.0.0.1:1/optuna"})
+    assert load_suite(ok).sweep.storage
+    for url, message in [
+        ("postgersql://user:secret@h/db", "unknown database 'postgersql' in the URL"),
+        ("sqlite+nosuchdriver:///x.db", "unknown database 'sqlite+nosuchdriver' in the URL"),
+        ("no url at all", "not a database URL"),
+    ]:
+        with pytest.raises(SuiteError) as err:
+            load_suite(write_suite(tmp_path, sweep={"storage": url}))
+        (line,) = err.value.problems
+        assert f": sweep.storage: {message}" in line and "secret" not in line, line
