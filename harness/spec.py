@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     TypeAdapter,
     ValidationError,
     WrapValidator,
@@ -98,6 +99,11 @@ class Task(_Strict):
         "the size of the seeded slice carved from its test items (default: a fifth of them, at most 200)",
     )
     control: ControlTask | None = Field(None, description="an unrelated task scored to show forgetting")
+    allow_code: StrictBool = Field(
+        False,
+        description="let lm-eval run the Python a local task YAML names with `!function` (this task's and the "
+        "control's); off, such a task is refused before any of its code is imported",
+    )
 
 
 class Text(_Strict):
@@ -658,6 +664,7 @@ _NOT_HASHED: dict[str, Any] = {
     "tracking": True,  # what is kept of a trial, not what it measures
     "work_dir": True,
     "models": {"device"},
+    "task": {"allow_code"},  # permission to run the task's code, not what it measures
     "sweep": {"n_trials", "timeout", "storage", "tracking_uri", "cache_dir"},
 }
 
@@ -877,15 +884,44 @@ def _task_problems(suite: Suite) -> list[str]:
         if task is None:
             continue
         if folder is not None:
-            problems += _local_task_problems(field, task, folder)
+            problems += _local_task_problems(field, task, folder, allow_code=suite.task.allow_code)
         else:
             problems += _registered_task_problems(field, task.name)
     return problems
 
 
-def _local_task_problems(field: str, task: Task | ControlTask, folder: Path) -> list[str]:
-    """The folder must hold a task YAML with `task: name` (what `tasks.task_config` will load), and a
-    metric the suite names must be one the task declares."""
+def code_in_task_yaml(path: Path, _seen: frozenset[Path] = frozenset()) -> str | None:
+    """Where a task YAML (or a YAML it includes) names Python with `!function`, e.g. `parity.yaml line 4:
+    !function`; None if it names none. Read from the scanner's tokens: nothing runs. A file that cannot be
+    read is lm-eval's to report."""
+    path = path.resolve()
+    if path in _seen or not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.TagToken) and token.value == ("!", "function"):
+                return f"{path.name} line {token.start_mark.line + 1}: !function"
+        cfg = yaml.load(text, Loader=TaskYamlLoader)  # noqa: S506 (runs nothing)
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return None
+    includes = cfg.get("include") if isinstance(cfg, dict) else None
+    for inc in includes if isinstance(includes, list) else [includes] if includes else []:
+        if isinstance(inc, str):
+            found = code_in_task_yaml(path.parent / inc, _seen | {path})
+            if found:
+                return found
+    return None
+
+
+def code_refused(field: str, where: str) -> str:
+    """The one line for a task whose YAML names Python the suite has not allowed to run."""
+    return f"{field}.path: {where} names Python that lm-eval would run; to allow it, set `task.allow_code: true`"
+
+
+def _local_task_problems(field: str, task: Task | ControlTask, folder: Path, *, allow_code: bool = False) -> list[str]:
+    """The folder must hold a task YAML with `task: name` (what `tasks.task_config` will load), a
+    metric the suite names must be one the task declares, and Python it names must be allowed."""
     name, names = task.name, []
     for f in sorted(folder.glob("*.yaml")):
         try:
@@ -895,6 +931,9 @@ def _local_task_problems(field: str, task: Task | ControlTask, folder: Path) -> 
         if not isinstance(cfg, dict):
             continue
         if cfg.get("task") == name:
+            code = None if allow_code else code_in_task_yaml(f)
+            if code:
+                return [code_refused(field, code)]
             if "num_fewshot" in cfg:
                 return [f"{field}.path: {f.name}: num_fewshot: remove it; the suite's context sets the demonstrations"]
             declared = [m.get("metric") for m in cfg.get("metric_list") or [] if isinstance(m, dict)]

@@ -23,7 +23,7 @@ from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from harness.contexts import Context, ContextEnv
-from harness.spec import TaskYamlLoader, lm_eval_index
+from harness.spec import TaskYamlLoader, code_in_task_yaml, code_refused, lm_eval_index
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,18 @@ def _absolute_data_files(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     return cfg
 
 
-def task_config(name: str, folder: Path | None) -> dict[str, Any] | str:
+def task_config(name: str, folder: Path | None, *, allow_code: bool = False) -> dict[str, Any] | str:
     """A local task as an in-code config dict (absolute paths), or a registered task's name.
 
     Only the named task's YAML (and what it includes) goes through lm-eval's loader, which runs `!function`
-    tags: the other YAMLs of the folder are read with a loader that runs nothing, just to find the name."""
+    tags: the other YAMLs of the folder are read with a loader that runs nothing, just to find the name.
+    A YAML that names Python is refused unless the suite opts in (`task.allow_code`), before any import."""
     if folder is None:
         return name
     path = _task_file(name, folder)
+    code = None if allow_code else code_in_task_yaml(path)
+    if code:
+        raise TaskError(f"{folder}: {code_refused('task', code).removeprefix('task.path: ')}")
     cfg = load_yaml(path)
     if "num_fewshot" in cfg:
         raise TaskError(f"{path}: num_fewshot: remove it; the suite's context sets the demonstrations")
@@ -318,9 +322,9 @@ def task_manager(folder: Path | None) -> Any:
     return TaskManager(include_defaults=False)
 
 
-def load_task(name: str, folder: Path | None) -> TaskBundle:
-    """Load a local task folder or a registered lm-eval task by name."""
-    cfg = task_config(name, folder)
+def load_task(name: str, folder: Path | None, *, allow_code: bool = False) -> TaskBundle:
+    """Load a local task folder or a registered lm-eval task by name (`allow_code`: see `task_config`)."""
+    cfg = task_config(name, folder, allow_code=allow_code)
     tm = task_manager(folder)
     try:
         tasks = tm.load([cfg])["tasks"]

@@ -88,7 +88,7 @@ class Workbench:
                 self.hidden_layers(layers, f"axes.losses.{i} '{loss.label}'")
         self.tok = self.teacher.tokenizer
         self.pad_id = self.tok.pad_token_id
-        self.task: TaskBundle = load_task(suite.task.name, suite.task_dir())
+        self.task: TaskBundle = load_task(suite.task.name, suite.task_dir(), allow_code=suite.task.allow_code)
         self.splits: dict[str, Split] = {
             "validation": self.task.split("validation", suite.task.validation_limit, suite.seed),
             "test": self.task.split("test", suite.task.eval_limit, suite.seed),
@@ -101,7 +101,7 @@ class Workbench:
         self.metric = scoring.main_metric(self.task.config, self.task.task, suite.task.metric)
         self.control: TaskBundle | None = None
         if suite.task.control:
-            self.control = load_task(suite.task.control.name, suite.control_dir())
+            self.control = load_task(suite.task.control.name, suite.control_dir(), allow_code=suite.task.allow_code)
             self.control_metric = scoring.main_metric(self.control.config, self.control.task, suite.task.control.metric)
             self.control_split = self.control.scored_split(suite.task.control.eval_limit)
 

@@ -6,6 +6,7 @@ themselves, the study hash, model and task resolution, and the registries behind
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -254,9 +255,31 @@ def test_local_task_name_must_exist_in_its_folder(tmp_path):
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "t.yaml").write_text("task: mine\nnum_fewshot: 3\ndoc_to_text: !function utils.text\n")
-    path = write_suite(tmp_path, task={"name": "mine", "path": str(tasks)})
+    path = write_suite(tmp_path, task={"name": "mine", "path": str(tasks), "allow_code": True})
     with pytest.raises(SuiteError, match=r"task.path: t.yaml: num_fewshot: remove it"):
         load_suite(path, resources=True)
+
+
+def test_task_code_needs_allow_code(tmp_path):
+    """A task YAML (or one it includes) that names Python with `!function` is refused unless the suite opts in."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(SUITES / "tasks" / "parity", tasks)
+    main = (tasks / "parity.yaml").read_text()
+    (tasks / "base.yaml").write_text(
+        main.replace("task: parity", "task: parity_base") + "process_docs: !function u.f\n"
+    )
+    (tasks / "parity.yaml").write_text("include: base.yaml\ntask: parity\n")
+    path = write_suite(tmp_path, task={"name": "parity", "path": str(tasks)})
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, resources=True)
+    line = main.count("\n") + 1
+    assert err.value.problems == [
+        f"{path}: task.path: base.yaml line {line}: !function names Python that lm-eval would run; "
+        "to allow it, set `task.allow_code: true`"
+    ]
+    allowed = write_suite(tmp_path, task={"name": "parity", "path": str(tasks), "allow_code": True})
+    suite = load_suite(allowed, resources=True)
+    assert suite.task.allow_code and suite.content_hash() == load_suite(path).content_hash()
 
 
 @pytest.mark.slow
