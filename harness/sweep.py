@@ -195,6 +195,7 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
     seeds = suite.training_seeds()
 
     keeper = keep.Keeper(suite, bench, exp_id)
+    first = [True]  # this process's first configuration pays for the work later trials find cached
 
     def configuration(
         trial: optuna.Trial, run: tracking.TrialRun, cfg: TrialConfig, tags: dict[str, str]
@@ -208,11 +209,16 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
                 with tracking.trial_run(exp_id, run.run_id, run_name(cfg, seed), seed_tags, kind="seed") as seed_run:
                     reporter = _Reporter(trial, seed_run, maximize, prune and i == 0)
                     seed_run.log_params({**cfg.params(), "seed": seed})
+                    if first[0]:
+                        log.info(seed_phase_line(trial.number, name, i, len(seeds)))
                     result = run_trial(bench, cfg, seed, reporter, keeper.hook(seed_run.run_id, i == 0))
+                    if first[0]:
+                        log.info(seed_done_line(trial.number, i, len(seeds), result.metrics))
                     _log_seed(seed_run, bench, result)
                     trained = {"number": trial.number, "configuration": name, "seed": seed}
                     keeper.seed_done(seed_run, result.student_context, cfg.context.label, trained)
                     results.append(result)
+            first[0] = False
             metrics = aggregate.combine(results, n_boot=suite.evaluation.bootstrap, seed=suite.seed)
             run.log_metrics(metrics)
             _log_artifacts(run, bench, results)
@@ -446,19 +452,43 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
 
 
+def seed_phase_line(number: int, name: str, i: int, n: int) -> str:
+    """What the first configuration of a process is doing, before its seeds' only other line (the trial's, at the
+    end): on a loaded machine the teacher's and the baseline's work can take many minutes."""
+    what = (
+        "teacher targets, then teacher and baseline scores on both splits (cached: later trials reuse them), "
+        "then training and the student's scores"
+        if i == 0
+        else "training and the student's scores (teacher and baseline cached)"
+    )
+    return f"trial #{number} {name}: seed {i + 1}/{n} started — {what}"
+
+
+def seed_done_line(number: int, i: int, n: int, m: TrialMetrics) -> str:
+    """Where the first configuration's seed spent its time: the phases that later trials find cached or not."""
+    spent = f"teacher targets {_duration(m.teacher_time_s)}, lm-eval scoring {_duration(m.eval_time_s)}"
+    spent += f", training {_duration(m.train_time_s)}"
+    return f"trial #{number}: seed {i + 1}/{n} done in {_duration(m.wall_time_s)} ({spent})"
+
+
 class Progress:
     """Optuna callback: one line per finished trial, the study's progress in words, e.g.
     `trial 3/8 greedy|empty|forward_kl done (gap_closure 0.970) — elapsed 6 min, ETA 10 min`.
     k counts every finished trial of the study (a resumed study starts past 0); the ETA extrapolates this
-    process's own pace over the trials still missing."""
+    process's own pace over the trials still missing. The first trial of a process also loads the models and
+    makes the teacher's targets and the fixed arms' scores that the others find cached, so once a second trial
+    has finished the pace is that of the trials after the first; until then the ETA is an upper bound (`≤`)."""
 
     def __init__(self, objectives: Sequence[str], target: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.objectives, self.target, self.clock = objectives, target, clock
         self.start = clock()
         self.ran = 0
+        self.first_done: float | None = None  # clock when this process's first trial finished
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.ran += 1
+        if self.first_done is None:
+            self.first_done = self.clock()
         k = workers.tally(study).counted
         level, line = self.line(trial, k)
         log.log(level, line)
@@ -477,8 +507,17 @@ class Progress:
             level = logging.INFO if trial.state == optuna.trial.TrialState.PRUNED else logging.WARNING
         elapsed = self.clock() - self.start
         left = max(0, self.target - k)
-        timing = f"elapsed {_duration(elapsed)}" + (f", ETA {_duration(elapsed / self.ran * left)}" if left else "")
+        timing = f"elapsed {_duration(elapsed)}"
+        if left:
+            timing += f", ETA {self.eta(elapsed, left)}"
         return level, f"trial {k}/{self.target} {what} {outcome} — {timing}"
+
+    def eta(self, elapsed: float, left: int) -> str:
+        """Time for `left` more trials at the pace of the trials after the first (which paid for the cache)."""
+        if self.first_done is not None and self.ran >= 2:
+            after_first = (self.start + elapsed - self.first_done) / (self.ran - 1)
+            return _duration(after_first * left)
+        return "≤ " + _duration(elapsed / max(self.ran, 1) * left)
 
 
 def _sampler_kind(sampler: optuna.samplers.BaseSampler) -> str:

@@ -28,6 +28,7 @@ from harness.spec import load_suite
 
 TRIALS = 2  # the smoke suite's grid
 LINES_PER_TRIAL = 3
+SEEDS = 2  # the smoke suite's
 
 
 @pytest.mark.slow
@@ -39,16 +40,25 @@ def test_run_log_has_one_line_per_trial_and_no_noise(cli_smoke):
     for noise in ("Warning", "WARNING", "fatal:", "mlflow.store", "lm_eval", "it/s", "Generating", "Loading weights"):
         assert noise not in log, noise
     lines = log.splitlines()
-    progress = [line for line in lines if " harness.sweep: trial " in line]
+    progress = [line for line in lines if re.search(r" harness\.sweep: trial \d+/", line)]
     assert len(progress) == TRIALS, log
     pattern = (
         r"trial (\d)/2 greedy\|(empty|fewer_demos\(k=1\))\|forward_kl done \(gap_closure -?\d+\.\d{3}\) "
         r"— elapsed \d+ s"
     )
     assert [re.search(pattern, line).group(1) for line in progress] == ["1", "2"]  # type: ignore[union-attr]
-    assert "ETA" in progress[0] and "ETA" not in progress[1]  # nothing left after the last one
+    assert "ETA ≤ " in progress[0] and "ETA" not in progress[1]  # an upper bound after the first; none after the last
+    # the first configuration says what it is doing before its trial line: teacher and baseline work, then seeds
+    phases = [line.split(": ", 1)[1] for line in lines if " harness.sweep: trial #" in line]
+    assert len(phases) == 2 * SEEDS, log
+    assert "seed 1/2 started — teacher targets, then teacher and baseline scores" in phases[0]
+    assert re.search(r"seed 1/2 done in \d+ s \(teacher targets \d+ s, lm-eval scoring \d+ s, training", phases[1])
+    assert "seed 2/2 started — training and the student's scores (teacher and baseline cached)" in phases[2]
+    first_trial = next(i for i, line in enumerate(lines) if " harness.sweep: trial 1/2 " in line)
+    assert all(lines.index(next(x for x in lines if p in x)) < first_trial for p in phases)
     summary = next(i for i, line in enumerate(lines) if line.startswith("study "))
-    assert summary <= 2 + LINES_PER_TRIAL * TRIALS, lines[:summary]  # study line, teacher loading, the trials
+    bound = 2 + LINES_PER_TRIAL * TRIALS + 2 * SEEDS  # study line, teacher loading, the trials, the first's seeds
+    assert summary <= bound, lines[:summary]
     assert [line.split()[1] for line in lines[summary + 1 : summary + 1 + TRIALS]] == ["COMPLETE"] * TRIALS
     assert lines[-1] == "report written to results/smoke"
 
@@ -59,10 +69,15 @@ def test_progress_line_counts_trials_and_extrapolates_the_pace():
     axes = {"target": "greedy", "context": "empty", "loss": "forward_kl"}
     dists = {k: optuna.distributions.CategoricalDistribution([v]) for k, v in axes.items()}
     done = optuna.trial.create_trial(params=axes, distributions=dists, value=0.97)
-    now[0], progress.ran = 360.0, 3  # three trials in six minutes: two minutes each, five to go
+    now[0], progress.ran, progress.first_done = 240.0, 1, 240.0  # the first trial: 4 min, cache included
+    assert progress.line(done, 1) == (
+        logging.INFO,
+        "trial 1/8 greedy|empty|forward_kl done (gap_closure 0.970) — elapsed 4 min, ETA ≤ 28 min",
+    )
+    now[0], progress.ran = 480.0, 3  # two more in four minutes: two minutes each (cached), five to go
     assert progress.line(done, 3) == (
         logging.INFO,
-        "trial 3/8 greedy|empty|forward_kl done (gap_closure 0.970) — elapsed 6 min, ETA 10 min",
+        "trial 3/8 greedy|empty|forward_kl done (gap_closure 0.970) — elapsed 8 min, ETA 10 min",
     )
     failed = optuna.trial.create_trial(
         params=axes, distributions=dists, state=optuna.trial.TrialState.FAIL, user_attrs={"reason": "loss is nan"}
