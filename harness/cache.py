@@ -11,6 +11,7 @@ compute it while the others wait and then read it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -23,6 +24,33 @@ from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
+MAGIC = b"harness-cache v1 blake2b-256\n"
+_DIGEST = 32
+
+
+def _digest(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=_DIGEST).digest()
+
+
+def encode(value: Any) -> bytes:
+    """An entry's bytes: magic line, checksum of the payload, payload."""
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    payload = buf.getvalue()
+    return MAGIC + _digest(payload) + payload
+
+
+def decode(blob: bytes) -> Any:
+    """The value in an entry's bytes; ValueError saying what is wrong if they are not an intact entry."""
+    if not blob:
+        raise ValueError("empty file")
+    if not blob.startswith(MAGIC):
+        raise ValueError("no checksum header (written by an older version, or damaged)")
+    digest, payload = blob[len(MAGIC) : len(MAGIC) + _DIGEST], blob[len(MAGIC) + _DIGEST :]
+    if len(digest) < _DIGEST or _digest(payload) != digest:
+        raise ValueError("checksum mismatch (truncated or changed on disk)")
+    return torch.load(io.BytesIO(payload), weights_only=True)
+
 
 def content_hash(parts: dict[str, Any]) -> str:
     """Stable hash of a JSON-able description."""
@@ -31,7 +59,8 @@ def content_hash(parts: dict[str, Any]) -> str:
 
 
 class Store:
-    """Entries under root/<kind>/<hash>.pt with a readable <hash>.json describing the key."""
+    """Entries under root/<kind>/<hash>.pt (checksummed, see the module docstring) with a readable <hash>.json
+    describing the key."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -48,6 +77,7 @@ class Store:
         then reads the entry instead of computing it a second time."""
         key = content_hash(parts)
         path = self.path(kind, key)
+        existed = path.exists()
         found = self._load(kind, key, path)
         if found is not None:
             return found[0]
@@ -59,34 +89,36 @@ class Store:
             log.info("teacher cache %s %s: another worker is computing it; waiting", kind, key)
             lock.acquire()
         try:
-            found = self._load(kind, key, path)
+            found = self._load(kind, key, path, warn=not existed)  # one warning per damaged entry
             if found is not None:
                 return found[0]
             self.misses += 1
             log.info("teacher cache miss: %s %s (computing)", kind, key)
             value = compute()
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(value, tmp)
+            tmp.write_bytes(encode(value))
             tmp.replace(path)  # atomic: a reader that takes no lock never sees half an entry
             path.with_suffix(".json").write_text(json.dumps(_describe(parts), indent=1, default=str))
             return value
         finally:
             lock.release()
 
-    def _load(self, kind: str, key: str, path: Path) -> tuple[Any] | None:
-        """(value,) if the entry is stored and readable, else None (a damaged entry is recomputed)."""
-        if not path.exists():
+    def _load(self, kind: str, key: str, path: Path, warn: bool = True) -> tuple[Any] | None:
+        """(value,) if the entry is stored and intact, else None.
+
+        A damaged entry (empty, truncated, checksum mismatch, undecodable) or one without a checksum (older
+        version) is a miss: the caller recomputes and rewrites it, so a study never stops on it or uses it."""
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
             return None
         try:
-            value = torch.load(path, weights_only=True)
-        except Exception as e:  # written by an older version, or damaged: recompute rather than stop a study
-            log.warning(
-                "teacher cache entry %s %s unreadable (%s: %s); recomputing",
-                kind,
-                key,
-                type(e).__name__,
-                str(e).splitlines()[0][:120],
-            )
+            value = decode(blob)
+        except Exception as e:  # damaged or from an older version: recompute rather than stop a study
+            if not warn:
+                return None
+            first = (str(e).splitlines() or [""])[0][:120]
+            log.warning("teacher cache entry %s damaged (%s: %s); recomputing", path, type(e).__name__, first)
             return None
         self.hits += 1
         log.info("teacher cache hit: %s %s (reused)", kind, key)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import ROOT
 
-from harness import models
+from harness import cache, models
 
 
 @pytest.mark.parametrize("memo_above", [1 << 20, 0], ids=["hashed", "digest-remembered"])
@@ -82,3 +82,49 @@ def test_workers_sharing_a_cache_compute_an_entry_once(tmp_path):
     assert len(computed_by) == 1  # one worker computed the entry
     assert {out.decode().strip() for out, _ in results} == set(computed_by)  # both got its value
     assert any(b"another worker is computing it; waiting" in err for _, err in results)
+
+
+def _entry(store, parts):
+    from harness.cache import content_hash
+
+    return store.path("targets", content_hash(parts))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:-200] + bytes([b[-200] ^ 0x01]) + b[-199:],  # one bit flipped inside the payload
+        lambda b: b"",  # zero-byte entry
+        lambda b: b[: len(b) // 2],  # truncated
+        lambda b: b[len(cache.MAGIC) + 32 :],  # an older version's entry: bare torch.save bytes, no checksum
+    ],
+    ids=["bit-flip", "zero-byte", "truncated", "no-checksum"],
+)
+def test_damaged_entry_is_recomputed_with_one_warning(tmp_path, caplog, damage):
+    """A damaged teacher-cache entry is never served: it is recomputed, rewritten, and named in one warning."""
+    store = cache.Store(tmp_path)
+    parts = {"model": "m", "inputs": [1, 2, 3]}
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"tokens": torch.arange(100), "logprobs": torch.linspace(-5, 0, 100)}
+
+    first = store.get_or_compute("targets", parts, compute)
+    path = _entry(store, parts)
+    path.write_bytes(damage(path.read_bytes()))
+    with caplog.at_level("WARNING", logger="harness.cache"):
+        again = store.get_or_compute("targets", parts, compute)
+    assert len(calls) == 2  # recomputed, not served
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "recomputing" in warnings[0]
+    third = store.get_or_compute("targets", parts, lambda: pytest.fail("the rewritten entry was not reused"))
+    assert torch.equal(third["tokens"], first["tokens"])
+
+
+def test_an_untouched_entry_passes_its_checksum(tmp_path):
+    """The checksum covers exactly the payload bytes: an intact entry decodes to what was stored."""
+    value = {"x": torch.tensor([1.5, -2.0]), "n": 3}
+    back = cache.decode(cache.encode(value))
+    assert back["n"] == 3 and torch.equal(back["x"], value["x"])
