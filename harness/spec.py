@@ -722,7 +722,7 @@ def _yaml_shape_problem(text: str) -> str | None:
     recurses once per level; a suite needs neither, so both are refused with the line they are on."""
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        line = event.start_mark.line + 1
+        line = event.start_mark.line + 1 if event.start_mark else 0
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             return (
                 f"line {line}: YAML anchors and aliases (&name, *name, <<) are not allowed in a suite; "
