@@ -171,6 +171,33 @@ def test_two_workers_share_one_study(tmp_path, postgres, mlflow_server):
     assert leaks == []
 
 
+def test_three_workers_on_postgres_complete_exactly_n_trials(tmp_path, postgres, mlflow_server):
+    """6 trials, 3 workers started together on PostgreSQL and an MLflow server: exactly 6 complete (none
+    surplus, none twice), 6 distinct configurations, one MLflow run per trial, every worker exits 0."""
+    n = 6
+    storage = postgres.create_database("three", "harness", PASSWORD)
+    path = write_suite(
+        tmp_path,
+        name="three",
+        sweep={**SWEEP, "n_trials": n, "storage": storage, "tracking_uri": mlflow_server.uri},
+        **SUITE,
+    )
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    procs = [start(path, log) for log in logs]
+    for proc, log in zip(procs, logs, strict=True):
+        rc, out = finish(proc, log, timeout=600)
+        assert rc == 0, out[-3000:]
+        assert "Traceback" not in out
+
+    trials = study_of(path).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [States.COMPLETE] * n
+    assert len({config(t) for t in trials}) == n
+    parents, children = runs_of(path)
+    assert len(parents) == 1
+    assert len(children) == n and set(children.status) == {"FINISHED"}
+    assert sorted(children["tags.optuna.trial_number"].astype(int)) == list(range(n))
+
+
 @pytest.mark.parametrize("stores_kind", ["sqlite", "postgres+server"])
 def test_workers_starting_at_the_same_instant_on_empty_stores(tmp_path, postgres, mlflow_server, stores_kind):
     """Two processes open the same empty stores at the same moment (released by one file): neither crashes,
