@@ -81,11 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn="cmd_gap")
     x = add("export", "write a trial's student as a plain transformers folder, with the context c' it expects")
     x.add_argument("suite")
-    x.add_argument("out", metavar="OUT", help="folder to write (created; files in it are replaced)")
+    x.add_argument("out", metavar="OUT", help="folder to write: new or empty (created), unless --force")
     x.add_argument(
         "--trial", type=int, default=None, help="Optuna trial number (default: the best configuration on validation)"
     )
     x.add_argument("--fast", action="store_true", help="export from the `--fast` variant of the suite")
+    x.add_argument("--force", action="store_true", help="write into a non-empty OUT, replacing files of the same name")
     x.set_defaults(fn="cmd_export")
     u = add("ui", "start the MLflow UI (and optuna-dashboard, when installed) on a suite's stores")
     u.add_argument("suite", nargs="?", default="suites/quickstart.yaml")

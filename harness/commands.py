@@ -86,7 +86,7 @@ def summarise_study(suite: Suite, report_dir: Path | None) -> str | None:
 
 
 def cmd_export(args: argparse.Namespace, suite: Suite) -> int:
-    done = export.export(suite, args.out, args.trial)
+    done = export.export(suite, args.out, args.trial, force=args.force)
     scores = ", ".join(
         f"{split} student score {done.metrics[f'{split}_student_score']:.3f}"
         for split in ("validation", "test")

@@ -105,8 +105,34 @@ class _Artifacts:
         return uri
 
 
-def export(suite: Suite, out: str | Path, trial: int | None = None) -> Exported:
-    """Write the student of `trial` (default: the validation-best configuration) to `out` as a plain folder."""
+def check_out(out: str | Path, force: bool = False) -> Path:
+    """OUT as a folder export may write: new or empty, or any folder with `force` (its files are replaced).
+
+    Checked before anything is loaded, so a mistyped OUT (a home folder, a system folder) costs nothing and
+    loses nothing."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"OUT {folder}: exists and is not a folder; choose a new or empty folder")
+    if force or not folder.exists():
+        return folder
+    try:
+        occupied = next(folder.iterdir(), None) is not None
+    except OSError as e:
+        raise ExportError(f"OUT {folder}: cannot be read ({e.strerror}); choose a new or empty folder") from e
+    if occupied:
+        raise ExportError(
+            f"OUT {folder}: folder is not empty and export would overwrite its files; "
+            "choose a new or empty folder, or pass --force to replace them"
+        )
+    return folder
+
+
+def export(suite: Suite, out: str | Path, trial: int | None = None, force: bool = False) -> Exported:
+    """Write the student of `trial` (default: the validation-best configuration) to `out` as a plain folder.
+
+    `out` must be new or empty unless `force` (ExportError first thing otherwise: the user's files are never
+    overwritten by accident)."""
+    check_out(out, force)
     row, seed_run = choose(suite, trial)
     number, name = int(row["trial"]), str(row["run_name"])
     client = MlflowClient()

@@ -211,3 +211,24 @@ def test_braces_in_the_context_survive_the_template(tiny, parity):
     ctx = Context("Reply as {E} or {O}: {{parity}}", 1)
     card = keep.describe(parity, tiny.tokenizer, docs, ctx, "instruction")
     assert card.prompt("Number 7").count("{E} or {O}: {{parity}}") == 1
+
+
+def test_export_refuses_a_non_empty_out_unless_forced(tmp_path, capsys):
+    """A non-empty OUT is refused before anything is loaded (one line naming it and --force, exit 2) and the
+    user's file is untouched; with --force export goes on (here to 'no trials recorded': nothing ran)."""
+    from harness import cli
+
+    suite = write_suite(tmp_path)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert cli.main(["export", str(suite), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: OUT ") and str(out) in err and "--force" in err, err
+    assert (out / "notes.txt").read_text() == "keep me"
+    (tmp_path / "a-file").write_text("x")
+    assert cli.main(["export", str(suite), str(tmp_path / "a-file")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert cli.main(["export", str(suite), str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no trials recorded" in err, err
