@@ -63,22 +63,23 @@ class SplitScores:
         return int(self.student.shape[0])
 
 
-def validation_rank(values: Sequence[float | None], trials: Sequence[int | None]) -> list[int]:
+def validation_rank(values: Sequence[float | None], trials: Sequence[int | str | None]) -> list[int]:
     """The positions of configurations, best on validation first: the one rule that report (its reference),
     export (its default trial) and the kept student (alias `best`) all follow, so that they name the same
     configuration. Highest value first; a tie goes to the earliest trial (lowest number); a value that is
     not finite ranks nowhere (left out)."""
 
-    def finite(v: float | None) -> bool:
-        return v is not None and math.isfinite(float(v))
-
-    def number(t: int | None) -> float:
+    def number(t: int | str | None) -> float:
         try:
             return int(t)  # type: ignore[arg-type]
         except (TypeError, ValueError):  # no trial number (None, NaN, pd.NA): after every numbered one
             return math.inf
 
-    keyed = [(-float(v), number(t), i) for i, (v, t) in enumerate(zip(values, trials, strict=True)) if finite(v)]
+    keyed = [
+        (-float(v), number(t), i)
+        for i, (v, t) in enumerate(zip(values, trials, strict=True))
+        if v is not None and math.isfinite(float(v))
+    ]
     return [i for *_, i in sorted(keyed)]
 
 

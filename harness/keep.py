@@ -396,8 +396,9 @@ def settle(suite: Suite, best_run_id: str | None) -> str | None:
         versions = client.search_model_versions(f"name = '{name}' and tags.`harness.trial_run_id` = '{best_run_id}'")
         if not versions:
             log.warning(
-                "the best configuration's student (run %s) is not registered as %s (a worker stopped before "
-                "logging it?); `harness export` rebuilds it where its adapter was kept",
+                "the best configuration's student (run %s) is not registered as %s (its worker stopped before "
+                "registering it, or it was chosen by an older rule); `harness export` rebuilds it where its "
+                "adapter was kept",
                 best_run_id,
                 name,
             )
