@@ -19,8 +19,10 @@ class SourceError(ValueError):
 
 
 class TextSource(Protocol):
-    file: str | None
-    text: str | None
+    @property
+    def file(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
 
 
 def read(source: TextSource, field: str, base: Path) -> str:
