@@ -104,6 +104,11 @@ class _Artifacts:
                 return moved.as_uri()
         return uri
 
+    def local(self, uri: str) -> Path | None:
+        """The file an artifact URI names on this machine, or None for a remote store."""
+        located = self.locate(uri)
+        return Path(local_file_uri_to_path(located)) if located.startswith("file:") else None
+
 
 def check_out(out: str | Path, force: bool = False) -> Path:
     """OUT as a folder export may write: new or empty, or any folder with `force` (its files are replaced).
@@ -125,6 +130,20 @@ def check_out(out: str | Path, force: bool = False) -> Path:
             "choose a new or empty folder, or pass --force to replace them"
         )
     return folder
+
+
+def read_context(suite: Suite, trial: int, path: Path, stored: Path | None = None) -> StudentContext:
+    """The kept c' read from `path` (a download of the artifact stored at `stored`, when that is a local file),
+    or one ExportError naming the file: a truncated or edited artifact must not end in a JSONDecodeError."""
+    try:
+        return StudentContext.from_json(path.read_text())
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        where = stored / keep.CONTEXT_FILE if stored is not None else path
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise ExportError(
+            f"{where}: trial {trial}'s kept context c' is damaged ({first}); this student cannot be exported: "
+            f"export another trial with --trial N, or rerun suite '{suite.name}' with a new work_dir to retrain it"
+        ) from e
 
 
 def export(suite: Suite, out: str | Path, trial: int | None = None, force: bool = False) -> Exported:
@@ -153,7 +172,7 @@ def export(suite: Suite, out: str | Path, trial: int | None = None, force: bool 
         context_file = mlflow.artifacts.download_artifacts(
             artifact_uri=f"{base}/{keep.ARTIFACTS}/{keep.CONTEXT_FILE}", dst_path=tmp
         )
-        context = StudentContext.from_json(Path(context_file).read_text())
+        context = read_context(suite, number, Path(context_file), where.local(f"{base}/{keep.ARTIFACTS}"))
         model_id = run.data.tags.get(keep.MODEL_TAG)
         if learned:  # a learned c' on frozen weights: the base model, its virtual tokens beside it
             loaded = models.load(keep.base_name(suite), "cpu")

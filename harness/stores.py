@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +34,18 @@ T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
-    """A store that cannot be opened (no driver, unreachable): one line, password redacted."""
+    """A store that cannot be opened (no driver, unreachable, damaged, read-only): one line, password redacted."""
 
 
 def work_dir(suite: Suite) -> Path:
     """The suite's work folder (created on first use), absolute so SQLite URLs do not depend on the cwd later."""
     path = Path(suite.work_dir).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(
+            f"work_dir {path}: cannot be created ({e.strerror}); set work_dir to a folder you can write"
+        ) from e
     return path
 
 
@@ -105,12 +111,13 @@ def open_store(url: str, what: str, opener: Callable[[], T]) -> T:
 
     A SQLite file is opened under a lock file beside it (one machine); a server database retries a schema
     creation that lost a race to another worker (a unique or duplicate-table violation), by then complete.
-    A missing driver or an unreachable server becomes a one-line StoreError.
+    A missing driver, an unreachable server, a damaged SQLite file or a folder that cannot be written becomes a
+    one-line StoreError saying what to do.
     """
+    db = sqlite_file(url)
     try:
-        db = sqlite_file(url)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            writable(db.parent, f"{what} {redact(url)}")
             with FileLock(f"{db}.lock"):
                 return opener()
         for attempt in range(1, SCHEMA_ATTEMPTS + 1):
@@ -125,10 +132,39 @@ def open_store(url: str, what: str, opener: Callable[[], T]) -> T:
     except ImportError as e:
         raise StoreError(f"{what} {redact(url)}: {_driver_hint(url, e)}") from e
     except Exception as e:
-        cause = in_chain(e, sqlalchemy.exc.OperationalError)
+        cause = in_chain(e, sqlalchemy.exc.DatabaseError)  # OperationalError (unreachable, locked) and the rest
         if cause is None:
             raise
-        raise StoreError(f"cannot open {what} {redact(url)}: {_first_line(cause)}") from e
+        first = _first_line(cause)
+        if db is not None and any(m in first for m in DAMAGED):
+            raise StoreError(
+                f"{what} {db}: {first} (the file is damaged); move it aside or delete it (its records are lost), "
+                "then rerun"
+            ) from e
+        if db is not None and "readonly" in first:
+            raise StoreError(f"{what} {db}: {first}; make it and its folder writable, then rerun") from e
+        raise StoreError(f"cannot open {what} {redact(url)}: {first}") from e
+
+
+# SQLite's words for a file that is not (or no longer) a database.
+DAMAGED = ("file is not a database", "malformed", "not a database", "file is encrypted")
+
+
+def writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove a file can be written in it, else a one-line StoreError naming it.
+
+    A trial writes its database, lock, cache and artifacts there; found read-only halfway it would stop with a
+    long traceback (or leave a trial half-recorded), so it is checked before anything starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".harness-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise StoreError(
+            f"{what}: folder {folder} is not writable ({e.strerror}); make it writable or set work_dir "
+            "to a folder you can write"
+        ) from e
 
 
 def _lost_schema_race(e: BaseException) -> bool:
