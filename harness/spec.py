@@ -713,6 +713,9 @@ def _duplicate_keys(node: yaml.Node | None, path: tuple[str, ...] = ()) -> list[
 # A suite is a few kilobytes; the caps keep a hostile or mistaken file from costing minutes or memory.
 MAX_SUITE_BYTES = 1 << 20
 MAX_YAML_DEPTH = 32
+MAX_YAML_VALUES = 20_000  # a suite holds a few hundred; the cap bounds what is composed and validated
+# libyaml when PyYAML has it: a 1 MiB suite then parses in milliseconds (the pure-Python parser takes seconds).
+_SuiteLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _yaml_shape_problem(text: str) -> str | None:
@@ -720,9 +723,13 @@ def _yaml_shape_problem(text: str) -> str | None:
 
     An alias can expand a few hundred bytes into billions of nodes (or refer to itself) and the composer
     recurses once per level; a suite needs neither, so both are refused with the line they are on."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    depth = values = 0
+    for event in yaml.parse(text, Loader=_SuiteLoader):
         line = event.start_mark.line + 1 if event.start_mark else 0
+        if isinstance(event, yaml.NodeEvent):
+            values += 1
+            if values > MAX_YAML_VALUES:
+                return f"line {line}: more than {MAX_YAML_VALUES} YAML values; a suite holds a few hundred"
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             return (
                 f"line {line}: YAML anchors and aliases (&name, *name, <<) are not allowed in a suite; "
@@ -744,7 +751,10 @@ def _read_yaml(p: Path) -> dict[str, Any]:
         size = p.stat().st_size
         if size > MAX_SUITE_BYTES:
             raise SuiteError(f"{p}: {size} bytes; a suite file is at most {MAX_SUITE_BYTES} bytes (1 MiB)")
-        data = p.read_bytes()
+        with p.open("rb") as f:  # at most the cap: a device or pipe (size 0) may never end
+            data = f.read(MAX_SUITE_BYTES + 1)
+        if len(data) > MAX_SUITE_BYTES:
+            raise SuiteError(f"{p}: more than {MAX_SUITE_BYTES} bytes; a suite file is at most 1 MiB")
     except FileNotFoundError:
         raise SuiteError(f"{p}: no such suite file") from None
     except OSError as e:
@@ -758,8 +768,13 @@ def _read_yaml(p: Path) -> dict[str, Any]:
         shape = _yaml_shape_problem(text)
         if shape:
             raise SuiteError(f"{p}: {shape}")
-        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        raw = yaml.safe_load(text)
+        loader = _SuiteLoader(text)  # composed once: the duplicate-key check reads the nodes it is built from
+        try:
+            node = loader.get_single_node()
+            duplicates = _duplicate_keys(node)
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}:" if mark else ""

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -150,6 +151,30 @@ def test_oversized_suite_is_refused_before_parsing(tmp_path):
         load_suite(path)
     assert time.perf_counter() - start < 1.0
     assert err.value.problems == [f"{path}: {path.stat().st_size} bytes; a suite file is at most 1048576 bytes (1 MiB)"]
+
+
+def test_a_suite_at_the_size_cap_is_read_fast(tmp_path):
+    """Just under 1 MiB: an escaped string (3.7 s with the pure-Python parser) and a 20,001-value list
+    (500,000 values took over 20 s) are answered in well under a second, the list by the value cap."""
+    (tmp_path / "tasks" / "parity").mkdir(parents=True)
+    text = tmp_path / "text.yaml"
+    text.write_text("name: x\n" + TASK + 'description: "' + "\\n" * ((1 << 19) - 100) + '"\n')
+    values = tmp_path / "values.yaml"
+    values.write_text("name: x\n" + TASK + "description: [" + ",".join(["1"] * 500_000) + "]\n")
+    start = time.perf_counter()
+    assert load_suite(text).description == "\n" * ((1 << 19) - 100)
+    with pytest.raises(SuiteError) as err:
+        load_suite(values)
+    assert time.perf_counter() - start < 2.0
+    assert err.value.problems == [f"{values}: line 3: more than 20000 YAML values; a suite holds a few hundred"]
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_an_endless_file_is_read_only_up_to_the_cap():
+    """A device or pipe reports size 0: the read itself stops at the cap."""
+    with pytest.raises(SuiteError) as err:
+        load_suite(Path("/dev/zero"))
+    assert err.value.problems == ["/dev/zero: more than 1048576 bytes; a suite file is at most 1 MiB"]
 
 
 def test_ranges_and_labels(tmp_path):
