@@ -63,13 +63,14 @@ def load_study(suite: Suite) -> optuna.Study | None:
     """The Optuna study behind the runs, or None where its storage no longer holds it."""
     try:
         return optuna.load_study(study_name=stores.study_name(suite), storage=stores.storage_url(suite))
-    except Exception as e:  # missing or unreachable storage: MLflow alone still makes a report
+    except Exception as e:  # missing, unreachable or damaged storage: MLflow alone still makes a report
+        text = str(getattr(e, "orig", None) or e).strip()  # SQLAlchemy appends the SQL: one line is enough
         log.warning(
             "optuna study %s not loaded from %s (%s: %s); its plots are skipped",
             stores.study_name(suite),
             redact(stores.storage_url(suite)),
             type(e).__name__,
-            e,
+            redact(text.splitlines()[0] if text else ""),
         )
         return None
 
