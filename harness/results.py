@@ -45,6 +45,7 @@ class TrialResult:
     student_context: Context
     inputs: list[TrainingInput]
     seed: int
+    ledger: dict[str, float] = dataclasses.field(default_factory=dict)  # `cost/*`, `topk/*` (harness.ledger)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import optuna
 import torch
 
-from harness import aggregate, keep, stores, tracking, workers
+from harness import aggregate, keep, ledger, stores, tracking, workers
 from harness.config import HyperParams, TrialConfig
 from harness.contexts import Context
 from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
@@ -221,6 +221,7 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
             first[0] = False
             metrics = aggregate.combine(results, n_boot=suite.evaluation.bootstrap, seed=suite.seed)
             run.log_metrics(metrics)
+            run.log_ledger(ledger.combine([r.ledger for r in results]))
             _log_artifacts(run, bench, results)
             keeper.configuration_done(run, cfg, trial.number, metrics)
             return metrics
@@ -275,6 +276,7 @@ def run_name(cfg: TrialConfig, seed: int | None = None) -> str:
 def _log_seed(run: tracking.TrialRun, bench: Workbench, result: TrialResult) -> None:
     """One seed of a configuration, logged to its own run: the seed's metrics, its per-item answers, its inputs."""
     run.log_metrics(result.metrics)
+    run.log_ledger(result.ledger)
     run.log_table(per_item_table(result), "per_item.json")
     inputs = [dataclasses.asdict(i) for i in result.inputs]
     run.log_inputs(inputs, name=f"{bench.task.name}-train-{len(inputs)}", context="training")

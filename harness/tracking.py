@@ -376,6 +376,15 @@ class TrialRun:
         """The trial's final values, in one batch (one timestamp: they were measured together)."""
         self._log_metrics(metrics.logged(), 0)
 
+    def log_ledger(self, values: dict[str, float]) -> None:
+        """The trial's cost ledger and top-k fidelity (`harness.ledger`): only `cost/` and `topk/` names, so a
+        ledger can never shadow a defined metric."""
+        bad = sorted(k for k in values if not k.startswith(("cost/", "topk/")))
+        if bad:
+            raise ValueError(f"ledger values {bad} must be named cost/... or topk/... (harness/ledger.py)")
+        if values:
+            self._log_metrics(values, 0)
+
     def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()]

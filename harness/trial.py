@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 import torch
 from peft import PeftModel
 
-from harness import aggregate, intrinsic, models, prefix_kv, scoring, softprompt, stores
+from harness import aggregate, intrinsic, ledger, models, prefix_kv, scoring, softprompt, stores
 from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.config import TrialConfig, train_settings
@@ -512,7 +512,18 @@ def _run_trial(
         peak_memory_mb=peak_memory_mb(bench.device),
         train_tokens_per_s=result.train_tokens / max(result.wall_time_s, 1e-9),
     )
-    return TrialResult(metrics, split_arms["validation"], split_arms["test"], c_student, inputs, seed)
+    costs = ledger.trial_ledger(
+        bench.teacher.model,
+        bench.base_model(),
+        phase_examples,
+        train_tokens=result.train_tokens,
+        teacher_s=teacher_s,
+        train_s=result.wall_time_s,
+        scoring_s=eval_s,
+        wall_s=metrics.wall_time_s,
+        peak_memory_mb=metrics.peak_memory_mb,
+    )
+    return TrialResult(metrics, split_arms["validation"], split_arms["test"], c_student, inputs, seed, costs)
 
 
 def control_base_arm(bench: Workbench) -> scoring.ArmScore:

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from harness import stats
+from harness.report import cost
 from harness.report.comparison import TITLE, Comparison
 from harness.report.runs import axes_of
 from harness.report.tables import axis_table, ci, fmt, fmt_metric, fmt_param, md_table, varying_hps
@@ -220,9 +221,10 @@ def summary_md(
         if axis in df:
             out += [f"### {axis}", "", axis_table(df, axis), ""]
     out += _trials_md(df)
+    out += cost.cost_md(df, plots.get(cost.PLOT))
     out += ["## Plots", ""]
     for name, skip in plots.items():
-        if name == FOREST:
+        if name in (FOREST, cost.PLOT):
             continue
         title = name.removesuffix(".png").replace("_", " ")
         out += [f"- {title}: *skipped: {skip}*" if skip else f"![{title}]({name})", ""]
