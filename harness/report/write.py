@@ -23,7 +23,7 @@ from matplotlib.typing import RcKeyType
 
 from harness import console
 from harness.redact import redact
-from harness.report import optuna_plots, plots
+from harness.report import cost, optuna_plots, plots
 from harness.report.comparison import Comparison, compare, load_item_scores
 from harness.report.markdown import FOREST, summary_md
 from harness.report.provenance import provenance
@@ -52,6 +52,7 @@ MAKERS: dict[str, Callable[[ReportData, Path], None]] = {
     "training_curves.png": lambda d, p: plots.plot_training_curves(d.df, d.hist, d.seeds, p),
     "optuna_history.png": lambda d, p: optuna_plots.plot_optuna_history(d.suite, d.study, p),
     "optuna_importances.png": lambda d, p: optuna_plots.plot_optuna_importances(d.suite, d.study, p),
+    cost.PLOT: lambda d, p: cost.plot_quality_per_compute(d.df, p),
 }
 PLOTS = tuple(MAKERS)
 COMPARISON = "comparison.csv"
