@@ -907,16 +907,19 @@ def _task_problems(suite: Suite) -> list[str]:
 
 def code_in_task_yaml(path: Path, _seen: frozenset[Path] = frozenset()) -> str | None:
     """Where a task YAML (or a YAML it includes) names Python with `!function`, e.g. `parity.yaml line 4:
-    !function`; None if it names none. Read from the scanner's tokens: nothing runs. A file that cannot be
+    !function`; None if it names none. Read from the parser's events: nothing runs. A file that cannot be
     read is lm-eval's to report."""
     path = path.resolve()
     if path in _seen or not path.is_file():
         return None
     try:
         text = path.read_text(encoding="utf-8")
-        for token in yaml.scan(text, Loader=yaml.SafeLoader):
-            if isinstance(token, yaml.TagToken) and token.value == ("!", "function"):
-                return f"{path.name} line {token.start_mark.line + 1}: !function"
+        # The resolved tags of the parser lm-eval uses (libyaml when present), not the tokens: `!<!function>`
+        # and a `%TAG` shorthand spell it too.
+        for event in yaml.parse(text, Loader=_SuiteLoader):
+            if getattr(event, "tag", None) == "!function":
+                line = f" line {event.start_mark.line + 1}" if event.start_mark else ""
+                return f"{path.name}{line}: !function"
         cfg = yaml.load(text, Loader=TaskYamlLoader)  # noqa: S506 (runs nothing)
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return None

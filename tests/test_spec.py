@@ -307,6 +307,28 @@ def test_task_code_needs_allow_code(tmp_path):
     assert suite.task.allow_code and suite.content_hash() == load_suite(path).content_hash()
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    ["!function u.f", "!<!function> u.f", "!f!tion u.f"],
+    ids=["tag", "verbatim", "tag-directive"],
+)
+def test_every_spelling_of_function_is_code(tmp_path, spelling):
+    """The tag is read as the parser resolves it: a verbatim `!<!function>` or a `%TAG` shorthand is refused too."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(SUITES / "tasks" / "parity", tasks)
+    main = (tasks / "parity.yaml").read_text()
+    directive = "%TAG !f! !func\n---\n" if spelling.startswith("!f!") else ""
+    (tasks / "parity.yaml").write_text(directive + main + f"process_docs: {spelling}\n")
+    path = write_suite(tmp_path, task={"name": "parity", "path": str(tasks)})
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, resources=True)
+    line = (directive + main).count("\n") + 1
+    assert err.value.problems == [
+        f"{path}: task.path: parity.yaml line {line}: !function names Python that lm-eval would run; "
+        "to allow it, set `task.allow_code: true`"
+    ]
+
+
 @pytest.mark.slow
 def test_registered_task_names_are_checked_with_lm_eval(tmp_path):
     """No `path`: the name must be one task in lm-eval's own index (built once, ~10 s)."""
