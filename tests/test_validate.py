@@ -44,6 +44,11 @@ def test_the_collection():
         assert _expected(path), f"{path.name}: no `# expect:` line"
 
 
+def test_the_readme_counts_the_collection():
+    """The README says how many bad suites there are; adding one means updating it."""
+    assert f"`tests/bad_suites/` holds {len(BAD)} such files" in (ROOT / "README.md").read_text()
+
+
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
 def test_bad_suite_one_line_per_problem(path):
     rel = path.relative_to(ROOT)
