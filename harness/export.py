@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.file_utils import local_file_uri_to_path
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -85,31 +84,6 @@ def choose(suite: Suite, trial: int | None) -> tuple[pd.Series, str]:
     return row, seeds[0]
 
 
-class _Artifacts:
-    """Where a run's or a logged model's artifacts are: as the store recorded them, or, for a local store whose
-    work folder was moved or copied (MLflow records absolute paths), at the same place under the suite's
-    current `<work_dir>/mlartifacts/`."""
-
-    def __init__(self, suite: Suite) -> None:
-        self.root = Path(local_file_uri_to_path(stores.artifact_root(suite)))
-
-    def locate(self, uri: str) -> str:
-        if not uri.startswith("file:"):
-            return uri  # a server or object store: MLflow fetches it
-        path = local_file_uri_to_path(uri)
-        marker = f"/{self.root.name}/"
-        if not Path(path).exists() and marker in path:
-            moved = self.root / path.split(marker, 1)[1]
-            if moved.exists():
-                return moved.as_uri()
-        return uri
-
-    def local(self, uri: str) -> Path | None:
-        """The file an artifact URI names on this machine, or None for a remote store."""
-        located = self.locate(uri)
-        return Path(local_file_uri_to_path(located)) if located.startswith("file:") else None
-
-
 def check_out(out: str | Path, force: bool = False) -> Path:
     """OUT as a folder export may write: new or empty, or any folder with `force` (its files are replaced).
 
@@ -155,7 +129,7 @@ def export(suite: Suite, out: str | Path, trial: int | None = None, force: bool 
     row, seed_run = choose(suite, trial)
     number, name = int(row["trial"]), str(row["run_name"])
     client = MlflowClient()
-    where = _Artifacts(suite)
+    where = stores.Artifacts(suite)
     with tracking.guard():
         run = client.get_run(seed_run)
         base = where.locate(run.info.artifact_uri)

@@ -77,6 +77,38 @@ def artifact_root(suite: Suite) -> str:
     return (work_dir(suite) / "mlartifacts").as_uri()
 
 
+def _uri_path(uri: str) -> str:
+    """A file URI as a local path (MLflow's rule), imported late: stores is imported before MLflow is needed."""
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    return str(local_file_uri_to_path(uri))
+
+
+class Artifacts:
+    """Where a run's or a logged model's artifacts are: as the store recorded them, or, for a local store whose
+    work folder was moved or copied (MLflow records absolute paths), at the same place under the suite's
+    current `<work_dir>/mlartifacts/`."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.root = Path(_uri_path(artifact_root(suite)))
+
+    def locate(self, uri: str) -> str:
+        if not uri.startswith("file:"):
+            return uri  # a server or object store: MLflow fetches it
+        path = _uri_path(uri)
+        marker = f"/{self.root.name}/"
+        if not Path(path).exists() and marker in path:
+            moved = self.root / path.split(marker, 1)[1]
+            if moved.exists():
+                return moved.as_uri()
+        return uri
+
+    def local(self, uri: str) -> Path | None:
+        """The file an artifact URI names on this machine, or None for a remote store."""
+        located = self.locate(uri)
+        return Path(_uri_path(located)) if located.startswith("file:") else None
+
+
 def cache_root(suite: Suite) -> Path:
     """The teacher cache (targets, top-k log-probs, fixed arms' scores), shared by every trial and rerun.
 

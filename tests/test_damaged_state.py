@@ -89,3 +89,38 @@ def test_a_read_only_work_folder_is_one_line(tmp_path, capsys, plain):
     line = _one_error(capsys)
     assert f"folder {work.resolve()} is not writable" in line, line
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_report_after_the_work_folder_moved_keeps_the_forest_plot(cli_smoke, tmp_path):
+    """MLflow records artifact locations as absolute paths; with the work folder moved, `report` still reads each
+    configuration's item_scores.json (under the suite's new work_dir) and draws the forest plot from them."""
+    import sys
+
+    from harness import stores
+    from harness.report.markdown import FOREST
+    from harness.spec import load_suite
+
+    suite = load_suite(cli_smoke["suite"])
+    old = stores.work_dir(suite)
+    shutil.copytree(old, tmp_path / ".harness")
+    moved = write_suite(tmp_path)  # same suite, work_dir = tmp_path/.harness
+    old.rename(old.with_name("away"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "report", str(moved), "--out", str(tmp_path / "results")],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=cli_smoke["env"],
+            timeout=600,
+        )
+    finally:
+        recreated = old.exists()  # the summary logged to the parent run lands where MLflow recorded it
+        shutil.rmtree(old, ignore_errors=True)
+        old.with_name("away").rename(old)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print("old work folder recreated by report:", recreated)
+    folder = tmp_path / "results" / suite.name
+    assert (folder / FOREST).is_file(), (folder / "summary.md").read_text()
+    assert "forest plot: *skipped" not in (folder / "summary.md").read_text()

@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from harness import aggregate, stats
+from harness import aggregate, stats, stores
 from harness.report.runs import axes_of
 from harness.report.tables import fmt_param, varying_hps
 from harness.spec import Suite
@@ -47,12 +47,18 @@ class Comparison:
     references: dict[str, Any] = field(default_factory=dict)  # teacher and baselines on test, with intervals
 
 
-def load_item_scores(run_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """run id → its `item_scores.json`; runs without one (failed, pruned, older) are left out."""
+def load_item_scores(run_ids: list[str], suite: Suite | None = None) -> dict[str, dict[str, Any]]:
+    """run id → its `item_scores.json`; runs without one (failed, pruned, older) are left out. With `suite`, a
+    local store's artifacts are found where the work folder is now (MLflow recorded where it was)."""
     out = {}
+    where = stores.Artifacts(suite) if suite is not None else None
+    client = mlflow.tracking.MlflowClient()
     for rid in run_ids:
         try:
-            out[rid] = mlflow.artifacts.load_dict(f"runs:/{rid}/{aggregate.SCORES_ARTIFACT}")
+            base = f"runs:/{rid}"
+            if where is not None:
+                base = where.locate(client.get_run(rid).info.artifact_uri)
+            out[rid] = mlflow.artifacts.load_dict(f"{base}/{aggregate.SCORES_ARTIFACT}")
         except Exception as e:  # missing artifact: MLflow raises several types depending on the store
             log.info("run %s has no %s (%s)", rid, aggregate.SCORES_ARTIFACT, type(e).__name__)
     return out

@@ -82,7 +82,7 @@ def write_report(suite: Suite, out: str | Path) -> Path:
     df.to_csv(folder / "summary.csv", index=False)
     prov = provenance(suite, df, uri)
     (folder / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
-    comparison = compare(suite, df, load_item_scores(list(df.loc[df["state"] == "COMPLETE", "run_id"])))
+    comparison = compare(suite, df, load_item_scores(list(df.loc[df["state"] == "COMPLETE", "run_id"]), suite))
     (folder / COMPARISON).unlink(missing_ok=True)
     if comparison is not None:
         comparison.table.to_csv(folder / COMPARISON, index=False)
