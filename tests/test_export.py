@@ -135,6 +135,27 @@ def test_export_after_the_work_folder_moved(cli_smoke, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_truncated_student_context_is_one_line_exit_2(cli_smoke, tmp_path):
+    """A kept `student_context.json` cut short on disk (a copy of the smoke study's work folder, the original
+    moved away so export reads the copy): one line naming the damaged file and what to do, no JSONDecodeError."""
+    old = stores.work_dir(load_suite(cli_smoke["suite"]))
+    shutil.copytree(old, tmp_path / ".harness")
+    damaged = sorted((tmp_path / ".harness" / "mlartifacts").rglob(keep.CONTEXT_FILE))
+    assert damaged
+    for f in damaged:
+        f.write_text(f.read_text()[:40])
+    moved = write_suite(tmp_path)
+    old.rename(old.with_name("away"))
+    try:
+        proc = _cli(cli_smoke["env"], tmp_path, "export", str(moved), str(tmp_path / "student"))
+    finally:
+        old.with_name("away").rename(old)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "is damaged" in proc.stderr and "--trial" in proc.stderr
+    assert any(str(f) in proc.stderr for f in damaged) and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_a_student_not_kept_is_one_line_exit_2(cli_smoke, tmp_path):
     suite = load_suite(cli_smoke["suite"])
     _, trials, seeds = _runs(suite)
