@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness import __version__, console
+from harness import __version__, console, threads
 from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
@@ -140,6 +140,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
         ("harness.tasks", "TaskError"),
         ("harness.stores", "StoreError"),
         ("harness.export", "ExportError"),
+        ("harness.threads", "ThreadsError"),
     )
     for module, name in named:
         if module in sys.modules:
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console.setup(args.verbose)
     try:
+        threads.configure()  # before torch loads: OpenMP threads that sleep, one per core (harness/threads.py)
         if isinstance(args.suite, list):  # `report` takes several suites (a benchmark across tasks)
             suites = _load_all(args.suite, args.command in CHECK_RESOURCES, args.fast)
             return _command(args.fn)(args, suites)
