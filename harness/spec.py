@@ -718,19 +718,20 @@ MAX_YAML_VALUES = 20_000  # a suite holds a few hundred; the cap bounds what is 
 _SuiteLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _yaml_shape_problem(text: str) -> str | None:
+def _yaml_shape_problem(text: str, *, suite: bool = True) -> str | None:
     """Anchors, aliases and deep nesting, found from the parser's events before anything is composed.
 
     An alias can expand a few hundred bytes into billions of nodes (or refer to itself) and the composer
-    recurses once per level; a suite needs neither, so both are refused with the line they are on."""
+    recurses once per level; a suite needs neither, so both are refused with the line they are on.
+    `suite=False` (a task YAML, lm-eval's format): only the nesting is capped."""
     depth = values = 0
     for event in yaml.parse(text, Loader=_SuiteLoader):
         line = event.start_mark.line + 1 if event.start_mark else 0
-        if isinstance(event, yaml.NodeEvent):
+        if suite and isinstance(event, yaml.NodeEvent):
             values += 1
             if values > MAX_YAML_VALUES:
                 return f"line {line}: more than {MAX_YAML_VALUES} YAML values; a suite holds a few hundred"
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+        if suite and (isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None):
             return (
                 f"line {line}: YAML anchors and aliases (&name, *name, <<) are not allowed in a suite; "
                 "write the values out"
@@ -921,7 +922,7 @@ def code_in_task_yaml(path: Path, _seen: frozenset[Path] = frozenset()) -> str |
                 line = f" line {event.start_mark.line + 1}" if event.start_mark else ""
                 return f"{path.name}{line}: !function"
         cfg = yaml.load(text, Loader=TaskYamlLoader)  # noqa: S506 (runs nothing)
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, RecursionError):
         return None
     includes = cfg.get("include") if isinstance(cfg, dict) else None
     for inc in includes if isinstance(includes, list) else [includes] if includes else []:
@@ -943,7 +944,11 @@ def _local_task_problems(field: str, task: Task | ControlTask, folder: Path, *, 
     name, names = task.name, []
     for f in sorted(folder.glob("*.yaml")):
         try:
-            cfg = yaml.load(f.read_text(encoding="utf-8"), Loader=TaskYamlLoader)  # noqa: S506
+            text = f.read_text(encoding="utf-8")
+            deep = _yaml_shape_problem(text, suite=False)  # 3,000 levels took 5 s to end in a RecursionError
+            if deep:
+                return [f"{field}.path: {f.name}: {deep}"]
+            cfg = yaml.load(text, Loader=TaskYamlLoader)  # noqa: S506
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             return [f"{field}.path: {f.name}: cannot read the task YAML ({str(e).splitlines()[0]})"]
         if not isinstance(cfg, dict):

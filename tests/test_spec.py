@@ -329,6 +329,19 @@ def test_every_spelling_of_function_is_code(tmp_path, spelling):
     ]
 
 
+def test_a_deep_yaml_in_the_task_folder_is_one_line(tmp_path):
+    """Any YAML of the task folder is read at validate: 3,000 levels took 5 s to end in a RecursionError traceback."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(SUITES / "tasks" / "parity", tasks)
+    (tasks / "deep.yaml").write_text("task: deep\nx: " + "[" * 3000 + "]" * 3000 + "\n")
+    path = write_suite(tmp_path, task={"name": "parity", "path": str(tasks)})
+    start = time.perf_counter()
+    with pytest.raises(SuiteError) as err:
+        load_suite(path, resources=True)
+    assert time.perf_counter() - start < 1.0
+    assert err.value.problems == [f"{path}: task.path: deep.yaml: line 2: nested more than 32 levels deep"]
+
+
 @pytest.mark.slow
 def test_registered_task_names_are_checked_with_lm_eval(tmp_path):
     """No `path`: the name must be one task in lm-eval's own index (built once, ~10 s)."""
