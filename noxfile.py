@@ -28,7 +28,7 @@ def tests(session: nox.Session) -> None:
     """All tests, offline (CI); `nox -s tests -- -m "not slow"` skips the integration tests (under 30 s).
 
     The multi-worker tests start a PostgreSQL server from the machine's binaries (initdb, pg_ctl)."""
-    install(session, "dev", "postgres")
+    install(session, "dev", "postgres", "perf")  # perf: TRL, for the objective-parity tests against it
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
 
 
@@ -61,6 +61,15 @@ def perf(session: nox.Session) -> None:
     2 CPU cores: writes results/perf/. `nox -s perf -- --parts train,topk --repeats 3` for a part of it."""
     install(session, "perf")
     session.run("python", "-m", "harness.perf", *session.posargs, env={**OFFLINE, "TRL_EXPERIMENTAL_SILENCE": "1"})
+
+
+@nox.session(name="perf-cuda", python="3.11")
+def perf_cuda(session: nox.Session) -> None:
+    """GPU readiness on a random ~1B Llama (train full FT + LoRA, generation with/without prefix reuse, top-k
+    scoring; tokens/s, peak memory, MFU, profiler): writes results/perf-cuda/, under 8 min on an H100.
+    `nox -s perf-cuda -- --device cpu --size tiny --out /tmp/pc` runs the same code on CPU in seconds."""
+    install(session)
+    session.run("python", "-m", "harness.perf.cuda", *session.posargs, env=OFFLINE)
 
 
 @nox.session(python="3.11")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from harness import generation, softprompt
-from harness.batching import make_batch, target_logits, target_logits_and_hidden
+from harness.batching import make_batch, target_logits, target_logits_and_hidden, to_device
 from harness.losses import Extras, TeacherNeeds, compute_loss, teacher_needs
 from harness.metrics import TRAIN_LOSS, TRAIN_LR
 from harness.teacher import TopKSeq, score_hidden, score_token_logprobs, score_topk, stack, stack_rows
@@ -152,9 +152,12 @@ def student_of(
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU (fp32 master weights); plain fp32 on CPU."""
+    """bf16 autocast over fp32 master weights: on GPU for 'auto' and 'bfloat16'; on CPU only when asked
+    ('bfloat16'), so CI runs the GPU's mixed-precision code path; 'auto' on CPU stays plain fp32 (faster there)."""
     if device.type == "cuda" and dtype in ("auto", "bfloat16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and dtype == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -300,7 +303,7 @@ def train(
                     raise ValueError(f"loss '{loss_name}' needs the teacher's top-k log-probs")
                 teacher_dist = stack([t for t in teach if t is not None], batch.target_ids.shape[1])
                 teacher_dist = type(teacher_dist)(
-                    *(t.to(device) for t in (teacher_dist.indices, teacher_dist.logprobs, teacher_dist.tail))
+                    *(to_device(t, device) for t in (teacher_dist.indices, teacher_dist.logprobs, teacher_dist.tail))
                 )
             batch = batch.to(device)
             student_hidden = None
