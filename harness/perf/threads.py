@@ -127,10 +127,11 @@ def write(rows: list[dict[str, object]], args: argparse.Namespace, command: str,
         "",
         f"Machine: {os.cpu_count()} CPUs, shared with other processes: the 1-minute load average before each "
         f"measurement ranged {min(loads):.2f} – {max(loads):.2f} (column `load1_before` of threads.csv). "
-        f"'quiet' adds nothing to that background; 'loaded' adds {args.load} busy-looping processes.",
+        f"'quiet' adds nothing to that background (it is quiet only where the machine is); 'loaded' adds "
+        f"{args.load} busy-looping processes.",
         "",
         f"Workload: model `{args.model}`, full fine-tune, AdamW, batch {args.batch} × {args.length} tokens, "
-        f"one warm-up step then {args.steps} timed steps, each measurement a fresh process. 'default' is torch's "
+        f"one warm-up step then {args.steps} timed step(s), each measurement a fresh process. 'default' is torch's "
         "own settings (OpenMP threads = CPUs, OpenMP's default spin-wait); 'fixed' is `harness.threads."
         "configure()` (`OMP_WAIT_POLICY=PASSIVE`, threads = min(physical cores, affinity), as `harness` does).",
         "",
