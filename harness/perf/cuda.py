@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from harness import generation, models
 from harness.teacher import TopKSeq, score_topk
@@ -98,7 +99,6 @@ def config_for(size: Size) -> LlamaConfig:
         num_attention_heads=size.heads,
         num_key_value_heads=size.kv_heads,
         max_position_embeddings=8192,
-        rope_theta=130000.0,
         tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,
@@ -119,8 +119,9 @@ def build(size: Size, device: torch.device, dtype: torch.dtype) -> LlamaForCausa
 def flop_params(model: torch.nn.Module) -> int:
     """N in the 6·N·tokens rule: every weight except the input embedding (a lookup, no FLOPs); the tied LM
     head then runs only on target positions, so N slightly overstates the work done there."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    emb = base.get_input_embeddings().weight.numel()
+    get_base = getattr(model, "get_base_model", None)  # a peft wrapper
+    base = get_base() if callable(get_base) else model
+    emb = cast(torch.Tensor, cast(PreTrainedModel, base).get_input_embeddings().weight).numel()
     return sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n) - emb
 
 
@@ -403,7 +404,7 @@ def run(size_name: str, device_name: str, out: Path, parts: set[str], log: Calla
     if "score" in parts:
         rows.append(scoring_part(base, size, device, peak))
         log(json.dumps(rows[-1]))
-    table, counts = ("(not profiled)", {})
+    table, counts = "(not profiled)", dict[str, int]()
     if "profile" in parts:
         table, counts = profile_part(base, size, device)
         log(table)
