@@ -71,7 +71,16 @@ def cmd_report(args: argparse.Namespace, suites: list[Suite]) -> int:
 
 def summarise_study(suite: Suite, report_dir: Path | None) -> str | None:
     """Attach the study's summary (best trial's params and metrics, the report's files) to its parent run, and
-    point the registered students' alias `best` at the best configuration's; returns that version, if any."""
+    point the registered students' alias `best` at the best configuration's; returns that version, if any.
+
+    A read-only work folder (a report of someone else's study) still gets its report: one warning, no summary."""
+    db = stores.sqlite_file(stores.tracking_uri(suite))
+    if db is not None:
+        try:
+            stores.writable(db.parent, "MLflow tracking store")
+        except stores.StoreError as e:
+            print(f"warning: {e}; the study's MLflow run gets no summary of this report", file=sys.stderr)
+            return None
     runs, _ = load_runs(suite)
     kind = runs.get("tags.harness.kind")
     if kind is None:

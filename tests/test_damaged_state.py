@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,3 +125,27 @@ def test_report_after_the_work_folder_moved_keeps_the_forest_plot(cli_smoke, tmp
     folder = tmp_path / "results" / suite.name
     assert (folder / FOREST).is_file(), (folder / "summary.md").read_text()
     assert "forest plot: *skipped" not in (folder / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_of_a_read_only_work_folder_warns_once(cli_smoke, tmp_path):
+    """`report` on a study whose work folder cannot be written (someone else's results): the report is written,
+    one warning names the folder, and the summary the study's MLflow run would get is skipped."""
+    from harness import stores
+    from harness.spec import load_suite
+
+    shutil.copytree(stores.work_dir(load_suite(cli_smoke["suite"])), tmp_path / ".harness")
+    suite = write_suite(tmp_path)
+    with read_only(tmp_path / ".harness"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "report", str(suite), "--out", str(tmp_path / "results")],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=cli_smoke["env"],
+            timeout=600,
+        )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"folder {(tmp_path / '.harness').resolve()} is not writable" in warnings[0]
+    assert (tmp_path / "results" / "smoke" / "summary.md").is_file()
