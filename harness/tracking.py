@@ -301,24 +301,57 @@ def study_running(parent_id: str) -> Iterator[None]:
         client.set_terminated(parent_id, status)
 
 
+HEADLINE_METRICS = ("validation_gap_closure", "test_gap_closure")  # first after the configuration's columns
+CONFIGURATION_TAG = "harness.configuration"  # on seed runs: `#<trial> <configuration>`
+SEED_FILTER = "tags.`harness.kind` = 'seed'"  # the view's rows: seeds, grouped by configuration
+
+
+def configuration_label(seed_run_name: str, trial_number: str | None) -> str:
+    """`#<trial> <configuration>` from a seed run's name (`run_name`): the trial number keeps apart two trials
+    of one configuration label that differ in a hyperparameter."""
+    label = seed_run_name.rsplit(" seed=", 1)[0]
+    return f"#{trial_number} {label}" if trial_number is not None else label
+
+
+def tag_configurations(experiment_id: str) -> int:
+    """Give seed runs logged before the tag existed their `harness.configuration` (stores of older versions), so
+    the view groups them too; returns how many were tagged."""
+    client = _Client()
+    runs = client.search_runs([experiment_id], filter_string=SEED_FILTER, max_results=50_000)
+    missing = [r for r in runs if CONFIGURATION_TAG not in r.data.tags]
+    for r in missing:
+        label = configuration_label(r.info.run_name or "", r.data.tags.get("optuna.trial_number"))
+        client.set_tag(r.info.run_id, CONFIGURATION_TAG, label)
+    return len(missing)
+
+
 def save_trials_view(experiment_id: str, metrics: Sequence[str], params: Sequence[str], maximize: bool) -> None:
-    """The experiment's saved runs view `harness: trials`: `metrics` and `params` as columns, sorted by the first
-    metric, best first. MLflow's default view shows no metric column and folds nested runs under their parent;
-    sorted by a metric, the table lists every run on its own row (the study's run among them, as `study ...`).
-    `ui_url` opens it; the Views menu lists it."""
-    metric_cols = [f"metrics.`{m}`" for m in metrics]
+    """The experiment's saved runs view `harness: trials`: the seed runs, grouped by configuration (MLflow's Group
+    by on the seeds' `harness.configuration` tag, every group open), groups sorted by the first metric, best first.
+    A group's row is the mean over its seeds, which for gap closure is the configuration's figure (one teacher and
+    baseline per configuration); intervals are left to the report. Columns: the configuration (`params`: axes,
+    searched hyperparameters), then gap closure on validation and test, then the other `metrics`. Clearing the
+    filter shows the study and configuration runs too (MLflow nests by parent only when sorted by start time, and
+    a shared view does not keep expanded rows). `ui_url` opens it; the Views menu lists it."""
+    tag_configurations(experiment_id)
+    shown = [m for m in metrics if not m.endswith(("_low", "_high"))]  # a mean of seeds' bounds is no interval
+    ordered = [*(m for m in HEADLINE_METRICS if m in shown), *(m for m in shown if m not in HEADLINE_METRICS)]
+    metric_cols = [f"metrics.`{m}`" for m in ordered]
     param_cols = [f"params.`{p}`" for p in params]
+    wide = {f"metrics.`{m}`": 170 for m in HEADLINE_METRICS}  # header and full value readable
     state = {
-        "searchFilter": "",
-        "orderByKey": metric_cols[0],
+        "searchFilter": SEED_FILTER,
+        "orderByKey": f"metrics.`{metrics[0]}`",
         "orderByAsc": not maximize,
         "startTime": "ALL",
         "lifecycleFilter": "Active",
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
-        "selectedColumns": ["attributes.`Source`", *metric_cols, *param_cols],
-        "columnOrder": [RUN_NAME_COLUMN, *metric_cols, *param_cols],
-        "columnWidths": {RUN_NAME_COLUMN: 330},  # room for `greedy|fewer_demos(k=1)|forward_kl seed=0`
+        "selectedColumns": [*param_cols, *metric_cols],
+        "columnOrder": [RUN_NAME_COLUMN, *param_cols, *metric_cols],
+        "columnWidths": {RUN_NAME_COLUMN: 330, **wide},  # room for `greedy|fewer_demos(k=1)|forward_kl seed=0`
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CONFIGURATION_TAG}]},
+        "groupsExpanded": {},  # every configuration's group open; the untagged runs' group folded
     }
     envelope = {"name": "harness: trials", "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
     _Client().set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(envelope))
@@ -465,6 +498,8 @@ def trial_run(
     it) with source tags and system metrics; on an exception it is marked FAILED with the reason, and the
     exception goes on (KILLED for a pruned or interrupted trial)."""
     client = _Client()
+    if kind == "seed":  # the runs view groups seeds by it (MLflow's Group by)
+        tags = {**tags, CONFIGURATION_TAG: configuration_label(name, tags.get("optuna.trial_number"))}
     run = client.create_run(
         experiment_id,
         run_name=name,

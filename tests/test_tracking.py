@@ -46,13 +46,34 @@ def test_experiment_opens_as_model_training_with_a_saved_trials_view(store):
     envelope = json.loads(tags[tracking.VIEW_TAG])
     assert envelope["name"] == "harness: trials"
     state = json.loads(envelope["state"])
+    # the seeds, grouped by configuration (MLflow's Group by on their tag), best validation figure first
+    assert state["searchFilter"] == tracking.SEED_FILTER
     assert state["orderByKey"] == "metrics.`validation_gap_closure`" and state["orderByAsc"] is False
-    assert {"metrics.`validation_gap_closure`", "params.`target`", "params.`context`", "params.`loss`"} <= set(
-        state["selectedColumns"]
-    )
-    assert state["columnOrder"][1] == "metrics.`validation_gap_closure`"
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": tracking.CONFIGURATION_TAG}]
+    # the configuration, then gap closure on validation and test, on screen beside the run name
+    assert state["columnOrder"][:6] == [
+        tracking.RUN_NAME_COLUMN,
+        "params.`target`",
+        "params.`context`",
+        "params.`loss`",
+        "metrics.`validation_gap_closure`",
+        "metrics.`test_gap_closure`",
+    ]
+    assert set(state["columnOrder"][1:]) == set(state["selectedColumns"])
+    assert not [c for c in state["selectedColumns"] if c.endswith(("_low`", "_high`"))]
     url = tracking.ui_url("http://127.0.0.1:5000", store["exp"].experiment_id)
     assert url.endswith(f"/runs?viewStateShareKey={tracking.VIEW_ID}&workflowType=machine_learning")
+
+
+@pytest.mark.slow
+def test_seed_runs_carry_their_configuration_for_the_view(store):
+    """Each seed run's `harness.configuration` is `#<trial> <its configuration run's name>` (the view's groups)."""
+    trials = {r.info.run_id: r for r in store["trials"]}
+    for seed in store["seeds"]:
+        parent = trials[seed.data.tags["mlflow.parentRunId"]]
+        number = parent.data.tags["optuna.trial_number"]
+        assert seed.data.tags[tracking.CONFIGURATION_TAG] == f"#{number} {parent.info.run_name}"
+    assert tracking.CONFIGURATION_TAG not in store["parent"].data.tags
 
 
 @pytest.mark.slow
@@ -110,3 +131,15 @@ def test_report_of_a_never_run_suite_creates_no_experiment(tmp_path, monkeypatch
     assert "no trials recorded" in capsys.readouterr().err
     mlflow.set_tracking_uri(stores.tracking_uri(suite))
     assert MlflowClient().get_experiment_by_name(tracking.experiment_name(suite)) is None
+
+
+@pytest.mark.slow
+def test_older_seed_runs_get_their_configuration_tag(store):
+    """A store written before the tag existed: the view's refresh (`harness ui`) tags its seeds, once."""
+    seed = store["seeds"][0]
+    want = seed.data.tags[tracking.CONFIGURATION_TAG]
+    store["client"].delete_tag(seed.info.run_id, tracking.CONFIGURATION_TAG)
+    tracking.use_store(store["client"].tracking_uri)
+    assert tracking.tag_configurations(store["exp"].experiment_id) == 1
+    assert store["client"].get_run(seed.info.run_id).data.tags[tracking.CONFIGURATION_TAG] == want
+    assert tracking.tag_configurations(store["exp"].experiment_id) == 0
