@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 for mode in order:
                     load1 = os.getloadavg()[0]
                     got = _measure(mode, args)
-                    row = {"repeat": rep, "condition": condition, "extra_busy": len(procs), "mode": mode}
+                    row: dict[str, object] = {"repeat": rep, "condition": condition, "extra_busy": len(procs)}
+                    row["mode"] = mode
                     row |= {"load1_before": round(load1, 2), **got}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
