@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from harness.cache import encode
+
 if TYPE_CHECKING:
     import torch
 
@@ -78,8 +80,6 @@ def topk_fidelity(tops: Sequence[TopKSeq | None]) -> dict[str, float]:
 
 def cache_bytes_per_token(tops: Sequence[TopKSeq | None]) -> float | None:
     """Bytes the teacher cache's top-k entry takes per target token, measured on the entry's own encoding."""
-    from harness.cache import encode
-
     rows = [(t.indices, t.logprobs, t.tail) for t in tops if t is not None]
     tokens = sum(int(t.tail.numel()) for t in tops if t is not None)
     if not rows or tokens == 0:
