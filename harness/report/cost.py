@@ -55,7 +55,8 @@ def cost_md(df: pd.DataFrame, plot_skipped: str | None) -> list[str]:
     """The `## Cost` section: warnings, the ledger table, the cache size against DistillKit, the plot."""
     out = ["## Cost", ""]
     if FLOPS not in df or not np.isfinite(df[FLOPS].astype(float)).any():
-        return out + ["No configuration logged a cost ledger (runs from before `harness/ledger.py`).", ""]
+        note = f"- quality per compute: *skipped: {plot_skipped or 'no cost ledger'}*"
+        return out + ["No configuration logged a cost ledger (runs from before `harness/ledger.py`).", "", note, ""]
     out += coverage_warnings(df)
     if out[-1] != "":
         out.append("")
