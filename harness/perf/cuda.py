@@ -235,15 +235,15 @@ def train_part(
         n = flop_params(student)
         if lora_rank:
             # The frozen base needs no weight gradients: forward 2N + input gradients 2N = 4N per token.
-            fpt, rule = 4.0 * n, "4*N*tokens (LoRA: no base weight grads)"
+            flops_per_token, rule = 4.0 * n, "4*N*tokens (LoRA: no base weight grads)"
         else:
-            fpt, rule = 6.0 * n, "6*N*tokens"
+            flops_per_token, rule = 6.0 * n, "6*N*tokens"
         note = (
             f"N={n / 1e9:.3f}B non-embedding; trainable {sum(p.numel() for p in trainable) / 1e6:.2f}M in "
             f"{'/'.join(sorted(master))}; loss {res.losses[0]:.3f}->{res.losses[-1]:.3f}"
         )
         part = f"train_lora_r{lora_rank}" if lora_rank else "train_full_ft"
-        r = row(part, size.train_batch, size.train_len, res.train_tokens, m, fpt, rule, peak, note)
+        r = row(part, size.train_batch, size.train_len, res.train_tokens, m, flops_per_token, rule, peak, note)
     return r, moved
 
 
