@@ -32,7 +32,9 @@ def test_env_override_and_bad_values() -> None:
 
 def _fresh(code: str, **env: str) -> dict[str, object]:
     """Run `code` in a fresh interpreter (thread settings are fixed when torch loads) and parse its JSON."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HARNESS_THREADS")}
+    # every variable `configure` sets: an in-process `cli.main` earlier in the session has set them in this process
+    ours = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "HARNESS_THREADS")
+    clean = {k: v for k, v in os.environ.items() if k not in ours}
     out = subprocess.run([sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
