@@ -32,6 +32,19 @@ def _digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=_DIGEST).digest()
 
 
+class OlderEntry(ValueError):
+    """Bytes without the checksum header: an entry of an older version, which cannot be verified, or damage."""
+
+
+def _older_version(blob: bytes) -> bool:
+    """Whether header-less bytes are a whole torch.save file, as versions before the checksum wrote entries."""
+    try:
+        torch.load(io.BytesIO(blob), weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
 def encode(value: Any) -> bytes:
     """An entry's bytes: magic line, checksum of the payload, payload."""
     buf = io.BytesIO()
@@ -45,7 +58,7 @@ def decode(blob: bytes) -> Any:
     if not blob:
         raise ValueError("empty file")
     if not blob.startswith(MAGIC):
-        raise ValueError("no checksum header (written by an older version, or damaged)")
+        raise OlderEntry("no checksum header")
     digest, payload = blob[len(MAGIC) : len(MAGIC) + _DIGEST], blob[len(MAGIC) + _DIGEST :]
     if len(digest) < _DIGEST or _digest(payload) != digest:
         raise ValueError("checksum mismatch (truncated or changed on disk)")
@@ -116,6 +129,9 @@ class Store:
             value = decode(blob)
         except Exception as e:  # damaged or from an older version: recompute rather than stop a study
             if not warn:
+                return None
+            if isinstance(e, OlderEntry) and _older_version(blob):  # intact but unverifiable: not "damaged"
+                log.warning("teacher cache entry %s was written by an older version (no checksum); recomputing", path)
                 return None
             first = (str(e).splitlines() or [""])[0][:120]
             log.warning("teacher cache entry %s damaged (%s: %s); recomputing", path, type(e).__name__, first)

@@ -97,11 +97,14 @@ def _entry(store, parts):
         lambda b: b"",  # zero-byte entry
         lambda b: b[: len(b) // 2],  # truncated
         lambda b: b[len(cache.MAGIC) + 32 :],  # an older version's entry: bare torch.save bytes, no checksum
+        lambda b: b[len(cache.MAGIC) + 32 : -100],  # no header and not a whole torch.save file either
     ],
-    ids=["bit-flip", "zero-byte", "truncated", "no-checksum"],
+    ids=["bit-flip", "zero-byte", "truncated", "no-checksum", "no-header-truncated"],
 )
-def test_damaged_entry_is_recomputed_with_one_warning(tmp_path, caplog, damage):
-    """A damaged teacher-cache entry is never served: it is recomputed, rewritten, and named in one warning."""
+def test_damaged_entry_is_recomputed_with_one_warning(tmp_path, caplog, damage, request):
+    """A damaged teacher-cache entry is never served: it is recomputed, rewritten, and named in one warning. An
+    intact entry of an older version (no checksum) is recomputed too, its warning saying so rather than
+    "damaged"."""
     store = cache.Store(tmp_path)
     parts = {"model": "m", "inputs": [1, 2, 3]}
     calls = []
@@ -119,6 +122,9 @@ def test_damaged_entry_is_recomputed_with_one_warning(tmp_path, caplog, damage):
     assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and str(path) in warnings[0] and "recomputing" in warnings[0]
+    older = request.node.callspec.id == "no-checksum"
+    assert ("written by an older version" in warnings[0]) == older, warnings[0]
+    assert (" damaged (" in warnings[0]) != older, warnings[0]
     third = store.get_or_compute("targets", parts, lambda: pytest.fail("the rewritten entry was not reused"))
     assert torch.equal(third["tokens"], first["tokens"])
 
