@@ -55,3 +55,22 @@ def test_tracking_refuses_an_undefined_step_metric(tmp_path):
         tr.log_step(2, {"train/los": 0.4})
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, metrics.TRAIN_LOSS.name)
     assert [(h.step, h.value) for h in history] == [(1, 0.5)]
+
+
+@pytest.mark.slow
+def test_mlflow_holds_full_precision_and_the_report_rounds(tmp_path):
+    """What tracking logs is the float itself (the MLflow UI shows its digits); only the report rounds, to the
+    decimals each metric's definition gives."""
+    from harness.report.tables import fmt_metric
+
+    tracking.use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("m", artifact_location=(tmp_path / "a").as_uri())
+    run = mlflow.MlflowClient().create_run(exp)
+    names = [f.name for f in dataclasses.fields(metrics.TrialMetrics) if not f.name.startswith("control_")]
+    values = {name: (i + 1) / 7 + 1e-12 for i, name in enumerate(names)}
+    tracking.TrialRun(run.info.run_id).log_metrics(metrics.TrialMetrics(**values))
+    tracking.TrialRun(run.info.run_id).log_step(1, {metrics.TRAIN_LOSS.name: 1 / 3})
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+    assert {k: logged[k] for k in values} == values  # bit for bit
+    assert logged[metrics.TRAIN_LOSS.name] == 1 / 3
+    assert fmt_metric("validation_gap_closure", 1 / 7) == "0.143"
