@@ -142,3 +142,44 @@ def test_benchmark_headline_names_every_configuration_tied_for_the_best_rank():
         "`B` and `A` tie for the best mean test rank across 2 tasks: 1.50"
     )
     assert line.endswith("the rank intervals of 0 of the 1 others overlap theirs.")
+
+
+def _ledger_frame(flops: list[float] | None) -> pd.DataFrame:
+    df = pd.DataFrame(
+        {
+            "trial": [0, 1, 2],
+            "state": ["COMPLETE"] * 3,
+            "target": ["greedy"] * 3,
+            "context": ["empty"] * 3,
+            "loss": ["forward_kl", "self_target_nll", "jsd"],
+            "validation_gap_closure": [0.1, 0.2, 0.3],
+            "test_gap_closure": [0.1, 0.4, 0.3],
+        }
+    )
+    return df if flops is None else df.assign(**{"cost/total_flops": flops})
+
+
+def test_benchmark_quality_per_compute_plot_and_front(tmp_path):
+    """A suite with a ledger gets a panel and its front named; one run before the ledger gets a skip note."""
+    frames = {"ruled": _ledger_frame([1e9, 2e9, 4e9]), "old": _ledger_frame(None)}
+    path = tmp_path / benchmark.COMPUTE_PLOT
+    lines = benchmark.compute_md(frames, path)
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    md = "\n".join(lines)
+    assert f"![quality per compute]({benchmark.COMPUTE_PLOT})" in md
+    # trial 2 (4e9 FLOPs, 0.3) is beaten by trial 1 (2e9, 0.4): the front is trials 0 and 1, by FLOPs
+    assert "- `ruled`: #0 `greedy / empty / forward_kl` (1.00e+09 FLOPs, 0.100); #1 `greedy / empty / " in md
+    assert "#2" not in md.split("- `ruled`:")[1].split("\n")[0]
+    assert "- `old`: *skipped: no completed configuration with a cost ledger" in md
+    table = pd.DataFrame({"configuration": ["A"], "test": [0.5], "verdict": ["best"]})
+    agg = stats.aggregate_tasks({"ruled": table, "old": table}, n_boot=50)
+    assert "## Quality per compute" in benchmark.benchmark_md(agg, {"ruled": table, "old": table}, lines)
+
+
+def test_benchmark_without_any_ledger_writes_no_plot(tmp_path):
+    path = tmp_path / benchmark.COMPUTE_PLOT
+    path.write_bytes(b"stale")
+    lines = benchmark.compute_md({"a": _ledger_frame(None), "b": _ledger_frame([np.nan] * 3)}, path)
+    assert not path.exists()
+    assert sum("*skipped: no completed configuration with a cost ledger" in x for x in lines) == 2
+    assert not any("![" in x for x in lines)

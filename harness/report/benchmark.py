@@ -5,6 +5,8 @@ hold, per configuration, its verdict on every task and its mean test rank across
 (`stats.aggregate_tasks`). Configurations are matched across suites by their label (axis values plus
 the hyperparameters that vary in the study): the same label in two suites is the same configuration.
 Ranks, not raw scores, are averaged, so tasks with different metrics and scales weigh the same.
+`DIR/quality_per_compute.png` puts each suite's configurations in a panel of test gap closure against the
+estimated FLOPs of the cost ledger, the Pareto front marked; suites run before the ledger get a skip note.
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness import stats
+from harness.report import cost
+from harness.report.comparison import labels
+from harness.report.plots import SkipPlot
 from harness.report.tables import fmt, md_table
 from harness.report.write import COMPARISON, write_report
 from harness.spec import Suite, SuiteError
 
 BENCHMARK = "benchmark"
+COMPUTE_PLOT = cost.PLOT
+NO_LEDGER = "no completed configuration with a cost ledger (runs from before `harness/ledger.py`)"
 
 
 def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
@@ -29,15 +38,74 @@ def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
         raise SuiteError(f"benchmark: two suites share a name ({', '.join(names)}); each task needs its own")
     out = Path(out)
     tables: dict[str, pd.DataFrame] = {}
+    frames: dict[str, pd.DataFrame] = {}
     for suite in suites:
         folder = write_report(suite, out)
         if not (folder / COMPARISON).is_file():
             raise SuiteError(f"suite '{suite.name}': no completed configuration to compare; run it first")
         tables[suite.name] = pd.read_csv(folder / COMPARISON)
+        frames[suite.name] = pd.read_csv(folder / "summary.csv")
     agg = stats.aggregate_tasks(tables, seed=suites[0].seed)
     agg.to_csv(out / f"{BENCHMARK}.csv", index=False)
-    (out / f"{BENCHMARK}.md").write_text(benchmark_md(agg, tables))
+    compute = compute_md(frames, out / COMPUTE_PLOT)
+    (out / f"{BENCHMARK}.md").write_text(benchmark_md(agg, tables, compute))
     return out
+
+
+def plot_quality_per_compute(frames: dict[str, pd.DataFrame], path: Path) -> dict[str, str]:
+    """One panel per suite whose configurations logged a cost ledger (test gap closure against FLOPs, its
+    Pareto front marked); the suites left out, with why. No file (and a stale one removed) when none has one."""
+    path.unlink(missing_ok=True)
+    points: dict[str, pd.DataFrame] = {}
+    skipped: dict[str, str] = {}
+    for name, df in frames.items():
+        try:
+            points[name] = cost.ledger_points(df)
+        except SkipPlot:
+            skipped[name] = NO_LEDGER
+    if not points:
+        return skipped
+    matplotlib.use("Agg")  # files only, never a window
+    n = len(points)
+    fig, axs = plt.subplots(1, n, figsize=(5.5 * n + 1.0, 5.0), sharey=True, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (ax, (name, done)) in enumerate(zip(axs[0], points.items(), strict=True)):
+        cost.draw_quality_per_compute(ax, done, color=colours[i % len(colours)])
+        ax.set_title(name)
+    axs[0][0].set_ylabel("test gap closure (0 = baseline, 1 = teacher)")
+    fig.suptitle("Quality per compute across tasks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return skipped
+
+
+def compute_md(frames: dict[str, pd.DataFrame], path: Path) -> list[str]:
+    """The benchmark's `## Quality per compute` lines: the plot (written to `path`), each suite's Pareto front
+    by configuration, and a skip note per suite with no ledger."""
+    skipped = plot_quality_per_compute(frames, path)
+    out = ["## Quality per compute", ""]
+    if path.is_file():
+        out += [
+            f"![quality per compute]({path.name})",
+            "",
+            "FLOPs are the ledger's estimate per seed (teacher + student, 2·N per token forward, 6·N per token "
+            "trained; see each task's `## Cost`). Pareto front (fewer FLOPs, more test gap closure), by FLOPs:",
+            "",
+        ]
+    for name, df in frames.items():
+        if name in skipped:
+            out.append(f"- `{name}`: *skipped: {skipped[name]}*")
+            continue
+        done = cost.ledger_points(df)
+        names = labels(done)
+        front = cost.front_rows(done)
+        cells = [
+            f"#{fmt(r['trial'])} `{names[i]}` ({float(r[cost.FLOPS]):.2e} FLOPs, {float(r['test_gap_closure']):.3f})"
+            for i, r in front.iterrows()
+        ]
+        out.append(f"- `{name}`: {'; '.join(cells)}")
+    return [*out, ""]
 
 
 def headline(agg: pd.DataFrame) -> str:
@@ -67,7 +135,7 @@ def headline(agg: pd.DataFrame) -> str:
     return body + f"; the rank intervals of {len(overlap)} of the {len(others)} others overlap {theirs}."
 
 
-def benchmark_md(agg: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> str:
+def benchmark_md(agg: pd.DataFrame, tables: dict[str, pd.DataFrame], compute: Sequence[str] = ()) -> str:
     tasks = list(tables)
     out = [f"# Benchmark across tasks: {', '.join(f'`{t}`' for t in tasks)}", "", f"> **{headline(agg)}**", ""]
     out += [
@@ -92,4 +160,6 @@ def benchmark_md(agg: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> str:
     out += [md_table(headers, rows), "", "## Per task", ""]
     for t, table in tables.items():
         out += [f"- [`{t}`]({t}/summary.md): {stats.summary_sentence(table)}"]
+    if compute:
+        out += ["", *compute]
     return "\n".join([*out, ""])

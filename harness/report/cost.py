@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 
 from harness.ledger import LOW_COVERAGE
 from harness.report.plots import SkipPlot, pareto_front
@@ -115,27 +116,45 @@ def cost_md(df: pd.DataFrame, plot_skipped: str | None) -> list[str]:
     return out + [""]
 
 
-def plot_quality_per_compute(df: pd.DataFrame, path: Path) -> None:
-    """Test gap closure against the estimated total FLOPs per seed, Pareto front (fewer FLOPs, more closure)."""
+def ledger_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The completed configurations with a finite FLOPs estimate: what a quality-per-compute plot can place."""
     done = completed(df)
     if FLOPS in done:
         done = done[np.isfinite(done[FLOPS].astype(float))]
     if FLOPS not in done or done.empty:
         raise SkipPlot("no completed configuration with a cost ledger")
+    return done
+
+
+def front_rows(done: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `done` on the Pareto front (fewer FLOPs, more test gap closure), by FLOPs."""
     x, y = done[FLOPS].astype(float).to_numpy(), done[TEST].astype(float).to_numpy()
-    fig, ax = plt.subplots(figsize=(8.0, 5.0))
-    ax.scatter(x, y, s=50, color="tab:blue", zorder=3, label="configuration")
-    front = pareto_front(-x, y)[::-1]
-    ax.scatter(x[front], y[front], s=200, facecolors="none", edgecolors="black", lw=1.2, zorder=4)
-    ax.plot(x[front], y[front], color="black", lw=1.2, ls="--", label="Pareto front", zorder=2)
+    return done.iloc[pareto_front(-x, y)[::-1]]
+
+
+def draw_quality_per_compute(ax: Axes, done: pd.DataFrame, color: str = "tab:blue") -> None:
+    """One panel: each configuration (annotated with its trial number), the Pareto front circled and joined."""
+    x, y = done[FLOPS].astype(float).to_numpy(), done[TEST].astype(float).to_numpy()
+    ax.scatter(x, y, s=50, color=color, zorder=3, label="configuration")
+    front = front_rows(done)
+    fx, fy = front[FLOPS].astype(float).to_numpy(), front[TEST].astype(float).to_numpy()
+    ax.scatter(fx, fy, s=200, facecolors="none", edgecolors="black", lw=1.2, zorder=4)
+    ax.plot(fx, fy, color="black", lw=1.2, ls="--", label="Pareto front", zorder=2)
     for xi, yi, n in zip(x, y, done["trial"], strict=True):
-        ax.annotate(f"#{n}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8, color="dimgrey")
+        ax.annotate(f"#{fmt(n)}", (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8, color="dimgrey")
     ax.set_xscale("log")
     ax.axhline(0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("estimated FLOPs per seed (teacher + student)")
+    ax.legend(loc="best")
+
+
+def plot_quality_per_compute(df: pd.DataFrame, path: Path) -> None:
+    """Test gap closure against the estimated total FLOPs per seed, Pareto front (fewer FLOPs, more closure)."""
+    done = ledger_points(df)
+    fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    draw_quality_per_compute(ax, done)
     ax.set_ylabel("test gap closure (0 = baseline, 1 = teacher)")
     ax.set_title("Quality per compute")
-    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
