@@ -90,7 +90,7 @@ def summarise_study(suite: Suite, report_dir: Path | None) -> str | None:
         return None
     best = best_trials(trial_table(runs, load_study(suite)), 1)
     best_id = None if best.empty else str(best.iloc[0]["run_id"])
-    tracking.log_study_summary(str(parents.iloc[0]["run_id"]), best_id, report_dir)
+    tracking.log_study_summary(str(parents.iloc[0]["run_id"]), best_id, report_dir, stores.Artifacts(suite))
     return keep.settle(suite, best_id)
 
 

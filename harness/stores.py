@@ -103,6 +103,21 @@ class Artifacts:
                 return moved.as_uri()
         return uri
 
+    def moved(self, uri: str) -> Path | None:
+        """Where to write new artifacts of a run whose recorded local folder is gone with a moved work folder: the
+        same place under the current root (MLflow would re-create the old work folder); None where the recorded
+        location stands (a remote store, or the recorded work folder still exists)."""
+        if not uri.startswith("file:"):
+            return None
+        path = _uri_path(uri)
+        marker = f"/{self.root.name}/"
+        if marker not in path:
+            return None
+        recorded, rest = path.split(marker, 1)
+        if Path(recorded).exists() and Path(recorded, self.root.name).exists():
+            return None
+        return self.root / rest
+
     def local(self, uri: str) -> Path | None:
         """The file an artifact URI names on this machine, or None for a remote store."""
         located = self.locate(uri)

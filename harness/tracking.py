@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -363,10 +364,13 @@ def ui_url(base: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_ID}&workflowType=machine_learning"
 
 
-def log_study_summary(parent_id: str, best_run_id: str | None, report_dir: Path | None) -> None:
+def log_study_summary(
+    parent_id: str, best_run_id: str | None, report_dir: Path | None, artifacts: stores.Artifacts | None = None
+) -> None:
     """The study's parent run becomes its summary: the best trial's parameters and metrics (final values, so
     the parent's row in the runs table reads like the best trial's), the best run's id, and the report's
-    files as artifacts under `report/` with summary.md as the run's description."""
+    files as artifacts under `report/` with summary.md as the run's description. With `artifacts` (the suite's),
+    a local store whose work folder was moved gets them under its current folder, not the recorded one."""
     client = _Client()
     tags: dict[str, str] = {}
     if best_run_id is not None:
@@ -380,7 +384,11 @@ def log_study_summary(parent_id: str, best_run_id: str | None, report_dir: Path 
         if "optuna.trial_number" in best.data.tags:
             tags["harness.best_trial"] = best.data.tags["optuna.trial_number"]
     if report_dir is not None:
-        client.log_artifacts(parent_id, str(report_dir), artifact_path="report")
+        moved = artifacts.moved(client.get_run(parent_id).info.artifact_uri) if artifacts else None
+        if moved is not None:  # MLflow's local store copies the files; it would re-create the old work folder
+            shutil.copytree(report_dir, moved / "report", dirs_exist_ok=True)
+        else:
+            client.log_artifacts(parent_id, str(report_dir), artifact_path="report")
         summary = report_dir / "summary.md"
         if summary.exists():
             tags[NOTE] = summary.read_text()[:7900]

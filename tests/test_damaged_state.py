@@ -95,7 +95,8 @@ def test_a_read_only_work_folder_is_one_line(tmp_path, capsys, plain):
 @pytest.mark.slow
 def test_report_after_the_work_folder_moved_keeps_the_forest_plot(cli_smoke, tmp_path):
     """MLflow records artifact locations as absolute paths; with the work folder moved, `report` still reads each
-    configuration's item_scores.json (under the suite's new work_dir) and draws the forest plot from them."""
+    configuration's item_scores.json (under the suite's new work_dir) and draws the forest plot from them; the
+    summary it attaches to the study's run goes under the new work_dir too, never re-creating the old one."""
     import sys
 
     from harness import stores
@@ -121,10 +122,11 @@ def test_report_after_the_work_folder_moved_keeps_the_forest_plot(cli_smoke, tmp
         shutil.rmtree(old, ignore_errors=True)
         old.with_name("away").rename(old)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print("old work folder recreated by report:", recreated)
+    assert not recreated, "report re-created the old work folder"
     folder = tmp_path / "results" / suite.name
     assert (folder / FOREST).is_file(), (folder / "summary.md").read_text()
     assert "forest plot: *skipped" not in (folder / "summary.md").read_text()
+    assert list((tmp_path / ".harness" / "mlartifacts").glob("**/artifacts/report/summary.md"))  # the new place
 
 
 @pytest.mark.slow
