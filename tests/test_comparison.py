@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 from helpers import write_suite
 
-from harness import aggregate, stats
+from harness import aggregate, stats, stores
 from harness.report import benchmark, comparison, plots
 from harness.spec import SuiteError, load_suite
 
@@ -183,3 +185,30 @@ def test_benchmark_without_any_ledger_writes_no_plot(tmp_path):
     assert not path.exists()
     assert sum("*skipped: no completed configuration with a cost ledger" in x for x in lines) == 2
     assert not any("![" in x for x in lines)
+
+
+def test_benchmark_keeps_a_committed_report_of_the_same_study(tmp_path, monkeypatch):
+    """Studies run on another machine: their committed reports enter the table as they are, said so; a report
+    of another study (the suite changed since) does not, and the suite needs running."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    suites = [load_suite(write_suite(tmp_path, name=n)) for n in ("alpha", "beta")]
+    out = tmp_path / "out"
+    for suite, flops in zip(suites, ([1e9, 2e9, 4e9], None), strict=True):
+        folder = out / suite.name
+        folder.mkdir(parents=True)
+        prov = {"study": stores.study_name(suite), "git_commit_trials": ["abc1234def"], "git_commit_report": "fed4321"}
+        (folder / "provenance.json").write_text(json.dumps(prov))
+        _ledger_frame(flops).to_csv(folder / "summary.csv", index=False)
+        pd.DataFrame(
+            {"configuration": ["A", "B"], "test": [0.9, 0.5], "verdict": ["best", "worse"], "p_holm": [np.nan, 0.01]}
+        ).to_csv(folder / "comparison.csv", index=False)
+    benchmark.write_benchmark(suites, out)
+    md = (out / "benchmark.md").read_text()
+    assert f"- `alpha`: report of study `{stores.study_name(suites[0])}` kept from `alpha/` (trials at commit" in md
+    assert "abc1234, report at fed4321)" in md
+    assert "| A | 2 | 1.00 [1.00, 1.00] | 1 – 1 | best | best |" in md
+    assert (out / benchmark.COMPUTE_PLOT).read_bytes()[:8] == PNG_MAGIC
+    assert "- `beta`: *skipped: no completed configuration with a cost ledger" in md
+    (out / "beta" / "provenance.json").write_text(json.dumps({"study": "beta-000000000000"}))
+    with pytest.raises(SuiteError, match="no trials recorded for suite 'beta'"):
+        benchmark.write_benchmark(suites, out)

@@ -7,10 +7,17 @@ the hyperparameters that vary in the study): the same label in two suites is the
 Ranks, not raw scores, are averaged, so tasks with different metrics and scales weigh the same.
 `DIR/quality_per_compute.png` puts each suite's configurations in a panel of test gap closure against the
 estimated FLOPs of the cost ledger, the Pareto front marked; suites run before the ledger get a skip note.
+
+A suite whose study is not in this work folder (its MLflow runs live on another machine) but whose report is
+already under `DIR/<suite>/` for the same study (`provenance.json`'s study name: same suite file, same hash)
+enters the table from that report, as committed, with a warning and a line in `benchmark.md` saying so; without
+such a report it is the usual error ("run it first").
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,16 +25,18 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness import stats
+from harness import stats, stores
 from harness.report import cost
 from harness.report.comparison import labels
 from harness.report.plots import SkipPlot
+from harness.report.runs import load_runs
 from harness.report.tables import fmt, md_table
 from harness.report.write import COMPARISON, write_report
 from harness.spec import Suite, SuiteError
 
 BENCHMARK = "benchmark"
 COMPUTE_PLOT = cost.PLOT
+log = logging.getLogger(__name__)
 NO_LEDGER = "no completed configuration with a cost ledger (runs from before `harness/ledger.py`)"
 
 
@@ -39,8 +48,17 @@ def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
     out = Path(out)
     tables: dict[str, pd.DataFrame] = {}
     frames: dict[str, pd.DataFrame] = {}
+    kept: dict[str, str] = {}
     for suite in suites:
-        folder = write_report(suite, out)
+        folder = out / suite.name
+        kept_from = kept_report(suite, folder)
+        if kept_from is None:
+            folder = write_report(suite, out)
+        else:
+            kept[suite.name] = kept_from
+            log.warning(
+                "suite '%s': no runs in this work folder; its report in %s is kept (%s)", suite.name, folder, kept_from
+            )
         if not (folder / COMPARISON).is_file():
             raise SuiteError(f"suite '{suite.name}': no completed configuration to compare; run it first")
         tables[suite.name] = pd.read_csv(folder / COMPARISON)
@@ -48,8 +66,41 @@ def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
     agg = stats.aggregate_tasks(tables, seed=suites[0].seed)
     agg.to_csv(out / f"{BENCHMARK}.csv", index=False)
     compute = compute_md(frames, out / COMPUTE_PLOT)
-    (out / f"{BENCHMARK}.md").write_text(benchmark_md(agg, tables, compute))
+    notes = [f"- `{name}`: {why}" for name, why in kept.items()]
+    if notes:
+        notes = [
+            "Reports kept as they were (no MLflow runs of the study in the work folder that wrote this):",
+            "",
+            *notes,
+            "",
+        ]
+    (out / f"{BENCHMARK}.md").write_text(benchmark_md(agg, tables, [*notes, *compute]))
     return out
+
+
+def kept_report(suite: Suite, folder: Path) -> str | None:
+    """A note on the report already in `folder`, which the benchmark then reads as it is, when the suite's study
+    has no trials in this work folder and that report is of the same study; else None: the report is rewritten
+    from MLflow (and a study run nowhere, or changed since its report, fails there with "run it first")."""
+    runs, _ = load_runs(suite)
+    kinds = runs.get("tags.harness.kind", pd.Series(dtype=object))
+    if not runs.empty and (kinds == "trial").any():
+        return None
+    prov_file = folder / "provenance.json"
+    study = stores.study_name(suite)
+    try:
+        prov = json.loads(prov_file.read_text())
+    except (OSError, ValueError):
+        prov = None
+    if not isinstance(prov, dict) or prov.get("study") != study:
+        return None  # nothing of this study to keep: write_report says to run it
+    if not all((folder / f).is_file() for f in (COMPARISON, "summary.csv")):
+        return None
+    commits = prov.get("git_commit_trials") or ["?"]
+    return (
+        f"report of study `{study}` kept from `{folder.name}/` (trials at commit "
+        f"{', '.join(str(c)[:7] for c in commits)}, report at {str(prov.get('git_commit_report', '?'))[:7]})"
+    )
 
 
 def plot_quality_per_compute(frames: dict[str, pd.DataFrame], path: Path) -> dict[str, str]:
