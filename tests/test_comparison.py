@@ -212,3 +212,12 @@ def test_benchmark_keeps_a_committed_report_of_the_same_study(tmp_path, monkeypa
     (out / "beta" / "provenance.json").write_text(json.dumps({"study": "beta-000000000000"}))
     with pytest.raises(SuiteError, match="no trials recorded for suite 'beta'"):
         benchmark.write_benchmark(suites, out)
+
+
+def test_benchmark_headline_says_when_the_best_ran_on_fewer_tasks():
+    """A configuration ranked first on the one task it ran on: the line counts its tasks, not the table's."""
+    t1 = pd.DataFrame({"configuration": ["A", "B"], "test": [0.9, 0.5], "verdict": ["best", "worse"]})
+    t2 = pd.DataFrame({"configuration": ["B", "C"], "test": [0.8, 0.1], "verdict": ["best", "worse"]})
+    t3 = pd.DataFrame({"configuration": ["B", "C"], "test": [0.2, 0.3], "verdict": ["tie", "best"]})
+    agg = stats.aggregate_tasks({"one": t1, "two": t2, "three": t3}, n_boot=200)
+    assert benchmark.headline(agg).startswith("`A` has the best mean test rank across the 1 of 3 tasks it ran on: 1.00")

@@ -56,9 +56,7 @@ def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
             folder = write_report(suite, out)
         else:
             kept[suite.name] = kept_from
-            log.warning(
-                "suite '%s': no runs in this work folder; its report in %s is kept (%s)", suite.name, folder, kept_from
-            )
+            log.warning("suite '%s': no runs in this work folder; the benchmark reads its %s", suite.name, kept_from)
         if not (folder / COMPARISON).is_file():
             raise SuiteError(f"suite '{suite.name}': no completed configuration to compare; run it first")
         tables[suite.name] = pd.read_csv(folder / COMPARISON)
@@ -163,9 +161,14 @@ def headline(agg: pd.DataFrame) -> str:
     """The quotable line: which configuration ranks best across tasks (all of them, when tied), and how many
     others it cannot be told from."""
     top = agg.iloc[0]
-    n_tasks = int(agg["tasks"].max())
-    tasks = f"{n_tasks} task{'s' if n_tasks != 1 else ''}"
     tied = agg[agg["rank_mean"] == top["rank_mean"]]
+    total = sum(str(c).startswith("verdict[") for c in agg.columns) or int(agg["tasks"].max())
+    ran = [int(n) for n in tied["tasks"]]
+    if min(ran) == total:
+        tasks = f"{total} task{'s' if total != 1 else ''}"
+    else:  # a configuration ranked on fewer tasks than the table holds: say so, its mean is over those only
+        span = str(min(ran)) if min(ran) == max(ran) else f"{min(ran)}–{max(ran)}"
+        tasks = f"the {span} of {total} tasks {'it' if len(tied) == 1 else 'they'} ran on"
     others = agg.iloc[len(tied) :]
     overlap = others[others["rank_low"] <= tied["rank_high"].max()]
     if len(tied) > 1:
