@@ -16,13 +16,15 @@ from harness.perf import memory
 from harness.perf.lmeval_arm import bench_lmeval
 from harness.perf.profiles import Missed
 from harness.perf.scaling import bench_scaling
+from harness.perf.sdft_bench import bench_sdft, write_sdft
 from harness.perf.teacher_arms import bench_teacher
 from harness.perf.training import bench_train
+from harness.perf.trl_sdft import sdft_problem
 from harness.perf.write import Results, load_average, write
 from harness.spec import SuiteError, load_suite
 from harness.tasks import TaskError
 
-PARTS = ("memory", "train", "topk", "generate", "lmeval", "scaling")
+PARTS = ("sdft", "memory", "train", "topk", "generate", "lmeval", "scaling")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-demos", type=int, nargs="+", default=[8, 32, 128])
     p.add_argument("--scaling-inputs", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--scaling-repeats", type=int, default=4, help="interleaved student steps per |c|")
+    p.add_argument("--sdft-demos", type=int, nargs="+", default=[8, 64], help="sdft part: demonstrations in c")
+    p.add_argument("--sdft-steps", type=int, default=4, help="sdft part: optimizer steps per trial (whole epochs)")
+    p.add_argument("--sdft-repeats", type=int, default=2, help="sdft part: interleaved rounds of whole trials per |c|")
+    p.add_argument(
+        "--sdft-study",
+        type=int,
+        nargs=2,
+        metavar=("CONFIGS", "SEEDS"),
+        help="sdft part: also a real study at the first |c|",
+    )
     p.add_argument("--out", default="results/perf")
     p.add_argument("--note", action="append", default=[], help="a line for perf.md (e.g. about the machine)")
     p.add_argument("--probe-memory", choices=list(memory.MEMORY_MODES), help=argparse.SUPPRESS)
@@ -76,8 +88,10 @@ def _main(argv: list[str] | None) -> int:
         return values
 
     prompts, teacher_repeats = per_demo(args.prompts, "--prompts"), per_demo(args.teacher_repeats, "--teacher-repeats")
-    if "lmeval" in parts:  # a bad suite fails now, not after twenty minutes
-        load_suite(args.suite)
+    if "lmeval" in parts or "sdft" in parts:  # a bad suite fails now, not after twenty minutes
+        suite = load_suite(args.suite)
+        if "sdft" in parts and (problem := sdft_problem(suite, args.sdft_steps)):
+            p.error(problem)
     console.setup(verbose=False)  # the CLI's own logging: each arm's seconds, libraries quiet
     command = shlex.join(["python", "-m", "harness.perf", *(sys.argv[1:] if argv is None else argv)])
     res = Results(command=command, started=time.time(), load_before=load_average())
@@ -124,6 +138,23 @@ def _main(argv: list[str] | None) -> int:
         res.goals += goals
     res.missed_profiles = missed.tables
     out = Path(args.out)
+    if "sdft" in parts:  # the anchor: its own sdft.md, its ratios first in perf.md
+        started, load_before = time.time(), load_average()
+        sd = bench_sdft(
+            m,
+            args.suite,
+            demos=args.sdft_demos,
+            steps=args.sdft_steps,
+            repeats=args.sdft_repeats,
+            study_grid=tuple(args.sdft_study) if args.sdft_study else None,
+        )
+        peers = [g for g in res.goals if "GKD" in g.name]
+        text = write_sdft(out, sd, command=command, started=started, load_before=load_before, peers=peers)
+        res.goals[:0] = sd.goals
+        res.notes += ["TRL's SDFTTrainer side by side, per trial and per study: `sdft.md`.", ""]
+        if parts == ["sdft"]:  # perf.md keeps the other parts' last full run
+            print(text)
+            return 0
     write(out, res)
     print((out / "perf.md").read_text())
     return 0

@@ -19,7 +19,7 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def ratios(out: Path, goals: list[Goal]) -> str:
+def ratios(out: Path, goals: list[Goal], name: str = "ratios.png") -> str:
     """Each ratio's median as a bar, min–max as its error bar, the goal dashed."""
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(goals) + 1.2))
     ys = list(range(len(goals)))
@@ -33,7 +33,7 @@ def ratios(out: Path, goals: list[Goal]) -> str:
     ax.set_yticks(ys, [g.name for g in goals], fontsize=8)
     ax.set_xlabel("ratio (median of interleaved repeats; bar: min–max; dashed: goal)")
     ax.invert_yaxis()
-    return _save(fig, out, "ratios.png")
+    return _save(fig, out, name)
 
 
 def phases(out: Path, per_arm: dict[str, dict[str, float]]) -> str:
