@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from harness import __version__, console, threads
+from harness import __version__, console, disk, threads
 from harness.spec import Suite, SuiteError, load_suite
 
 EXIT_BAD_INPUT = 2
@@ -164,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except _input_errors() as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # any command's own writes (a report, an export) on a full disk; `run` says more
+        full = disk.full(e)
+        if full is None:
+            raise
+        print(f"error: {full}; free space and rerun the command", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; finished trials are kept, the running one was requeued for the next start", file=sys.stderr)

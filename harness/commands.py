@@ -15,7 +15,7 @@ from types import FrameType
 
 from filelock import FileLock
 
-from harness import console, export, keep, stores, supervise, sweep, tracking, workers
+from harness import console, disk, export, keep, stores, supervise, sweep, tracking, workers
 from harness.redact import redact
 from harness.report.benchmark import write_benchmark
 from harness.report.runs import best_trials, load_runs, load_study, trial_table
@@ -36,7 +36,18 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         study = sweep.run(suite, n_trials=args.n_trials, timeout=args.timeout)
-    except tracking.TrackingUnavailable as e:
+    except Exception as e:
+        full = disk.full(e, _database(suite, e))
+        if full is not None:
+            rerun = console.command("run", suite, path=args.suite)
+            print(
+                f"error: {full}; finished trials are kept and the running one was requeued: free space, then "
+                f"`{rerun}` runs only the missing trials",
+                file=sys.stderr,
+            )
+            return 2
+        if not isinstance(e, tracking.TrackingUnavailable):
+            raise
         print(f"error: {e}; the running trial was requeued: rerun `harness run` when it answers", file=sys.stderr)
         return 1
     print("\n".join(sweep.summary(study)))
@@ -54,6 +65,14 @@ def cmd_run(args: argparse.Namespace, suite: Suite) -> int:
         print(f"error: {failed}", file=sys.stderr)
         return 1
     return 0
+
+
+def _database(suite: Suite, e: BaseException) -> str | None:
+    """The SQLite file a store error of the study came from: MLflow's when the tracking store failed, else
+    Optuna's (None where that store is not a SQLite file)."""
+    lost = stores.in_chain(e, tracking.TrackingUnavailable) is not None
+    db = stores.sqlite_file(stores.tracking_uri(suite) if lost else stores.storage_url(suite))
+    return str(db) if db is not None else None
 
 
 def cmd_report(args: argparse.Namespace, suites: list[Suite]) -> int:

@@ -22,6 +22,9 @@ from harness.redact import RedactingFilter
 # one line per trial says what matters; --verbose shows them.
 DETAIL_LOGGERS = ("harness.cache", "harness.scoring")
 NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "alembic", "datasets", "optuna", "mlflow", "git", "huggingface_hub")
+# Loggers that print, traceback and all, an error their library then raises to us (MLflow's SQL store logs every
+# failed statement, e.g. on a full disk): the command reports it once, in one line; --verbose shows them.
+REPEATING_LOGGERS = ("mlflow.store.db.utils",)
 # Library warnings that are notes to library developers, not to a harness user.
 IGNORED_WARNINGS = (
     (r".*is an experimental feature.*", "optuna"),  # heartbeat_interval of RDBStorage: our choice, known
@@ -77,5 +80,7 @@ def setup(verbose: bool) -> None:
     for name in (*NOISY_LOGGERS, *DETAIL_LOGGERS):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    for name in REPEATING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     for message, module in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import optuna
 import torch
 
-from harness import aggregate, keep, ledger, stores, tracking, workers
+from harness import aggregate, disk, keep, ledger, stores, tracking, workers
 from harness.config import HyperParams, TrialConfig
 from harness.contexts import Context
 from harness.metrics import HELDOUT_KL, METRICS, OBJECTIVES, TrialMetrics
@@ -256,6 +256,11 @@ def make_objective(suite: Suite, bench: Workbench, exp_id: str, parent_id: str, 
             _tag_state(trial, "FAIL")  # the study's progress line says why
             raise
         except Exception as e:  # not a result but a bug: Optuna marks the trial FAIL and re-raises, stopping the study
+            full = disk.full(e)
+            if full is not None:  # no bug either: the command says so in one line, the configuration is requeued
+                trial.set_user_attr("reason", f"interrupted: {full}")
+                _tag_state(trial, "FAIL")
+                raise
             trial.set_user_attr("reason", f"{type(e).__name__}: {e} (stopped the study)")
             _tag_state(trial, "FAIL")
             log.error(

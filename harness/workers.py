@@ -33,7 +33,7 @@ from optuna.samplers import BaseSampler, GridSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import FrozenTrial, TrialState
 
-from harness import stores, tracking
+from harness import disk, stores, tracking
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,10 @@ def guarded(
             _interrupted(trial, "interrupted (Ctrl-C or SIGTERM)")
             raise
         except Exception as e:
+            full = disk.full(e)
+            if full is not None:  # not the configuration's doing, nor a bug: rerun it once there is room
+                _interrupted(trial, f"interrupted: {full}")
+                raise
             lost = stores.in_chain(e, tracking.TrackingUnavailable)
             if lost is not None:
                 _interrupted(trial, f"interrupted: {lost}")

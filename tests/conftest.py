@@ -24,7 +24,7 @@ from harness.tasks import TaskBundle, load_task  # noqa: E402
 def _logger_levels():
     """An in-process `main()` (also in a session fixture, set up before any function fixture) quiets loggers for
     the rest of the process (harness/console.py): each test starts from the levels a fresh process has."""
-    names = ("harness", *console.NOISY_LOGGERS, *console.DETAIL_LOGGERS, "lm_eval")
+    names = ("harness", *console.NOISY_LOGGERS, *console.DETAIL_LOGGERS, *console.REPEATING_LOGGERS, "lm_eval")
     for n in names:
         logging.getLogger(n).setLevel(logging.NOTSET)
     yield
