@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.perf.self_study", description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="suites/rule_sheet.yaml")
     p.add_argument("--prompts", type=int, default=None, help="self-study prompts (default: 1.5 x train_inputs)")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_CHARS // 3, help="default: the source's own")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the two generation arms")
     p.add_argument("--student-repeats", type=int, default=4, help="interleaved student steps per context")
     p.add_argument("--student-inputs", type=int, default=32)
@@ -79,11 +80,13 @@ def study_entry(wb: Workbench, prompts: list[list[int]], max_new_tokens: int, se
         return None
 
 
-def bench_generation(wb: Workbench, env: TeacherInputs, n: int, repeats: int) -> tuple[list[dict[str, Any]], Any, str]:
+def bench_generation(
+    wb: Workbench, env: TeacherInputs, n: int, repeats: int, max_new: int
+) -> tuple[list[dict[str, Any]], Any, str]:
     """Plain vs prefix-reuse sampling of n self-study queries; rows, the goal and a note on identity."""
     prompts = [env.prompt_ids(SEEDS[i % len(SEEDS)], wb.context) for i in range(n)]
     shared = generation.common_prefix_length(prompts)
-    max_new, seed, batch = MAX_CHARS // 3, wb.suite.seed, wb.suite.training.generation_batch_size
+    seed, batch = wb.suite.seed, wb.suite.training.generation_batch_size
     out: list[Any] = [None, None]
 
     def arm(reuse: bool) -> Any:
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         train_inputs = suite.hyperparameters.train_inputs
         n = args.prompts or (int(train_inputs) * 3 // 2 if isinstance(train_inputs, int) else 48)
-        rows, g, note = bench_generation(wb, env, n, args.repeats)
+        rows, g, note = bench_generation(wb, env, n, args.repeats, args.max_new_tokens)
         goals = [g]
         if not args.skip_student:
             srows, sg = bench_student(wb, env, args.student_inputs, args.student_repeats, args.top_k)
