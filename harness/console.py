@@ -11,10 +11,14 @@ stay light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 
 from harness.redact import RedactingFilter
 
@@ -84,3 +88,74 @@ def setup(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     for message, module in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
+
+
+# ----------------------------------------------------------------------------- progress inside a long phase
+
+PROGRESS_ENV = "HARNESS_PROGRESS_S"
+PROGRESS_S = 30.0  # a line at least this often while a phase runs: a loaded run says something every minute
+progress_log = logging.getLogger("harness.progress")
+
+
+def progress_every() -> float:
+    """Seconds between progress lines: $HARNESS_PROGRESS_S, else PROGRESS_S."""
+    try:
+        return max(0.0, float(os.environ.get(PROGRESS_ENV, PROGRESS_S)))
+    except ValueError:
+        return PROGRESS_S
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+@contextlib.contextmanager
+def phase(what: str, every: float | None = None) -> Iterator[None]:
+    """While the block runs, one line every `every` seconds saying it still runs (the teacher's generation and
+    lm-eval's scoring report no counts a log file can show; their bars appear only on a terminal). Work that
+    ends sooner prints nothing."""
+    every = progress_every() if every is None else every
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(max(every, 0.01)):
+            progress_log.info("%s: running for %s", what, duration(time.monotonic() - start))
+
+    thread = threading.Thread(target=beat, name="harness-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Ticker:
+    """Counted progress (training steps) as a log line at most every `every` seconds, e.g.
+    `training forward_kl: step 40/400 (10%), loss 0.8120, 1 min`."""
+
+    def __init__(self, what: str, total: int, unit: str, every: float | None = None) -> None:
+        self.what, self.total, self.unit = what, total, unit
+        self.every = progress_every() if every is None else every
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def add(self, n: int = 1, note: str = "") -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        extra = f", {note}" if note else ""
+        progress_log.info(
+            "%s: %s %d/%d%s%s, %s",
+            self.what,
+            self.unit,
+            self.done,
+            self.total,
+            share,
+            extra,
+            duration(now - self.start),
+        )

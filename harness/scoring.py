@@ -23,7 +23,7 @@ import lm_eval
 import lm_eval.evaluator
 import numpy as np
 
-from harness import tasks
+from harness import console, tasks
 from harness.cache import Store
 from harness.contexts import Context
 from harness.lm import PrefixReuseLM, QuietHFLM
@@ -125,6 +125,37 @@ def main_metric(task_config: dict[str, Any] | str, task: Any, requested: str | N
     return "acc" if task.config.output_type == "multiple_choice" else "exact_match"
 
 
+def _simple_evaluate(
+    lm: Any,
+    task_config: dict[str, Any] | str,
+    task_name: str,
+    ctx: Context,
+    limit: int | None,
+    samples: list[int] | None,
+    seed: int,
+    task_manager: Any,
+) -> Any:
+    """lm-eval's own evaluation of one arm, every setting pinned (seeds, chat template, multi-turn few-shot)."""
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[task_config],
+        num_fewshot=ctx.n_demos,
+        system_instruction=ctx.system,
+        apply_chat_template=True,
+        fewshot_as_multiturn=True,
+        limit=limit,
+        samples={task_name: list(samples)} if samples else None,
+        log_samples=True,
+        bootstrap_iters=0,
+        task_manager=task_manager or tasks.task_manager(None),
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        verbosity="WARNING",
+    )
+
+
 @_quiet_git_lookup()
 def evaluate_arm(
     arm: str,
@@ -152,24 +183,9 @@ def evaluate_arm(
     start = time.perf_counter()
     lm_class = PrefixReuseLM if (REUSE_PREFIX if reuse_prefix is None else reuse_prefix) else QuietHFLM
     lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=[task_config],
-        num_fewshot=ctx.n_demos,
-        system_instruction=ctx.system,
-        apply_chat_template=True,
-        fewshot_as_multiturn=True,
-        limit=limit,
-        samples={task_name: list(samples)} if samples else None,
-        log_samples=True,
-        bootstrap_iters=0,
-        task_manager=task_manager or tasks.task_manager(None),
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        verbosity="WARNING",
-    )
+    items = len(samples) if samples else limit
+    with console.phase(f"lm-eval scoring {arm} on {task_name}" + (f" ({items} items)" if items else "")):
+        out = _simple_evaluate(lm, task_config, task_name, ctx, limit, samples, seed, task_manager)
     if out is None:
         raise RuntimeError("lm-eval returned no results")
     results = out["results"][task_name]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness import generation
+from harness import console, generation
 from harness import targets as target_registry
 from harness.batching import chunks, make_batch, target_logits, target_logits_and_hidden
 from harness.cache import Store
@@ -65,6 +65,10 @@ def targets(
     }
 
     def compute() -> list[list[int]]:
+        with console.phase(f"teacher targets ({strategy}) for {len(prompts)} prompts"):
+            return select()
+
+    def select() -> list[list[int]]:
         return target_registry.select_targets(
             strategy,
             params,
@@ -169,12 +173,10 @@ def topk(
         "k": k,
         "temperature": temperature,
     }
-    raw = store.get_or_compute(
-        "topk",
-        parts,
-        lambda: [
-            (s.indices, s.logprobs, s.tail)
-            for s in score_topk(
+
+    def compute() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        with console.phase(f"teacher top-{k} log-probs for {len(prompts)} targets"):
+            scored = score_topk(
                 teacher.model,
                 prompts,
                 target_seqs,
@@ -184,8 +186,9 @@ def topk(
                 pad_id=teacher.tokenizer.pad_token_id,
                 progress=True,
             )
-        ],
-    )
+        return [(s.indices, s.logprobs, s.tail) for s in scored]
+
+    raw = store.get_or_compute("topk", parts, compute)
     return [TopKSeq(*t) for t in raw]
 
 

@@ -39,7 +39,8 @@ def test_run_log_has_one_line_per_trial_and_no_noise(cli_smoke):
     assert "\r" not in log, "a progress bar redrew itself in a log file"
     for noise in ("Warning", "WARNING", "fatal:", "mlflow.store", "lm_eval", "it/s", "Generating", "Loading weights"):
         assert noise not in log, noise
-    lines = log.splitlines()
+    # a phase past 30 s (a loaded machine) adds its own progress lines (tests/test_interrupted.py covers them)
+    lines = [line for line in log.splitlines() if " harness.progress: " not in line]
     progress = [line for line in lines if re.search(r" harness\.sweep: trial \d+/", line)]
     assert len(progress) == TRIALS, log
     pattern = (

@@ -6,8 +6,10 @@ complete and none is computed twice."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -15,7 +17,7 @@ import optuna
 import pytest
 from helpers import ROOT, write_suite
 
-from harness import disk, stores, tracking
+from harness import console, disk, stores, tracking
 from harness.spec import load_suite
 
 States = optuna.trial.TrialState
@@ -39,11 +41,11 @@ def _env() -> dict[str, str]:
     return env | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def harness(suite: Path, *args: str, prefix: tuple[str, ...] = ("-m", "harness.cli")) -> tuple[int, str]:
+def harness(suite: Path, *args: str, prefix: tuple[str, ...] = ("-m", "harness.cli"), **env: str) -> tuple[int, str]:
     proc = subprocess.run(
         [sys.executable, *prefix, "run", str(suite), "--no-report", *args],
         cwd=suite.parent,
-        env=_env(),
+        env=_env() | env,
         capture_output=True,
         text=True,
         timeout=600,
@@ -124,3 +126,50 @@ def test_disk_full_mid_trial_then_rerun(tmp_path):
     assert {n: after[n] for n in before} == before  # the finished trial: same value, same run, not recomputed
     counted = [t for t in study_of(path).get_trials(deepcopy=False) if t.state == States.COMPLETE]
     assert len(counted) == 2
+
+
+# Teacher work and training long enough to be seen in the act (the whole train split, 96 steps of the tiny
+# model: seconds), progress lines every 0.1 s instead of every 30 s.
+LONG_TRAINING = {"hyperparameters": {"learning_rate": 1.0e-3, "epochs": 6, "batch_size": 4, "train_inputs": 64}}
+OFTEN = {console.PROGRESS_ENV: "0.1"}
+TRAINING_LINE = re.compile(r"harness\.progress: training forward_kl: step (\d+)/96")
+
+
+@pytest.fixture(scope="module")
+def first_trial(tmp_path_factory) -> dict:
+    """The smoke study's first trial, run alone with progress lines every 0.2 s."""
+    tmp = tmp_path_factory.mktemp("first-trial")
+    path = write_suite(tmp, **LONG_TRAINING)
+    code, out = harness(path, "--n-trials", "1", **OFTEN)
+    assert code == 0, out[-3000:]
+    return {"path": path, "out": out}
+
+
+def test_progress_lines_inside_each_phase_by_default_within_a_minute(monkeypatch, caplog):
+    """A phase that runs past the interval says so while it runs; one that ends sooner says nothing. The default
+    interval is 30 s, so a loaded run prints inside its first minute."""
+    monkeypatch.delenv(console.PROGRESS_ENV, raising=False)
+    assert console.progress_every() <= 60
+    with caplog.at_level("INFO", logger="harness.progress"):
+        with console.phase("quick work", every=30):
+            pass
+        with console.phase("slow work", every=0.05):
+            time.sleep(0.3)
+        ticker = console.Ticker("training x", 4, "step", every=0)
+        for _ in range(4):
+            ticker.add(1, "loss 0.5")
+    lines = [r.getMessage() for r in caplog.records if r.name == "harness.progress"]
+    assert not [line for line in lines if line.startswith("quick work")]
+    assert len([line for line in lines if line.startswith("slow work: running for ")]) >= 2
+    assert lines[-1] == "training x: step 4/4 (100%), loss 0.5, 0 s"
+
+
+@pytest.mark.slow
+def test_a_run_shows_progress_in_the_teacher_baseline_and_training_phases(first_trial):
+    """`harness run` into a file: progress lines from the teacher's targets, lm-eval's scoring of the teacher and
+    the baseline, and the training steps, between the seed's start and end lines."""
+    out = first_trial["out"]
+    assert re.search(r"harness\.progress: teacher (targets \(greedy\)|top-16 log-probs) for 64 \w+: running", out), out
+    assert re.search(r"harness\.progress: lm-eval scoring teacher on parity( \(\d+ items\))?: running for", out), out
+    assert re.search(r"harness\.progress: lm-eval scoring baseline on parity", out), out
+    assert TRAINING_LINE.search(out), out
