@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -173,3 +174,53 @@ def test_a_run_shows_progress_in_the_teacher_baseline_and_training_phases(first_
     assert re.search(r"harness\.progress: lm-eval scoring teacher on parity( \(\d+ items\))?: running for", out), out
     assert re.search(r"harness\.progress: lm-eval scoring baseline on parity", out), out
     assert TRAINING_LINE.search(out), out
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_rerun(first_trial):
+    """SIGKILL of `harness run` (its whole process group) while the second trial trains, then a rerun: exactly the
+    2 asked trials complete, the finished one keeps its run and values, the teacher cache written before the kill
+    is reused (no entry rewritten), and neither store keeps a RUNNING trial or run."""
+    path = first_trial["path"]
+    before = finished(path)
+    cache = {p: p.stat().st_mtime_ns for p in (path.parent / ".harness" / "cache").rglob("*.pt")}
+    log = path.parent / "killed.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "run", str(path), "--no-report"],
+            cwd=path.parent,
+            env=_env() | OFTEN,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 300
+    try:
+        while not TRAINING_LINE.search(log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    text = log.read_text()
+    assert "trial #1 " in text and "trial 2/2" not in text, text  # killed while trial #1 trained
+    steps = [int(m) for m in TRAINING_LINE.findall(text)]
+    assert steps and max(steps) < 96, text
+    running = study_of(path).get_trials(deepcopy=False, states=(States.RUNNING,))
+    assert [t.number for t in running] == [1]
+    cache |= {p: p.stat().st_mtime_ns for p in (path.parent / ".harness" / "cache").rglob("*.pt") if p not in cache}
+
+    code, out = harness(path)
+    assert code == 0 and "Traceback" not in out, out[-3000:]
+    trials = study_of(path).get_trials(deepcopy=False)
+    after = finished(path)
+    assert len(after) == 2 and {n: after[n] for n in before} == before
+    assert len({c for c, *_ in after.values()}) == 2
+    killed = trials[1]
+    assert killed.state == States.FAIL
+    rerun = [t for t in trials if t.user_attrs.get("requeued_from") == 1]
+    assert len(rerun) == 1 and rerun[0].state == States.COMPLETE and rerun[0].params == killed.params
+    assert len(trials) == 3  # nothing else ran
+    assert {p: p.stat().st_mtime_ns for p in cache} == cache  # no teacher work redone
+    statuses = [r.info.status for r in mlflow_runs(path)]
+    assert "RUNNING" not in statuses
