@@ -4,9 +4,14 @@
 no labels, so a task with only validation and test splits can be distilled, as Snell et al. (2022) and
 Cartridges do it: the teacher writes the inputs.
 
-- `self_study`: the teacher, prompted with c and one of a few seed instructions (a question, a task, a
-  request to apply c, ...; Cartridges' seed prompts in spirit), samples queries about c; seeded, deduplicated
-  and filtered (too short or long, equal to a validation or test input, a copy of the seed instruction).
+- `self_study`: the teacher writes inputs from c; seeded, deduplicated and filtered (too short or long, equal
+  to a validation or test input, a copy of its seed). Two `seed_prompt`s: `instructions` (the chat teacher, prompted
+  with c and one of a few seed instructions: a question, a task, a request to apply c, ...; Cartridges' seed
+  prompts in spirit) and `demos` (the teacher continues a plain list of the inputs of c's demonstrations,
+  shuffled per sample, and its next line is the new input: Snell et al. 2022's inputs sampled from the
+  prompt). `instructions` needs a teacher that follows them: the 135M embedded model answers them with chat
+  ("Who should I marry?") where the task sends a bare noun, so its inputs do not teach the task's behaviour;
+  `demos` keeps the task's input format, one line at most twice as long as the longest demonstration input.
 - `paraphrase`: the teacher rewrites each train input, without c, so the student sees new wordings of the
   same requests.
 - `mixed`: a share of self-study queries, the rest from the train split.
@@ -18,10 +23,11 @@ each trial's training inputs. A generated input has no reference answer, so `gro
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from harness.registry import Entry, Positive, PositiveInt, Registry
 from harness.registry import Probability as Share
@@ -47,6 +53,12 @@ class InputEnv(Protocol):
     ) -> list[str]: ...
 
     def heldout_texts(self) -> set[str]: ...
+
+    def demo_inputs(self) -> list[str]: ...
+
+    def continue_texts(
+        self, prefixes: Sequence[str], *, temperature: float, max_new_tokens: int, seed: int
+    ) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -101,20 +113,32 @@ def clean(text: str) -> str:
     return first.strip().strip('"“”').strip()
 
 
+def first_line(text: str) -> str:
+    """A continued list's next item: the first non-empty line of the continuation."""
+    return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+
+
 def _keep(
-    texts: Sequence[str], taken: set[str], banned: set[str], min_chars: int, max_chars: int
+    texts: Sequence[str],
+    taken: set[str],
+    banned: set[str],
+    min_chars: int,
+    max_chars: int,
+    seeds: Sequence[str] = SEEDS,
+    cut: Callable[[str], str] = clean,
 ) -> tuple[list[str], dict[str, int]]:
-    """The new distinct, acceptable queries among `texts`, and how many each filter dropped."""
+    """The new distinct, acceptable queries among `texts` (each cut by `cut`), and how many each filter
+    dropped; a copy of one of `seeds` (the seed instructions, or the demonstration inputs) is dropped."""
     out, dropped = [], {"length": 0, "duplicate": 0, "held-out item": 0, "seed copy": 0}
-    seeds = {normal(s) for s in SEEDS}
+    seed_keys = {normal(s) for s in seeds}
     for raw in texts:
-        q = clean(raw)
+        q = cut(raw)
         key = normal(q)
         if not (min_chars <= len(q) <= max_chars) or not key:
             dropped["length"] += 1
         elif key in banned:
             dropped["held-out item"] += 1
-        elif key in seeds:
+        elif key in seed_keys:
             dropped["seed copy"] += 1
         elif key in taken:
             dropped["duplicate"] += 1
@@ -128,15 +152,16 @@ def generate_distinct(
     env: InputEnv,
     n: int,
     seed: int,
-    make: Callable[[int, int], tuple[list[str], bool]],
+    sample: Callable[[int, int], list[str]],
     *,
     rounds: int,
-    temperature: float,
     min_chars: int,
     max_chars: int,
     what: str,
+    seeds: Sequence[str] = SEEDS,
+    cut: Callable[[str], str] = clean,
 ) -> list[str]:
-    """Up to `rounds` rounds of `make(round, still_needed)` → (instructions, with c); n distinct filtered
+    """Up to `rounds` rounds of `sample(round, still_needed)` → the teacher's raw texts; n distinct filtered
     queries, or an InputError saying how far it got and what to change."""
     banned, taken, kept = env.heldout_texts(), set(), []  # type: ignore[var-annotated]
     totals: dict[str, int] = {}
@@ -144,11 +169,7 @@ def generate_distinct(
         need = n - len(kept)
         if need <= 0:
             break
-        instructions, with_context = make(r, need)
-        texts = env.sample_texts(
-            instructions, with_context, temperature=temperature, max_new_tokens=max_chars // 3, seed=seed + r
-        )
-        new, dropped = _keep(texts, taken, banned, min_chars, max_chars)
+        new, dropped = _keep(sample(r, need), taken, banned, min_chars, max_chars, seeds, cut)
         kept += new
         for k, v in dropped.items():
             totals[k] = totals.get(k, 0) + v
@@ -161,25 +182,66 @@ def generate_distinct(
     return kept[:n]
 
 
+SelfStudySeed = Literal["instructions", "demos"]
+
+
+def demo_list(inputs: Sequence[str], rng: random.Random) -> str:
+    """One `demos` prompt: the demonstration inputs in a shuffled order, one a line, ready for the next line."""
+    order = list(inputs)
+    rng.shuffle(order)
+    return "\n".join(order) + "\n"
+
+
 @register("self_study", generated=True, needs_train=False)
 def self_study(
     env: InputEnv,
     n: int,
     seed: int,
     *,
+    seed_prompt: SelfStudySeed = "instructions",
     temperature: Positive = 1.0,
     rounds: PositiveInt = 4,
     max_chars: PositiveInt = 240,
 ) -> list[Query]:
-    """n queries about c written by the teacher that sees c: each round samples what is still missing, 1.5×
-    over, cycling through the seed instructions; kept queries are distinct and never a held-out input."""
+    """n inputs written by the teacher from c; each round samples what is still missing, over-drawn, and keeps
+    the distinct ones that are never a held-out input. `seed_prompt`: `instructions` (the chat teacher sees c
+    and a seed instruction, cycling through SEEDS, 1.5× over) or `demos` (the teacher continues a shuffled
+    list of c's demonstration inputs, 2× over; kept: one line, at most 2× the longest demonstration input and
+    `max_chars`, not a copy of a demonstration)."""
+    if seed_prompt == "demos":
+        demos = env.demo_inputs()
+        if not demos:
+            raise InputError("self_study: seed_prompt 'demos' continues a list of c's demonstration inputs; c has none")
+        limit = min(max_chars, max(2 * max(len(d) for d in demos), 8))
 
-    def make(r: int, need: int) -> tuple[list[str], bool]:
+        def sample_demos(r: int, need: int) -> list[str]:
+            rng = random.Random(seed * 1000 + r)
+            prefixes = [demo_list(demos, rng) for _ in range(max(2 * need, 8))]
+            return env.continue_texts(prefixes, temperature=temperature, max_new_tokens=limit // 2 + 4, seed=seed + r)
+
+        texts = generate_distinct(
+            env,
+            n,
+            seed,
+            sample_demos,
+            rounds=rounds,
+            min_chars=1,
+            max_chars=limit,
+            what="self_study (seed_prompt demos)",
+            seeds=demos,
+            cut=first_line,
+        )
+        return [Query(t) for t in texts]
+
+    def sample_instructions(r: int, need: int) -> list[str]:
         count = max(need + need // 2, 4)
-        return [SEEDS[(r + i) % len(SEEDS)] for i in range(count)], True
+        instructions = [SEEDS[(r + i) % len(SEEDS)] for i in range(count)]
+        return env.sample_texts(
+            instructions, True, temperature=temperature, max_new_tokens=max_chars // 3, seed=seed + r
+        )
 
     texts = generate_distinct(
-        env, n, seed, make, rounds=rounds, temperature=temperature, min_chars=8, max_chars=max_chars, what="self_study"
+        env, n, seed, sample_instructions, rounds=rounds, min_chars=8, max_chars=max_chars, what="self_study"
     )
     return [Query(t) for t in texts]
 
@@ -213,10 +275,19 @@ def paraphrase(
 
 
 @register("mixed", generated=True, needs_train=True)
-def mixed(env: InputEnv, n: int, seed: int, *, share: Share = 0.5, temperature: Positive = 1.0) -> list[Query]:
-    """A `share` of the n inputs from self_study, the rest the first train items, interleaved."""
+def mixed(
+    env: InputEnv,
+    n: int,
+    seed: int,
+    *,
+    share: Share = 0.5,
+    temperature: Positive = 1.0,
+    seed_prompt: SelfStudySeed = "instructions",
+) -> list[Query]:
+    """A `share` of the n inputs from self_study (with its `seed_prompt`), the rest the first train items,
+    interleaved."""
     k = min(n - 1, max(1, round(share * n))) if n > 1 else 1
-    generated = self_study(env, k, seed, temperature=temperature)
+    generated = self_study(env, k, seed, temperature=temperature, seed_prompt=seed_prompt)
     train = env.train_queries(n - k) if n - k > 0 else []
     out: list[Query] = []
     for i in range(max(len(generated), len(train))):

@@ -580,6 +580,23 @@ class Suite(_Strict):
             raise ValidationError.from_exception_data("suite", errors)
         return self
 
+    @model_validator(mode="after")
+    def _demo_seeded_inputs_need_demos(self) -> Suite:
+        """`self_study` (or `mixed`) with `seed_prompt: demos` continues a list of c's demonstration inputs."""
+        errors = [
+            error_detail(
+                "value_error",
+                ("axes", "inputs", i, "seed_prompt"),
+                f"{v.label} continues a list of c's demonstration inputs, so it needs context.demos >= 1 (it is 0)",
+                "demos",
+            )
+            for i, v in enumerate(self.axes.inputs)
+            if v.params.get("seed_prompt") == "demos" and self.context.demos == 0
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("suite", errors)
+        return self
+
     @property
     def suite_dir(self) -> Path:
         return Path(self.source).parent if self.source else Path.cwd()

@@ -43,6 +43,10 @@ class TeacherInputs:
         """Every validation and test input, normalised: a generated input equal to one is dropped."""
         return {normal(str(self.task.task.doc_to_text(d))) for split in self.heldout for d in split.docs}
 
+    def demo_inputs(self) -> list[str]:
+        """The inputs of c's demonstrations as the task writes them: what `self_study(seed_prompt=demos)` lists."""
+        return [text for text, _ in self.task.demo_pairs(self.context.n_demos)]
+
     def prompt_ids(self, text: str, ctx: Context) -> list[int]:
         return encode_prompt(self.teacher.tokenizer, self.task.render_text(text, ctx, self.teacher.tokenizer))
 
@@ -51,7 +55,19 @@ class TeacherInputs:
     ) -> list[str]:
         """One sampled reply per instruction, from the teacher seeing c (or nothing), decoded."""
         ctx = self.context if with_context else Context(None, 0)
-        prompts = [self.prompt_ids(text, ctx) for text in instructions]
+        return self._sample([self.prompt_ids(text, ctx) for text in instructions], temperature, max_new_tokens, seed)
+
+    def continue_texts(
+        self, prefixes: Sequence[str], *, temperature: float, max_new_tokens: int, seed: int
+    ) -> list[str]:
+        """One sampled continuation of each plain text (no chat template, no c): a list the teacher goes on with."""
+        tok: Any = self.teacher.tokenizer
+        return self._sample(
+            [list(tok.encode(p, add_special_tokens=False)) for p in prefixes], temperature, max_new_tokens, seed
+        )
+
+    def _sample(self, prompts: list[list[int]], temperature: float, max_new_tokens: int, seed: int) -> list[str]:
+        """The teacher's sampled replies to prompt ids, through the cached `teacher.targets`, decoded."""
         ids = teacher_work.targets(
             self.store,
             self.teacher,

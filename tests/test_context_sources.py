@@ -79,6 +79,34 @@ def test_ground_truth_targets_refuse_generated_inputs(tmp_path, capsys):
     assert "axes.targets.0: ground_truth trains on the dataset's answers" in err and "inputs.1 'self_study'" in err
 
 
+@pytest.mark.parametrize(
+    ("value", "demos", "expected"),
+    [
+        (
+            {"name": "self_study", "seed_prompt": "demos"},
+            0,
+            "axes.inputs.0.seed_prompt: self_study(seed_prompt=demos) "
+            "continues a list of c's demonstration inputs, so it needs context.demos >= 1 (it is 0)",
+        ),
+        ({"name": "mixed", "seed_prompt": "demos"}, 0, "axes.inputs.0.seed_prompt: mixed(seed_prompt=demos) continues"),
+        (
+            {"name": "self_study", "seed_prompt": "document"},
+            2,
+            "axes.inputs.0.seed_prompt: Input should be 'instructions' or 'demos'",
+        ),
+    ],
+)
+def test_self_study_seed_prompts_are_checked_at_validate(tmp_path, capsys, value, demos, expected):
+    path = write_suite(
+        tmp_path,
+        context={"instruction": "Answer E or O.", "demos": demos},
+        axes={"contexts": [{"name": "empty"}], "inputs": [value]},
+    )
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and expected in err[0]
+
+
 def test_dry_run_shows_the_rendered_system_message(tmp_path, capsys):
     path = _suite(tmp_path, system_prompt={"file": "rules.txt"})
     assert cli.main(["run", str(path), "--dry-run"]) == 0
@@ -89,8 +117,9 @@ def test_dry_run_shows_the_rendered_system_message(tmp_path, capsys):
 class _Env:
     """A scripted teacher: each call returns the next batch of replies (the registry logic under test)."""
 
-    def __init__(self, replies, heldout=(), train=()):
+    def __init__(self, replies, heldout=(), train=(), demos=()):
         self.replies, self.heldout, self.train, self.calls = list(replies), set(heldout), list(train), []
+        self.demos, self.prefixes = list(demos), []
 
     def train_queries(self, n):
         return [Query(t, {"question": t}, "E") for t in self.train[:n]]
@@ -102,6 +131,13 @@ class _Env:
         self.calls.append((len(instructions), with_context, temperature, seed))
         batch = self.replies.pop(0)
         return (batch * len(instructions))[: len(instructions)]
+
+    def demo_inputs(self):
+        return self.demos
+
+    def continue_texts(self, prefixes, *, temperature, max_new_tokens, seed):
+        self.prefixes.append(list(prefixes))
+        return self.sample_texts(prefixes, False, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
 
 
 def test_self_study_deduplicates_filters_held_out_items_and_says_when_it_runs_short():
@@ -116,6 +152,32 @@ def test_self_study_deduplicates_filters_held_out_items_and_says_when_it_runs_sh
     with pytest.raises(InputError, match=r"self_study: made 1 distinct inputs of the 4 asked in 2 rounds"):
         draw("self_study", {"rounds": 2}, _Env([["Is it the same?"], ["Is it the same?"]]), 4, seed=0)
     assert clean('  "Request: What is Plimmet?"\n\nMore text') == "What is Plimmet?"
+
+
+def test_self_study_from_demos_continues_shuffled_lists_of_the_demonstration_inputs_in_their_format():
+    demos = ["apple", "box", "city"]
+    replies = ["cat\nfox", "  \nApple\n", "ring", "a sentence, not a noun", "cat", "dog", "", "cat"]
+    env = _Env([replies, ["owl"] * 8], heldout=["ring"], demos=demos)
+    got = draw("self_study", {"seed_prompt": "demos"}, env, 3, seed=3)
+    # first line kept; a copy of a demonstration, a held-out item, one longer than 2 × 'apple', a repeat: dropped
+    assert [q.text for q in got] == ["cat", "dog", "owl"]
+    assert all(q.reference is None and q.doc is None for q in got)
+    first = env.prefixes[0]
+    assert len(first) == 8 and all(sorted(p.splitlines()) == sorted(demos) and p.endswith("\n") for p in first)
+    assert len(set(first)) > 1  # shuffled per prompt
+    assert [c[1:] for c in env.calls] == [(False, 1.0, 3), (False, 1.0, 4)]  # plain text, seeded per round
+    assert (
+        draw("self_study", {"seed_prompt": "demos"}, _Env([replies, ["owl"]], heldout=["ring"], demos=demos), 3, 3)
+        == got
+    )
+    with pytest.raises(
+        InputError, match=r"seed_prompt 'demos' continues a list of c's demonstration inputs; c has none"
+    ):
+        draw("self_study", {"seed_prompt": "demos"}, _Env([replies]), 2, seed=0)
+    with pytest.raises(InputError, match=r"self_study \(seed_prompt demos\): made 1 distinct inputs of the 2 asked"):
+        draw("self_study", {"seed_prompt": "demos", "rounds": 2}, _Env([["cat"], ["cat"]], demos=demos), 2, seed=0)
+    mixed = draw("mixed", {"seed_prompt": "demos"}, _Env([["elk"]], train=["t1"], demos=demos), 2, seed=0)
+    assert [q.text for q in mixed] == ["t1", "elk"]
 
 
 def test_paraphrase_rewrites_each_train_input_without_c_and_mixed_interleaves():
@@ -159,6 +221,22 @@ def test_a_self_study_trial_on_a_task_trains_on_teacher_written_inputs_that_neve
     assert [i.input for i in result.inputs] == [q.text for q in queries]
     assert all(i.reference == "" for i in result.inputs)
     assert result.metrics.train_steps >= 1
+
+
+@pytest.mark.slow
+def test_self_study_from_demos_on_the_tiny_model_keeps_the_demos_format_and_no_held_out_item(tmp_path):
+    bench = Workbench(load_suite(_suite(tmp_path)))
+    demos = [text for text, _ in bench.task.demo_pairs(2)]
+    source = AxisValue(name="self_study", seed_prompt="demos", rounds=12)
+    queries = bench.inputs(source, 4)
+    texts = [q.text for q in queries]
+    assert len({normal(t) for t in texts}) == 4 and all(q.doc is None and q.reference is None for q in queries)
+    held = {normal(str(bench.task.task.doc_to_text(d))) for s in bench.splits.values() for d in s.docs}
+    assert not held & {normal(t) for t in texts} and not {normal(d) for d in demos} & {normal(t) for t in texts}
+    assert all("\n" not in t and 1 <= len(t) <= 2 * max(map(len, demos)) for t in texts)
+    assert bench.inputs(AxisValue(name="self_study", seed_prompt="demos", rounds=12), 4) == queries
+    # the same request again is read from the teacher cache: a fresh study makes the same inputs
+    assert Workbench(load_suite(_suite(tmp_path))).inputs(source, 4) == queries
 
 
 def test_a_document_longer_than_the_teachers_window_fails_before_any_trial(tmp_path):
