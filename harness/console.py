@@ -27,8 +27,9 @@ from harness.redact import RedactingFilter
 DETAIL_LOGGERS = ("harness.cache", "harness.scoring")
 NOISY_LOGGERS = ("httpx", "urllib3", "filelock", "alembic", "datasets", "optuna", "mlflow", "git", "huggingface_hub")
 # Loggers that print, traceback and all, an error their library then raises to us (MLflow's SQL store logs every
-# failed statement, e.g. on a full disk): the command reports it once, in one line; --verbose shows them.
-REPEATING_LOGGERS = ("mlflow.store.db.utils",)
+# failed statement, e.g. on a full disk), or that the store failing costs only them (MLflow's system metrics, a
+# warning every 10 s): the command reports the store's failure once, in one line; --verbose shows them.
+REPEATING_LOGGERS = ("mlflow.store.db.utils", "mlflow.system_metrics.system_metrics_monitor")
 # Library warnings that are notes to library developers, not to a harness user.
 IGNORED_WARNINGS = (
     (r".*is an experimental feature.*", "optuna"),  # heartbeat_interval of RDBStorage: our choice, known
