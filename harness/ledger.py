@@ -15,6 +15,11 @@ the trial's outputs require, cached or not: a teacher cache hit makes `cost/teac
 - student: 6·N·train_tokens (prompt + target tokens through the student in training). A LoRA student still
   runs the full forward and backward through the frozen weights; 6·N overstates it by about N per token
   (no weight gradients), which is stated, not corrected.
+- on-policy batches (`on_policy` targets, a schedule's second phase) add work no cache holds: the student samples
+  ŷ (2·N_s·(|c', z| + |ŷ|), in the student's FLOPs) and the teacher scores (c, z, ŷ) once per thing the loss reads
+  (2·N·tokens, in the teacher's FLOPs; `cost/onpolicy_teacher_tokens`). With `teacher: ema` that teacher is the
+  student's weights averaged (N = N_s), and each EMA update costs 3 FLOPs per averaged value (a lerp:
+  `cost/ema_update_flops`, in the total), with `cost/ema_updates` updates and `cost/ema_bytes` of memory.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from harness.cache import encode
 if TYPE_CHECKING:
     import torch
 
+    from harness.ema import EmaTeacher
     from harness.teacher import TopKSeq
-    from harness.train import Example
+    from harness.train import Example, TrainResult
 
 __all__ = ["combine", "cost_metrics", "non_embedding_params", "topk_fidelity", "trial_ledger"]
 
@@ -101,14 +107,23 @@ def cost_metrics(
     wall_s: float,
     peak_memory_mb: float,
     cache_bytes_per_token: float | None = None,
+    onpolicy_teacher_tokens: int = 0,
+    onpolicy_student_tokens: int = 0,
+    onpolicy_teacher_params: int | None = None,
+    ema_updates: int = 0,
+    ema_elements: int = 0,
+    ema_bytes: int = 0,
 ) -> dict[str, float]:
     """The `cost/` metrics from token counts and timers (FLOPs as the module docstring says)."""
-    teacher_flops = 2.0 * n_teacher * (teacher_prompt_tokens + generated_tokens + scored_tokens)
-    student_flops = 6.0 * n_student * train_tokens
+    n_scorer = n_teacher if onpolicy_teacher_params is None else onpolicy_teacher_params
+    onpolicy_flops = 2.0 * n_scorer * onpolicy_teacher_tokens
+    teacher_flops = 2.0 * n_teacher * (teacher_prompt_tokens + generated_tokens + scored_tokens) + onpolicy_flops
+    student_flops = 6.0 * n_student * train_tokens + 2.0 * n_student * onpolicy_student_tokens
+    ema_flops = 3.0 * ema_elements * ema_updates
     out = {
         "cost/teacher_flops": teacher_flops,
         "cost/student_flops": student_flops,
-        "cost/total_flops": teacher_flops + student_flops,
+        "cost/total_flops": teacher_flops + student_flops + ema_flops,
         "cost/teacher_params": float(n_teacher),
         "cost/student_params": float(n_student),
         "cost/tokens_generated": float(generated_tokens),
@@ -123,6 +138,12 @@ def cost_metrics(
     }
     if cache_bytes_per_token is not None:
         out["cost/cache_bytes_per_token"] = cache_bytes_per_token
+    if onpolicy_teacher_tokens or onpolicy_student_tokens:
+        out["cost/onpolicy_teacher_tokens"] = float(onpolicy_teacher_tokens)
+        out["cost/onpolicy_teacher_flops"] = onpolicy_flops
+    if ema_elements:
+        out.update({"cost/ema_updates": float(ema_updates), "cost/ema_update_flops": ema_flops})
+        out["cost/ema_bytes"] = float(ema_bytes)
     return out
 
 
@@ -137,8 +158,11 @@ def trial_ledger(
     scoring_s: float,
     wall_s: float,
     peak_memory_mb: float,
+    onpolicy: TrainResult | None = None,
+    ema: EmaTeacher | None = None,
 ) -> dict[str, float]:
-    """A trial's `cost/` and `topk/` metrics from its examples (every phase) and its timers."""
+    """A trial's `cost/` and `topk/` metrics from its examples (every phase), its timers, the training loop's
+    on-policy counts and the EMA teacher, if any."""
     examples = [e for phase in phase_examples for e in phase]
     prompts = sum(len(e.teacher_prompt or e.prompt) for e in examples)
     generated = sum(len(e.target) for e in examples)
@@ -157,6 +181,14 @@ def trial_ledger(
         wall_s=wall_s,
         peak_memory_mb=peak_memory_mb,
         cache_bytes_per_token=cache_bytes_per_token(tops),
+        onpolicy_teacher_tokens=onpolicy.onpolicy_teacher_tokens if onpolicy else 0,
+        onpolicy_student_tokens=(
+            onpolicy.onpolicy_student_prompt_tokens + onpolicy.onpolicy_generated_tokens if onpolicy else 0
+        ),
+        onpolicy_teacher_params=non_embedding_params(student) if ema is not None else None,
+        ema_updates=ema.updates if ema is not None else 0,
+        ema_elements=ema.elements if ema is not None else 0,
+        ema_bytes=ema.nbytes if ema is not None else 0,
     )
     out.update(topk_fidelity(tops))
     return out

@@ -241,6 +241,31 @@ class Axes(_Strict):
         description="where the inputs z come from: train_split, self_study, paraphrase, mixed",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_kind_needs_on_policy(cls, data: Any) -> Any:
+        """`teacher: ema` moves the teacher during training, so only targets it scores during training take it."""
+        values = data.get("targets") if isinstance(data, dict) else None
+
+        def why(name: str) -> str:
+            if TARGETS[name].phases is not None:
+                return (
+                    f"'{name}' takes the teacher kind in its on-policy phase: then: {{name: on_policy, teacher: ema}}"
+                )
+            return (
+                f"'{name}' targets are precomputed once by the frozen teacher; the teacher kind (base, ema) belongs "
+                "to targets it scores during training: on_policy, or a schedule's then: {name: on_policy, teacher: ema}"
+            )
+
+        errors = [
+            error_detail("value_error", ("targets", i, "teacher"), why(v["name"]), v["teacher"])
+            for i, v in enumerate(values if isinstance(values, list) else [])
+            if isinstance(v, dict) and "teacher" in v and v.get("name") in TARGETS and v["name"] != "on_policy"
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("axes", errors)
+        return data
+
     @model_validator(mode="after")
     def _references_need_train_items(self) -> Axes:
         """`ground_truth` trains on the dataset's answers, which generated inputs do not have."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.registry import Entry, PositiveInt, Probability, Registry, UnitInterval, lazy_import, nested
 from harness.registry import Positive as Temperature
@@ -68,8 +68,13 @@ def target_seed(name: str, seed: int) -> int | None:
 
 
 def cache_key_params(name: str, params: dict | None) -> dict:
-    """Params with defaults filled in and validated: caches key on the effective settings, not the spelling."""
-    return TARGETS.resolve(name, params)[1]
+    """Params with defaults filled in and validated: caches key on the effective settings, not the spelling.
+    on_policy's teacher kind is left out: it scores the student's samples during training and changes nothing
+    precomputed, so `teacher: base` and `ema` share one entry (and entries made before it existed still hit)."""
+    effective = TARGETS.resolve(name, params)[1]
+    if name == "on_policy":
+        effective = {k: v for k, v in effective.items() if k not in TEACHER_PARAMS}
+    return effective
 
 
 def phases(name: str, params: dict | None) -> list[Phase]:
@@ -182,11 +187,27 @@ def ground_truth(req: TargetRequest) -> list[list[int]]:
     return [req.tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in req.references]
 
 
+TeacherKind = Literal["base", "ema"]
+TEACHER_PARAMS = ("teacher", "update_rate", "sync_steps")  # on_policy's: who scores the student's samples
+
+
 @register("on_policy", uses_student=True)
-def on_policy(req: TargetRequest, *, mix: UnitInterval = 0.5) -> list[list[int]]:
+def on_policy(
+    req: TargetRequest,
+    *,
+    mix: UnitInterval = 0.5,
+    teacher: TeacherKind = "base",
+    update_rate: Probability = 0.05,
+    sync_steps: PositiveInt = 1,
+) -> list[list[int]]:
     """GKD-style: the training loop samples from the student for a `mix` fraction of batches; the rest
     use these teacher greedy targets, the only part that can be precomputed (so not seeded here: the
-    student's draws are seeded by the training loop)."""
+    student's draws are seeded by the training loop).
+
+    `teacher` scores the student's samples (with c): `base`, the frozen teacher; `ema`, SDFT's (TRL's
+    `teacher_model_kind="ema"`): weights that every `sync_steps` optimizer updates move to
+    (1 − update_rate) · teacher + update_rate · student, from the student's initial weights (TRL's defaults
+    0.05 and 1). The precomputed targets here are the frozen teacher's either way."""
     return greedy(req)
 
 

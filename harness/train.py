@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from harness import console, generation, softprompt
 from harness.batching import make_batch, target_logits, target_logits_and_hidden, to_device
+from harness.ema import EmaTeacher
 from harness.losses import Extras, TeacherNeeds, compute_loss, teacher_needs
 from harness.metrics import TRAIN_LOSS, TRAIN_LR
 from harness.teacher import TopKSeq, score_hidden, score_token_logprobs, score_topk, stack, stack_rows
@@ -75,6 +76,7 @@ class OnPolicy:
     top_k: int
     temperature: float = 1.0
     teacher_mode: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # LoRA: adapters off
+    ema: EmaTeacher | None = None  # teacher: ema: stepped after every optimizer update (teacher_mode swaps it in)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,12 @@ class TrainResult:
     target_tokens: int = 0
     wall_time_s: float = 0.0
     losses: list[float] = field(default_factory=list)
+    # on-policy batches' extra work, for the cost ledger: the student's samples and the teacher's scoring of them
+    onpolicy_batches: int = 0
+    onpolicy_student_prompt_tokens: int = 0
+    onpolicy_generated_tokens: int = 0
+    onpolicy_teacher_tokens: int = 0  # (c, z, ŷ) tokens through the teacher (each forward it runs)
+    ema_updates: int = 0
 
 
 def apply_lora(model: torch.nn.Module, rank: int) -> PeftModel:
@@ -275,6 +283,8 @@ def train(
     )
     eval_every = settings.eval_every or per_epoch
     switch_update = total_updates if then is None else math.floor(then.at * total_updates)
+    ops = [on_policy, then.on_policy if then is not None else None]
+    emas = list({id(op.ema): op.ema for op in ops if op is not None and op.ema is not None}.values())
     result = TrainResult()
     start = time.perf_counter()
     # disable=None: a bar on a terminal, nothing in a log file
@@ -296,6 +306,13 @@ def train(
                 sampled = True
                 tgts, teach, hidden, token_lp = _on_policy_batch(
                     model, items, op, settings.seed * 100003 + step, pad_id, needs
+                )
+                forwards = (needs.topk is not None) + needs.sampled_logprobs + bool(needs.hidden_layers)
+                result.onpolicy_batches += 1
+                result.onpolicy_student_prompt_tokens += sum(len(e.prompt) for e in items)
+                result.onpolicy_generated_tokens += sum(len(t) for t in tgts)
+                result.onpolicy_teacher_tokens += forwards * sum(
+                    len(e.teacher_prompt or []) + len(t) for e, t in zip(items, tgts, strict=True)
                 )
             batch = make_batch([e.prompt for e in items], tgts, pad_id)
             teacher_dist = None
@@ -327,6 +344,8 @@ def train(
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                for ema in emas:
+                    ema.step()
             value = float(loss.detach())
             result.losses.append(value)
             result.train_tokens += batch.n_tokens
@@ -342,6 +361,7 @@ def train(
                 model.train()
     bar.close()
     result.steps = step
+    result.ema_updates = sum(e.updates for e in emas)
     result.wall_time_s = time.perf_counter() - start
     model.eval()
     return result

@@ -28,6 +28,7 @@ from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.config import TrialConfig, train_settings
 from harness.contexts import MODIFICATIONS, Context, init_ids, modify
+from harness.ema import EmaTeacher
 from harness.inputs import Query, draw
 from harness.losses import TeacherNeeds, teacher_needs
 from harness.metrics import HELDOUT_KL, TrialMetrics
@@ -355,6 +356,13 @@ def check_combination(cfg: TrialConfig) -> None:
             f"target '{cfg.target.label}' samples from the student and needs a distribution loss "
             f"(forward_kl, reverse_kl, jsd), not '{cfg.loss.label}'"
         )
+    ema = [p for p in phases(cfg.target.name, cfg.target.params) if p.params.get("teacher") == "ema"]
+    if ema and MODIFICATIONS.lookup(cfg.context.name).learned:
+        raise InvalidCombination(
+            f"target '{cfg.target.label}' has teacher: ema, an average of the student's weights; context "
+            f"'{cfg.context.label}' trains virtual tokens on frozen weights, so that teacher is the base: "
+            "use teacher: base"
+        )
 
 
 def run_trial(
@@ -415,18 +423,25 @@ def _run_trial(
     prompt = bench.soft_prompt(cfg.context, seed)
     student, as_teacher = stack.enter_context(student_of(bench.base_model(), cfg.hp.lora_rank, soft_prompt=prompt))
 
+    emas: list[EmaTeacher] = []  # teacher: ema, one average however many phases use it
+
     def on_policy_of(phase: Phase) -> OnPolicy | None:
         if not TARGETS[phase.name].uses_student:
             return None
+        if phase.params.get("teacher") == "ema":  # SDFT's: the student itself, holding its averaged weights
+            if not emas:
+                emas.append(EmaTeacher(student, float(phase.params["update_rate"]), int(phase.params["sync_steps"])))
+            kind: dict[str, Any] = {"teacher": student, "teacher_mode": emas[0].as_teacher, "ema": emas[0]}
+        else:
+            kind = {"teacher": bench.teacher.model, "teacher_mode": as_teacher}
         return OnPolicy(
             mix=float(phase.params.get("mix", 0.5)),
-            teacher=bench.teacher.model,
             max_new_tokens=s.training.max_new_tokens,
             stop_strings=bench.stop,
             tokenizer=bench.tok,
             top_k=int((needs.topk[0] if needs.topk else None) or s.training.top_k),
             temperature=needs.topk[1] if needs.topk else 1.0,
-            teacher_mode=as_teacher,
+            **kind,
         )
 
     on_policy = on_policy_of(plan[0])
@@ -522,6 +537,8 @@ def _run_trial(
         scoring_s=eval_s,
         wall_s=metrics.wall_time_s,
         peak_memory_mb=metrics.peak_memory_mb,
+        onpolicy=result,
+        ema=emas[0] if emas else None,
     )
     return TrialResult(metrics, split_arms["validation"], split_arms["test"], c_student, inputs, seed, costs)
 

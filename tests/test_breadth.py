@@ -25,6 +25,7 @@ TARGETS = [
     {"name": "on_policy", "mix": 0.5},
     {"name": "schedule", "first": "greedy", "then": {"name": "on_policy", "mix": 1}, "switch": 0.5},
 ]
+BASE = {"teacher": "base", "update_rate": 0.05, "sync_steps": 1}  # on_policy's teacher-kind defaults
 LOSSES = [
     {"name": "mix", "a": "self_target_nll", "b": {"name": "jsd", "beta": 0.5}, "weight": 0.3},
     {"name": "hidden_mse", "layers": [-1, 1], "weight": 0.5, "token": {"name": "mix", "weight": 0.5}},
@@ -83,7 +84,12 @@ def test_the_cache_keeps_what_each_loss_reads(bench):
     )
     refs = [bench.task.reference(d) for d in docs]
     (greedy, on_policy) = phases("schedule", bench.suite.axes.targets[1].params)
-    assert (greedy.name, on_policy.name, greedy.until, on_policy.params) == ("greedy", "on_policy", 0.5, {"mix": 1.0})
+    assert (greedy.name, on_policy.name, greedy.until, on_policy.params) == (
+        "greedy",
+        "on_policy",
+        0.5,
+        {"mix": 1.0, **BASE},
+    )
 
     def examples(loss: dict):
         params = {k: v for k, v in loss.items() if k != "name"}
