@@ -57,8 +57,9 @@ def benchmark(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def perf(session: nox.Session) -> None:
-    """Speed benchmark against what a user would otherwise run (TRL GKD, plain generate, plain HFLM), ~20 min on
-    2 CPU cores: writes results/perf/. `nox -s perf -- --parts train,topk --repeats 3` for a part of it."""
+    """Speed benchmark against what a user would otherwise run: TRL's SDFTTrainer per trial and per study (the
+    anchor, part `sdft`: results/perf/sdft.md), TRL GKD, plain generate, plain HFLM; ~50 min on 2 CPU cores:
+    writes results/perf/. `nox -s perf -- --parts sdft,train --sdft-repeats 1` for a part of it."""
     install(session, "perf")
     session.run("python", "-m", "harness.perf", *session.posargs, env={**OFFLINE, "TRL_EXPERIMENTAL_SILENCE": "1"})
 
