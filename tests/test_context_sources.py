@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import pytest
-from helpers import write_suite
+from helpers import SUITES, write_suite
 
 from harness import cli
 from harness.config import HyperParams, TrialConfig
 from harness.contexts import Context, ContextEnv, modify
 from harness.inputs import INPUTS, SEEDS, InputError, Query, clean, draw, normal
 from harness.spec import AxisValue, SuiteError, load_suite
+from harness.tasks import TaskError, load_task
 from harness.trial import Workbench, run_trial
 
 RULES = "You are Quill, a terse assistant. Rule 1: answer in one word. Rule 2: never apologise."
@@ -237,6 +238,17 @@ def test_self_study_from_demos_on_the_tiny_model_keeps_the_demos_format_and_no_h
     assert bench.inputs(AxisValue(name="self_study", seed_prompt="demos", rounds=12), 4) == queries
     # the same request again is read from the teacher cache: a fresh study makes the same inputs
     assert Workbench(load_suite(_suite(tmp_path))).inputs(source, 4) == queries
+
+
+def test_the_shipped_task_without_a_train_split_scores_plurals_items_and_asks_for_self_study():
+    tasks = SUITES / "tasks"
+    bundle, plural = load_task("plural_eval", tasks / "plural_eval"), load_task("plural", tasks / "plural")
+    assert not bundle.task.has_training_docs()
+    for split in ("validation", "test"):
+        assert bundle.split(split, None, 0).docs == plural.split(split, None, 0).docs
+    assert bundle.demo_pairs(4) == plural.demo_pairs(4)
+    with pytest.raises(TaskError, match=r"has no train split; take the inputs from the teacher instead"):
+        bundle.train_docs(1)
 
 
 def test_a_document_longer_than_the_teachers_window_fails_before_any_trial(tmp_path):
