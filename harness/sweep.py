@@ -285,6 +285,7 @@ def _log_seed(run: tracking.TrialRun, bench: Workbench, result: TrialResult) -> 
     run.log_table(per_item_table(result), "per_item.json")
     inputs = [dataclasses.asdict(i) for i in result.inputs]
     run.log_inputs(inputs, name=f"{bench.task.name}-train-{len(inputs)}", context="training")
+    run.log_table(inputs, "training_inputs.json")  # the rows themselves: MLflow's dataset keeps only a digest
     run.log_dict(
         {
             f"{split}/{arm}": a.raw

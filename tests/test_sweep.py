@@ -82,7 +82,14 @@ def test_resume_runs_only_missing_trials(tmp_path):
     client = mlflow.MlflowClient()
     seed_run = seeds.iloc[0].run_id
     assert client.get_run(seed_run).inputs.dataset_inputs, "the distillation inputs are logged as an MLflow dataset"
-    assert {a.path for a in client.list_artifacts(seed_run)} >= {"per_item.json", "lm_eval_results.json"}
+    assert {a.path for a in client.list_artifacts(seed_run)} >= {
+        "per_item.json",
+        "lm_eval_results.json",
+        "training_inputs.json",
+    }
+    rows = mlflow.load_table("training_inputs.json", run_ids=[seed_run])
+    assert list(rows.columns[:3]) == ["input", "reference", "teacher_target"] and len(rows) == 8
+    assert rows["input"].str.len().gt(0).all()
     assert {a.path for a in client.list_artifacts(done.iloc[0].run_id)} >= {"suite.yaml", "item_scores.json"}
     steps = client.get_metric_history(seed_run, "train/loss")
     assert len(steps) == 2
