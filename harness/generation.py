@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -79,6 +80,25 @@ def _prefill(model: PreTrainedModel, prefix: Sequence[int]) -> list[tuple[torch.
     ids = torch.tensor([list(prefix)], dtype=torch.long, device=model.device)
     out = model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
     return [(k, v) for k, v, *_ in out.past_key_values]
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A shared prompt prefix and its per-layer (key, value) cache (batch 1), computed once by `prefill` and
+    handed to every `continuation_logits` call over prompts that start with it: on-policy training scores each
+    step's samples with the same c, so c is prefilled once per trial instead of once per step. Valid only for
+    the weights it was computed with (a frozen teacher)."""
+
+    tokens: tuple[int, ...]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def prefill(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> Prefix | None:
+    """The prefix every prompt shares (each keeping ≥ 1 own token), prefilled once; None where there is none
+    worth reusing, or where a learned c' is active (its hooks shift positions)."""
+    lm = _as_lm(model)
+    n = _usable_prefix(prompts, not softprompt.active(model))
+    return Prefix(tuple(prompts[0][:n]), _prefill(lm, prompts[0][:n])) if n else None
 
 
 def _expand_cache(model: PreTrainedModel, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> DynamicCache:
@@ -287,6 +307,7 @@ def continuation_logits(
     batch_size: int = 16,
     *,
     reuse_prefix: bool = True,
+    prefix: Prefix | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(row indices, logits [B, C, V]) per batch: the model's logits predicting each continuation token.
 
@@ -294,7 +315,8 @@ def continuation_logits(
     columns (the rest is junk). The shared prompt prefix is prefilled once and its KV cache reused for
     every batch, and only the C + 1 last positions reach the LM head (`logits_to_keep`), so neither
     the shared context nor the vocabulary projection is recomputed per row. Batches with no
-    continuation token are skipped.
+    continuation token are skipped. `prefix` (from `prefill`, same weights) is used instead of prefilling:
+    every prompt must start with its tokens and keep at least one of its own.
     """
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
@@ -305,8 +327,14 @@ def continuation_logits(
     lm = _as_lm(model)
     device = lm.device
     pad_id = 0
-    prefix_len = _usable_prefix(prompts, reuse_prefix and not softprompt.active(model))
-    prefix_kv = _prefill(lm, prompts[0][:prefix_len]) if prefix_len else None
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None
+    if prefix is not None and reuse_prefix and not softprompt.active(model):
+        prefix_len, prefix_kv = len(prefix.tokens), prefix.kv
+        if any(len(p) <= prefix_len or tuple(p[:prefix_len]) != prefix.tokens for p in prompts):
+            raise ValueError(f"every prompt must start with the given {prefix_len}-token prefix and extend it")
+    else:
+        prefix_len = _usable_prefix(prompts, reuse_prefix and not softprompt.active(model))
+        prefix_kv = _prefill(lm, prompts[0][:prefix_len]) if prefix_len else None
     keep_arg = _accepts(model, "logits_to_keep")
 
     full = [list(p) + list(c) for p, c in zip(prompts, continuations, strict=True)]

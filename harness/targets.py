@@ -83,6 +83,14 @@ def phases(name: str, params: dict | None) -> list[Phase]:
     return spec.phases(effective) if spec.phases is not None else [Phase(name, effective)]
 
 
+def trains_on_precomputed(name: str, params: dict | None) -> bool:
+    """Whether a phase trains on any precomputed target. An on-policy phase with mix 1 samples every batch from
+    the student (the loop draws u < mix with u in [0, 1)), so its teacher greedy targets, and their top-k or
+    hidden states, would be computed (or read from the cache) and never used: a trial skips that work."""
+    spec, effective = TARGETS.resolve(name, params)
+    return not (spec.uses_student and spec.phases is None and float(effective.get("mix", 0.5)) >= 1.0)
+
+
 def select_targets(
     name: str,
     params: dict | None,

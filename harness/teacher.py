@@ -97,12 +97,14 @@ def score_topk(
     pad_id: int,
     progress: bool = False,
     reuse_prefix: bool = True,
+    prefix: generation.Prefix | None = None,
 ) -> list[TopKSeq]:
     """The teacher's top-k (+ tail) log-probs at every target position, computed in batches.
 
     Teacher prompts share the context c: with `reuse_prefix` its KV cache is computed once and reused
     for every batch (`generation.continuation_logits`), as generation does; without it, each row
-    runs its whole prompt (the path training uses for the student, `batching.target_logits`).
+    runs its whole prompt (the path training uses for the student, `batching.target_logits`). `prefix`: a cache
+    of the shared prefix computed before (`generation.prefill`), reused instead of prefilling again.
     """
     if len(prompts) != len(target_seqs):
         raise ValueError(f"{len(prompts)} prompts but {len(target_seqs)} targets")
@@ -111,7 +113,7 @@ def score_topk(
     out: list[TopKSeq | None] = [None] * len(prompts)
     kk = _k(model, k)
     bar = tqdm(total=len(prompts), desc="teacher top-k", disable=None if progress else True, leave=False)
-    for idx, logits in generation.continuation_logits(model, prompts, target_seqs, batch_size):
+    for idx, logits in generation.continuation_logits(model, prompts, target_seqs, batch_size, prefix=prefix):
         top = topk_with_tail(logits.float(), k, temperature)
         kk, width = top.indices.shape[-1], logits.shape[1]
         for j, i in enumerate(idx):

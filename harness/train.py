@@ -175,10 +175,16 @@ def _fused_ok(params: Sequence[torch.Tensor]) -> bool:
 
 
 def _on_policy_batch(
-    student: torch.nn.Module, items: list[Example], op: OnPolicy, seed: int, pad_id: int, needs: TeacherNeeds
+    student: torch.nn.Module,
+    items: list[Example],
+    op: OnPolicy,
+    seed: int,
+    pad_id: int,
+    needs: TeacherNeeds,
+    prefix: generation.Prefix | None = None,
 ) -> tuple[list[list[int]], list[TopKSeq | None], list[torch.Tensor | None], list[torch.Tensor] | None]:
     """Student samples targets from (c', z); the teacher scores them with (c, z): what the loss reads of it
-    (top-k, the sampled tokens' log-probs, hidden states)."""
+    (top-k, the sampled tokens' log-probs, hidden states). `prefix`: c's cache, prefilled once per trial."""
     was_training = student.training
     student.eval()
     samples = generation.generate(
@@ -203,7 +209,14 @@ def _on_policy_batch(
         if needs.topk is not None:
             scored = list(
                 score_topk(
-                    op.teacher, prompts, tgts, k=op.top_k, temperature=op.temperature, batch_size=n, pad_id=pad_id
+                    op.teacher,
+                    prompts,
+                    tgts,
+                    k=op.top_k,
+                    temperature=op.temperature,
+                    batch_size=n,
+                    pad_id=pad_id,
+                    prefix=prefix,
                 )
             )
         if needs.sampled_logprobs:
@@ -286,6 +299,7 @@ def train(
     ops = [on_policy, then.on_policy if then is not None else None]
     emas = list({id(op.ema): op.ema for op in ops if op is not None and op.ema is not None}.values())
     result = TrainResult()
+    prefixes: dict[int, generation.Prefix | None] = {}  # per on-policy phase: its teacher prompts' shared prefix
     start = time.perf_counter()
     # disable=None: a bar on a terminal, nothing in a log file
     bar = tqdm(total=per_epoch * settings.epochs, desc=f"train {loss_name}", leave=False, disable=None)
@@ -304,8 +318,12 @@ def train(
             sampled, token_lp = False, None
             if op is not None and rng.random() < op.mix:
                 sampled = True
+                if needs.topk is not None and op.ema is None and id(op) not in prefixes:
+                    # c's cache for the whole trial: the frozen teacher's (an EMA teacher's weights move each step)
+                    with op.teacher_mode():
+                        prefixes[id(op)] = generation.prefill(op.teacher, [e.teacher_prompt or [] for e in pool])
                 tgts, teach, hidden, token_lp = _on_policy_batch(
-                    model, items, op, settings.seed * 100003 + step, pad_id, needs
+                    model, items, op, settings.seed * 100003 + step, pad_id, needs, prefixes.get(id(op))
                 )
                 forwards = (needs.topk is not None) + needs.sampled_logprobs + bool(needs.hidden_layers)
                 result.onpolicy_batches += 1

@@ -34,7 +34,7 @@ from harness.losses import TeacherNeeds, teacher_needs
 from harness.metrics import HELDOUT_KL, TrialMetrics
 from harness.results import Arms, ContextGap, TrainingInput, TrialResult
 from harness.spec import AxisValue, Suite, SuiteError
-from harness.targets import TARGETS, Phase, phases
+from harness.targets import TARGETS, Phase, phases, trains_on_precomputed
 from harness.tasks import SPLITS, Split, TaskBundle, encode_prompt, load_task, task_manager
 from harness.teacher_inputs import TeacherInputs
 from harness.train import Example, OnPolicy, Switch, student_of, train
@@ -192,8 +192,11 @@ class Workbench:
         needs: TeacherNeeds,
     ) -> list[Example]:
         """One phase's training examples: its targets ŷ and what the loss reads of the teacher along them, all
-        from the teacher cache (top-k keyed by k and τ, hidden states by their layers)."""
+        from the teacher cache (top-k keyed by k and τ, hidden states by their layers). A phase that never trains
+        on them (on_policy with mix 1) gets none: empty targets, the teacher prompts for on-policy scoring."""
         s = self.suite
+        if not trains_on_precomputed(phase.name, phase.params):  # on_policy, mix 1: every batch is sampled
+            return [Example(p, [], None, tp, None) for p, tp in zip(s_prompts, t_prompts, strict=True)]
         tgts = teacher_work.targets(
             self.store,
             self.teacher,

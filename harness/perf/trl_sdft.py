@@ -40,6 +40,7 @@ from harness import teacher as teacher_work
 from harness.cache import Store
 from harness.perf import workload
 from harness.spec import Suite, Training
+from harness.targets import trains_on_precomputed
 from harness.train import Example, OnPolicy, student_of, train
 
 DIFFERENCES = (
@@ -48,13 +49,14 @@ DIFFERENCES = (
     " function (tests/test_trl_parity.py matches it to 1e-5 on a shared support).",
     "Reduction: SDFT averages each sequence over its tokens, then the sequences; the harness averages over all"
     " target tokens of the batch (equal when the samples have the same length).",
-    "Prefix reuse: the harness scores each step's samples with c's KV cache computed once for the batch; SDFT"
-    " runs the teacher over (c, z, sample) for every row. This is the harness's design, not a setting SDFT has.",
+    "Prefix reuse: the harness scores each step's samples with c's KV cache, computed once for the whole trial"
+    " (the frozen teacher's; an EMA teacher's would be per step); SDFT runs the teacher over (c, z, sample) for"
+    " every row. This is the harness's design, not a setting SDFT has.",
     "Sampling: the two arms draw with different random streams, so their samples (and their lengths, at most"
     " the same max_new_tokens) differ; the tokens each arm generated are in the table.",
-    "Teacher work outside training: a harness trial also computes (or reads from its cache) the `on_policy`"
-    " strategy's greedy targets and the teacher's top-k along them, which mix = 1 never trains on; SDFT has"
-    " no such step. It is counted in the harness's trial time.",
+    "Teacher work outside training: none on-policy (`on_policy` with mix = 1 trains on no precomputed target,"
+    " so a trial asks the teacher cache for neither its greedy targets nor their top-k); the off-policy arm's"
+    " targets and top-k are computed or read through the cache and counted in its trial time.",
     "Optimizer: SDFT's default AdamW (`adamw_torch_fused`) and the harness's fused AdamW; the learning-rate"
     " schedule is constant in both.",
 )
@@ -266,6 +268,8 @@ class HarnessArm:
     def examples(self, store: Store, seed: int = 0) -> list[Example]:
         """The trial's teacher work; the seed enters the cache key only for a sampling strategy (not these)."""
         m, j = self.m, self.job
+        if not trains_on_precomputed(self.strategy, self.params):  # mix 1: as Workbench.examples, no teacher work
+            return [Example(p, [], None, tp) for p, tp in zip(self.s_ids, self.t_ids, strict=True)]
         tgts = teacher_work.targets(
             store,
             m,
