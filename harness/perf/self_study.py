@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = load_suite(args.suite)
         console.setup(verbose=False)
         command = shlex.join(["python", "-m", "harness.perf.self_study", *(sys.argv[1:] if argv is None else argv)])
-        started, load_before = time.time(), load_average()
+        started, load_before, mach = time.time(), load_average(), machine()  # the commit measured, not the one after
         torch.manual_seed(0)
         wb = Workbench(suite)
         env = TeacherInputs(
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SuiteError, TaskError, models.ModelError) as e:
         print(f"harness.perf.self_study: error: {e}", file=sys.stderr)
         return 1
-    write(Path(args.out), command, started, load_before, suite.name, rows, goals, note)
+    write(Path(args.out), command, started, load_before, mach, suite.name, rows, goals, note)
     print((Path(args.out) / "self_study.md").read_text())
     return 0
 
@@ -236,6 +236,7 @@ def write(
     command: str,
     started: float,
     load_before: str,
+    mach: dict[str, str],
     suite: str,
     rows: list[dict[str, Any]],
     goals: list[Any],
@@ -244,14 +245,13 @@ def write(
     """self_study.md (setting, goals, every arm) and self_study.csv (every arm)."""
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "self_study.csv", index=False)
-    mach = machine()
     lines = [
         f"# Self-study inputs with the prefix reuse, and the student's step against |c| (`{suite}`)",
         "",
         f"- Command: `{command}`",
         f"- Machine: {mach['cpu']}, {mach['cpu_count']} cores ({mach['torch_threads']} torch threads), "
         f"GPU {mach['gpu']}, torch {mach['torch']}, Python {mach['python']}",
-        f"- Code: git commit {mach['git_commit']}",
+        f"- Code: git commit {mach['git_commit']} (HEAD when the run started)",
         f"- Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}",
         f"- Wall time: {(time.time() - started) / 60:.1f} min",
         "- Arms interleave, order rotating; a ratio is the median over rounds of the two arms' ratio in the same "
