@@ -221,3 +221,41 @@ def test_benchmark_headline_says_when_the_best_ran_on_fewer_tasks():
     t3 = pd.DataFrame({"configuration": ["B", "C"], "test": [0.2, 0.3], "verdict": ["tie", "best"]})
     agg = stats.aggregate_tasks({"one": t1, "two": t2, "three": t3}, n_boot=200)
     assert benchmark.headline(agg).startswith("`A` has the best mean test rank across the 1 of 3 tasks it ran on: 1.00")
+
+
+def test_benchmark_matches_the_default_inputs_source_with_a_suite_that_does_not_sweep_inputs():
+    """`... / train_split` (a suite sweeping inputs) and the label without it (one that does not) are one
+    configuration in the cross-task table; other sources, hyperparameters and #trial suffixes are untouched."""
+    swept = pd.DataFrame(
+        {
+            "configuration": [
+                "greedy / empty / nll / train_split",
+                "greedy / empty / nll / train_split, learning_rate=0.001",
+                "greedy / empty / nll / train_split #3",
+                "greedy / empty / nll / self_study",
+                "greedy / empty / nll / train_split_x",
+            ]
+        }
+    )
+    got = benchmark.same_default_inputs(swept)["configuration"].tolist()
+    assert got == [
+        "greedy / empty / nll",
+        "greedy / empty / nll, learning_rate=0.001",
+        "greedy / empty / nll #3",
+        "greedy / empty / nll / self_study",
+        "greedy / empty / nll / train_split_x",
+    ]
+    assert swept["configuration"][0].endswith("train_split"), "the suite's own table is left as it is"
+    t1 = pd.DataFrame({"configuration": ["greedy / empty / nll"], "test": [0.9], "verdict": ["best"]})
+    t2 = benchmark.same_default_inputs(
+        pd.DataFrame(
+            {
+                "configuration": ["greedy / empty / nll / train_split", "greedy / empty / nll / self_study"],
+                "test": [0.8, 0.1],
+                "verdict": ["best", "worse"],
+            }
+        )
+    )
+    agg = stats.aggregate_tasks({"a": t1, "b": t2}, n_boot=50)
+    row = agg.set_index("configuration").loc["greedy / empty / nll"]
+    assert row["tasks"] == 2

@@ -59,7 +59,7 @@ def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
             log.warning("suite '%s': no runs in this work folder; the benchmark reads its %s", suite.name, kept_from)
         if not (folder / COMPARISON).is_file():
             raise SuiteError(f"suite '{suite.name}': no completed configuration to compare; run it first")
-        tables[suite.name] = pd.read_csv(folder / COMPARISON)
+        tables[suite.name] = same_default_inputs(pd.read_csv(folder / COMPARISON))
         frames[suite.name] = pd.read_csv(folder / "summary.csv")
     agg = stats.aggregate_tasks(tables, seed=suites[0].seed)
     agg.to_csv(out / f"{BENCHMARK}.csv", index=False)
@@ -73,6 +73,14 @@ def write_benchmark(suites: Sequence[Suite], out: str | Path) -> Path:
             "",
         ]
     (out / f"{BENCHMARK}.md").write_text(benchmark_md(agg, tables, [*notes, *compute]))
+    return out
+
+
+def same_default_inputs(table: pd.DataFrame) -> pd.DataFrame:
+    """A suite that sweeps inputs names the default source (`... / train_split`); one that does not leaves it
+    out. Both are the same configuration, so the benchmark matches them under the shorter label."""
+    out = table.copy()
+    out["configuration"] = out["configuration"].str.replace(r" / train_split(?=$|,| #)", "", regex=True)
     return out
 
 
