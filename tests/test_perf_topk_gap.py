@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from harness.perf.topk_gap import main
 
 
-@pytest.mark.slow
 def test_topk_gap_on_the_tiny_model(tmp_path):
     out = tmp_path / "perf"
     args = ["--model", "tiny-random", "--inputs", "4", "--demos", "2", "--k", "2", "8"]
