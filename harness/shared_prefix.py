@@ -76,6 +76,12 @@ def attending(model: torch.nn.Module, cache: SharedPrefixCache) -> Iterator[None
         _ACTIVE.reset(token)
 
 
+def _accumulation(query: torch.Tensor) -> torch.dtype:
+    """Softmax dtype: fp32 for half-precision inputs, the input's own for fp32 / fp64 (an fp64 reference run stays
+    fp64 end to end)."""
+    return torch.promote_types(query.dtype, torch.float32)
+
+
 def _prefix_part(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,15 +89,16 @@ def _prefix_part(
     B, H, q, d = query.shape
     kvh, P = keys.shape[1], keys.shape[2]
     g = H // kvh
+    acc = _accumulation(query)
     # [B, kvh, g, q, d] -> [kvh, B·g·q, d]: every row and head group against its key/value head, in one matmul
     qs = query.reshape(B, kvh, g, q, d).permute(1, 0, 2, 3, 4).reshape(kvh, B * g * q, d)
     k, v = keys[0], values[0]  # [kvh, P, d]
     rows = max(1, _CHUNK_ELEMENTS // max(1, kvh * P))
     outs, lses = [], []
     for s in range(0, qs.shape[1], rows):
-        scores = torch.matmul(qs[:, s : s + rows], k.transpose(-1, -2)).float() * scale  # [kvh, r, P]
+        scores = torch.matmul(qs[:, s : s + rows], k.transpose(-1, -2)).to(acc) * scale  # [kvh, r, P]
         lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-        outs.append(torch.matmul(torch.exp(scores - lse).to(v.dtype), v).float())
+        outs.append(torch.matmul(torch.exp(scores - lse).to(v.dtype), v).to(acc))
         lses.append(lse)
     out = torch.cat(outs, dim=1).reshape(kvh, B, g, q, d).permute(1, 0, 2, 3, 4).reshape(B, H, q, d)
     lse_all = torch.cat(lses, dim=1).reshape(kvh, B, g, q, 1).permute(1, 0, 2, 3, 4).reshape(B, H, q, 1)
@@ -106,17 +113,18 @@ def _own_part(
     B, H, q, d = query.shape
     kvh, S = keys.shape[1], keys.shape[2]
     g = H // kvh
+    acc = _accumulation(query)
     qs = query.reshape(B, kvh, g * q, d)
-    scores = (torch.matmul(qs, keys.transpose(-1, -2)).float() * scale).reshape(B, kvh, g, q, S)
+    scores = (torch.matmul(qs, keys.transpose(-1, -2)).to(acc) * scale).reshape(B, kvh, g, q, S)
     if mask is None:
         mask = torch.ones(q, S, dtype=torch.bool, device=query.device).tril(S - q)[None, None]
     if mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
     else:  # an additive float mask
-        scores = scores + mask[:, :, None].float()
+        scores = scores + mask[:, :, None].to(acc)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)))
-    out = torch.matmul(probs.reshape(B, kvh, g * q, S).to(values.dtype), values).float()
+    out = torch.matmul(probs.reshape(B, kvh, g * q, S).to(values.dtype), values).to(acc)
     return out.reshape(B, H, q, d), lse.reshape(B, H, q, 1)
 
 

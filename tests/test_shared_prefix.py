@@ -51,3 +51,28 @@ def test_without_a_cache_the_function_is_sdpa(tiny):
         finally:
             model.config._attn_implementation = before
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_in_float64_the_shared_prefix_rows_equal_a_plain_forward_to_rounding(tiny):
+    """In fp64 the two paths agree to ~1e-12, so any fp32 gap between them is summation order: a mask, padding or
+    position error would stay as large in fp64 as in fp32 (left-padded rows of different lengths exercised)."""
+    import copy
+
+    model = copy.deepcopy(tiny.model).double()
+    gen = torch.Generator().manual_seed(3)
+    vocab = model.config.vocab_size
+    prefix = torch.randint(4, vocab, (48,), generator=gen).tolist()
+    rows = [prefix + torch.randint(4, vocab, (n,), generator=gen).tolist() for n in (6, 1, 9, 3)]
+    P = len(prefix)
+    ids, mask = generation._batch_inputs(rows, P, 0, model.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, P:]
+        cache = generation._prefix_cache(model, generation._prefill(model, prefix), len(rows))
+        with generation._attending(model, cache):
+            out = model(
+                input_ids=ids[:, P:], attention_mask=mask, position_ids=positions[:, P:], past_key_values=cache
+            ).logits
+    real = mask[:, P:].bool()
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out[real], plain[real], atol=1e-10, rtol=1e-10)
