@@ -3,7 +3,9 @@
 The teacher arm scores every held-out item behind the same instruction and demonstrations; plain
 HFLM runs that context again for every request. This subclass prefills the prefix the requests
 share once, keeps its KV cache, and runs only each request's own tokens on top of it, for both
-`generate_until` and `loglikelihood`. lm-eval stays the scorer: request building, batching, stop
+`generate_until` and `loglikelihood`. Where `shared_prefix` supports the model, every row attends to that
+one batch-1 cache (`generation._prefix_cache`, as `generation.generate` does: no per-row copy of a 4k-token
+prefix); otherwise it is copied into each row. lm-eval stays the scorer: request building, batching, stop
 sequences, answer extraction and metrics are HFLM's own code; only the two model calls change.
 When the requests share no usable prefix (or a row was truncated), the plain call runs.
 """
@@ -76,9 +78,11 @@ class PrefixReuseLM(QuietHFLM):
         if ids.shape != context.shape:
             return super()._model_generate(context, max_length, stop, **kwargs)
         kwargs["attention_mask"] = new_mask
-        kwargs["past_key_values"] = generation._expand_cache(self.model, self._prefix_kv(rows[0][:p]), len(rows))
+        cache = generation._prefix_cache(self.model, self._prefix_kv(rows[0][:p]), len(rows))
+        kwargs["past_key_values"] = cache
         self.prefix_hits += 1
-        return super()._model_generate(ids, max_length, stop, **kwargs)
+        with generation._attending(self.model, cache):
+            return super()._model_generate(ids, max_length, stop, **kwargs)
 
     # --- loglikelihood -------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None) -> list:
@@ -111,7 +115,7 @@ class PrefixReuseLM(QuietHFLM):
         ):
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         p = len(prefix)
-        kv = generation._expand_cache(self.model, self._prefix_kv(prefix), inps.shape[0])
+        cache = generation._prefix_cache(self.model, self._prefix_kv(prefix), inps.shape[0])
         self.prefix_hits += 1
-        with torch.no_grad(), self._precision():
-            return self.model(input_ids=inps[:, p:], past_key_values=kv, use_cache=True).logits
+        with torch.no_grad(), self._precision(), generation._attending(self.model, cache):
+            return self.model(input_ids=inps[:, p:], past_key_values=cache, use_cache=True).logits
