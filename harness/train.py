@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import random
@@ -77,6 +78,9 @@ class OnPolicy:
     temperature: float = 1.0
     teacher_mode: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # LoRA: adapters off
     ema: EmaTeacher | None = None  # teacher: ema: stepped after every optimizer update (teacher_mode swaps it in)
+    # c's KV cache for the frozen teacher (`teacher.prefix`: through the teacher cache, once per study); None: prefill
+    # it here, once per trial
+    prefill: Callable[[list[list[int]]], generation.Prefix | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,8 @@ def train(
                 if needs.topk is not None and op.ema is None and id(op) not in prefixes:
                     # c's cache for the whole trial: the frozen teacher's (an EMA teacher's weights move each step)
                     with op.teacher_mode():
-                        prefixes[id(op)] = generation.prefill(op.teacher, [e.teacher_prompt or [] for e in pool])
+                        fill = op.prefill or functools.partial(generation.prefill, op.teacher)
+                        prefixes[id(op)] = fill([e.teacher_prompt or [] for e in pool])
                 tgts, teach, hidden, token_lp = _on_policy_batch(
                     model, items, op, settings.seed * 100003 + step, pad_id, needs, prefixes.get(id(op))
                 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import resource
 import sys
@@ -436,7 +437,8 @@ def _run_trial(
                 emas.append(EmaTeacher(student, float(phase.params["update_rate"]), int(phase.params["sync_steps"])))
             kind: dict[str, Any] = {"teacher": student, "teacher_mode": emas[0].as_teacher, "ema": emas[0]}
         else:
-            kind = {"teacher": bench.teacher.model, "teacher_mode": as_teacher}
+            prefill = functools.partial(teacher_work.prefix, bench.store, bench.teacher)  # c once per study
+            kind = {"teacher": bench.teacher.model, "teacher_mode": as_teacher, "prefill": prefill}
         return OnPolicy(
             mix=float(phase.params.get("mix", 0.5)),
             max_new_tokens=s.training.max_new_tokens,

@@ -56,8 +56,9 @@ def test_sdft_and_harness_arms_train_one_step(tiny, job, tmp_path):
             cold = h.trial(store)
             assert len(cold.losses) == 1 and cold.total_s >= cold.train_s > 0
             assert (cold.generated_tokens > 0) == on_policy  # on-policy: the student sampled its targets
-            if on_policy:
-                assert store.misses == store.hits == 0  # mix 1: no teacher targets or top-k asked of the cache
+            if on_policy:  # mix 1: no teacher targets or top-k asked of the cache; only c's KV cache, once
+                assert (store.misses, store.hits) == (1, 0) and [p.name for p in store.root.iterdir()] == ["prefix"]
+                assert h.trial(store).losses and (store.misses, store.hits) == (1, 1)  # a second trial reads it
         misses = store.misses
         HarnessArm(tiny, job, on_policy=False).trial(store, seed=1, learning_rate=3e-5)  # another config, same cache
         assert store.misses == misses and store.hits >= 2

@@ -73,7 +73,7 @@ def _arms(
     def warm(arm: HarnessArm) -> Callable[[], TrialTime]:
         store, clean = fresh_store()
         cleanups.append(clean)
-        arm.examples(store)  # the study's first trial did this
+        arm.warm(store)  # the study's first trial did this
         return lambda: arm.trial(store)
 
     on = HarnessArm(m, job, on_policy=True)
@@ -282,7 +282,8 @@ def write_sdft(out: Path, rep: SDFTReport, *, command: str, started: float, load
         *[f"- {d}" for d in DIFFERENCES],
         "",
         "A trial = setup (student copy; SDFT: its trainer and its teacher loaded from the model's folder) + teacher"
-        " work (harness only: targets and top-k, through the cache) + training; evaluation is left out of both.",
+        " work (harness only, through the cache: targets and top-k off-policy, c's KV cache on-policy) + training;"
+        " evaluation is left out of both.",
         "",
         "## Ratios",
         "",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import json
 import math
@@ -49,14 +50,16 @@ DIFFERENCES = (
     " function (tests/test_trl_parity.py matches it to 1e-5 on a shared support).",
     "Reduction: SDFT averages each sequence over its tokens, then the sequences; the harness averages over all"
     " target tokens of the batch (equal when the samples have the same length).",
-    "Prefix reuse: the harness scores each step's samples with c's KV cache, computed once for the whole trial"
-    " (the frozen teacher's; an EMA teacher's would be per step); SDFT runs the teacher over (c, z, sample) for"
-    " every row. This is the harness's design, not a setting SDFT has.",
+    "Prefix reuse: the harness scores each step's samples with c's KV cache, the frozen teacher's, computed once"
+    " and kept in the teacher cache (`teacher.prefix`), so a cold trial computes it and a warm one reads it (an"
+    " EMA teacher's would be per step); SDFT runs the teacher over (c, z, sample) for every row. This is the"
+    " harness's design, not a setting SDFT has.",
     "Sampling: the two arms draw with different random streams, so their samples (and their lengths, at most"
     " the same max_new_tokens) differ; the tokens each arm generated are in the table.",
-    "Teacher work outside training: none on-policy (`on_policy` with mix = 1 trains on no precomputed target,"
-    " so a trial asks the teacher cache for neither its greedy targets nor their top-k); the off-policy arm's"
-    " targets and top-k are computed or read through the cache and counted in its trial time.",
+    "Teacher work outside training: on-policy, only c's KV cache (`on_policy` with mix = 1 trains on no"
+    " precomputed target, so a trial asks the teacher cache for neither its greedy targets nor their top-k);"
+    " it is computed or read inside the training loop, in its time. The off-policy arm's targets and top-k"
+    " are computed or read through the cache and counted in its trial time.",
     "Optimizer: SDFT's default AdamW (`adamw_torch_fused`) and the harness's fused AdamW; the learning-rate"
     " schedule is constant in both.",
 )
@@ -285,6 +288,13 @@ class HarnessArm:
         tops = teacher_work.topk(store, m, self.t_ids, tgts, k=j.top_k, temperature=1.0, batch_size=self.teacher_batch)
         return [Example(p, t, top, tp) for p, t, top, tp in zip(self.s_ids, tgts, tops, self.t_ids, strict=True)]
 
+    def warm(self, store: Store) -> None:
+        """What a study's first trial leaves in the cache for the others: the teacher's targets and top-k
+        (off-policy), or c's KV cache (on-policy, `teacher.prefix`)."""
+        self.examples(store)
+        if self.on_policy:
+            teacher_work.prefix(store, self.m, self.t_ids)
+
     def trial(self, store: Store, seed: int = 0, learning_rate: float | None = None) -> TrialTime:
         m, j = self.m, self.job
         t0 = time.perf_counter()
@@ -305,6 +315,7 @@ class HarnessArm:
                     tokenizer=m.tokenizer,
                     top_k=j.top_k,
                     teacher_mode=as_teacher,
+                    prefill=functools.partial(teacher_work.prefix, store, m),  # as a harness trial: c once per study
                 )
             result = train(student, examples, "forward_kl", {}, settings, pad_id=m.tokenizer.pad_token_id, on_policy=op)
             if self.on_policy:
