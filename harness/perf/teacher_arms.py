@@ -3,7 +3,7 @@
 - generate: greedy targets through the prefix reuse against plain batched `generate` with left padding,
   same prompts; identical tokens asserted.
 - topk: the teacher's top-k along its targets with the prefix reuse against every row running its whole
-  prompt; identical top-k asserted (1e-5).
+  prompt; the same top-k asserted up to fp32 rounding (`topk_equal`, tolerance from an fp64 reference).
 """
 
 from __future__ import annotations
@@ -11,32 +11,42 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from harness import generation, models, teacher
 from harness.perf.profiles import Missed
 from harness.perf.timing import Goal, goal, interleaved, ratio, row, timed
 from harness.perf.workload import queries, targets, teacher_prompts, topk
 
+# |Δ log p| allowed between the plain and the prefix-reuse top-k, both fp32. Each path is fp32 rounding away from
+# the exact log-probs: at 4385 shared tokens on SmolLM2-135M, over 16 rows and their top-64 tokens, plain scoring
+# is up to 1.1e-4 and the prefix reuse up to 7.2e-5 from an fp64 reference of the same rows (results/perf/
+# prefix_reuse_64.md, "fp32 rounding, not a bug"). Two correct fp32 paths then differ by at most 2·E_FP32; the check
+# allows twice that. A prefix shifted by one token moves log-probs by far more (tests/test_topk_identity.py).
+E_FP32 = 1.1e-4
+TOPK_LOGPROB_TOL = 4 * E_FP32
 
-def topk_equal(a: teacher.TopKSeq, b: teacher.TopKSeq, tol: float) -> bool:
-    """Same top-k to `tol` (torch.allclose, rtol = atol = tol): log-probs and tails agree, and a token may
-    differ only where two log-probs tie to `tol` at the k-th place."""
-    if a.logprobs.shape != b.logprobs.shape:
-        return False
-    if not (
-        torch.allclose(a.logprobs, b.logprobs, rtol=tol, atol=tol)
-        and torch.allclose(a.tail, b.tail, rtol=tol, atol=tol)
-    ):
+
+def topk_equal(a: teacher.TopKSeq, b: teacher.TopKSeq, tol: float = TOPK_LOGPROB_TOL) -> bool:
+    """Same top-k up to rounding of `tol` in log p (absolute: fp32 error in log p does not grow with |log p|).
+
+    Per position: every token in both lists has |Δ log p| ≤ tol; a token may be in one list only where rounding
+    can swap it across the k-th place, i.e. where its log-prob is within tol of the other list's k-th (the gap
+    between the k-th and the (k+1)-th is below the tolerance); the tails agree to tol (3·tol where the lists
+    swapped tokens: the tail then sums a different near-tied token). Order inside the top-k is not compared
+    (near-ties there swap too; each token's own log-prob is)."""
+    if a.logprobs.shape != b.logprobs.shape or a.indices.shape != b.indices.shape:
         return False
     for t in range(a.indices.shape[0]):
-        if torch.equal(a.indices[t], b.indices[t]):
-            continue
-        differ = set(a.indices[t].tolist()) ^ set(b.indices[t].tolist())
-        kth = float(a.logprobs[t, -1])
-        lp = {int(i): float(v) for i, v in zip(a.indices[t], a.logprobs[t], strict=True)}
-        lp.update({int(i): float(v) for i, v in zip(b.indices[t], b.logprobs[t], strict=True)})
-        if any(abs(lp[i] - kth) > tol * (1 + abs(kth)) for i in differ):
+        lp_a = dict(zip(a.indices[t].tolist(), a.logprobs[t].tolist(), strict=True))
+        lp_b = dict(zip(b.indices[t].tolist(), b.logprobs[t].tolist(), strict=True))
+        if any(abs(v - lp_b[i]) > tol for i, v in lp_a.items() if i in lp_b):
+            return False
+        kth_a, kth_b = float(a.logprobs[t].min()), float(b.logprobs[t].min())
+        only_a = [v for i, v in lp_a.items() if i not in lp_b]
+        only_b = [v for i, v in lp_b.items() if i not in lp_a]
+        if any(v - kth_b > tol for v in only_a) or any(v - kth_a > tol for v in only_b):
+            return False
+        ta, tb = float(a.tail[t]), float(b.tail[t])
+        if not (ta == tb or abs(ta - tb) <= (3 * tol if only_a else tol)):  # == : both −inf (k = vocabulary)
             return False
     return True
 
@@ -111,10 +121,13 @@ def bench_teacher(
         return "tokens"
 
     def same_topk(plain: Any, reused: Any) -> str:
-        bad = [i for i, (a, b) in enumerate(zip(plain, reused, strict=True)) if not topk_equal(a, b, 1e-5)]
+        bad = [i for i, (a, b) in enumerate(zip(plain, reused, strict=True)) if not topk_equal(a, b)]
+        worst = f"max |Δ log p| {max_diff(plain, reused):.1e}, tolerance {TOPK_LOGPROB_TOL:.0e}"
         if bad:
-            raise AssertionError(f"prefix reuse changed the top-{top_k} of rows {bad} at {demos} demonstrations")
-        return f"top-k (k {top_k}) to 1e-5 (max |Δ log p| {max_diff(plain, reused):.1e})"
+            raise AssertionError(
+                f"prefix reuse changed the top-{top_k} of rows {bad} at {demos} demonstrations ({worst})"
+            )
+        return f"top-k (k {top_k}) ids and log-probs to fp32 rounding ({worst})"
 
     tgts = None
     if "generate" in parts:
