@@ -226,6 +226,23 @@ class Workbench:
             Example(p, t, top, tp, h) for p, t, top, tp, h in zip(s_prompts, tgts, tops, t_prompts, hidden, strict=True)
         ]
 
+    def greedy_targets(self, prompts: list[list[int]]) -> list[list[int]]:
+        """The teacher's greedy answers to prompts under the suite's generation settings, through the cache:
+        the held-out references and what a report shows the student is taught."""
+        s = self.suite
+        return teacher_work.targets(
+            self.store,
+            self.teacher,
+            prompts,
+            None,
+            "greedy",
+            {},
+            max_new_tokens=s.training.max_new_tokens,
+            batch_size=s.training.generation_batch_size,
+            seed=s.seed,
+            stop_strings=self.stop,
+        )
+
     # --- held-out references, computed once per study ----------------------------------------------
     def heldout(self) -> HeldOut:
         """The intrinsic metrics' inputs: the first `heldout_inputs` validation items (they feed the pruner)."""
@@ -233,18 +250,7 @@ class Workbench:
             s = self.suite
             docs = list(self.splits["validation"].docs[: s.evaluation.heldout_inputs])
             prompts = self.encode(docs, self.context)
-            tgts = teacher_work.targets(
-                self.store,
-                self.teacher,
-                prompts,
-                None,
-                "greedy",
-                {},
-                max_new_tokens=s.training.max_new_tokens,
-                batch_size=s.training.generation_batch_size,
-                seed=s.seed,
-                stop_strings=self.stop,
-            )
+            tgts = self.greedy_targets(prompts)
             top = teacher_work.topk(
                 self.store,
                 self.teacher,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-from harness import teacher as teacher_work
 from harness.spec import load_suite
 from harness.trial import Workbench
 
@@ -32,18 +31,7 @@ def main(path: str) -> None:
     for ax in s.axes.inputs:
         queries = b.inputs(ax, n)
         prompts = b.encode_queries(queries, b.context)
-        ids = teacher_work.targets(
-            b.store,
-            b.teacher,
-            prompts,
-            None,
-            "greedy",
-            {},
-            max_new_tokens=s.training.max_new_tokens,
-            batch_size=s.training.generation_batch_size,
-            seed=s.seed,
-            stop_strings=b.stop,
-        )
+        ids = b.greedy_targets(prompts)
         print(f"## `{ax.label}`\n\n| # | input z | teacher's answer (with c) |\n|---|---|---|")
         for i, (q, t) in enumerate(zip(queries, ids, strict=True)):
             print(f"| {i + 1} | {cell(q.text)} | {cell(str(b.tok.decode(t, skip_special_tokens=True)).strip())} |")
