@@ -122,7 +122,7 @@ def bench_teacher(
 
     def same_topk(plain: Any, reused: Any) -> str:
         bad = [i for i, (a, b) in enumerate(zip(plain, reused, strict=True)) if not topk_equal(a, b)]
-        worst = f"max |Δ log p| {max_diff(plain, reused):.1e}, tolerance {TOPK_LOGPROB_TOL:.0e}"
+        worst = f"max |Δ log p| {max_diff(plain, reused):.1e}, tolerance {TOPK_LOGPROB_TOL:.1e}"
         if bad:
             raise AssertionError(
                 f"prefix reuse changed the top-{top_k} of rows {bad} at {demos} demonstrations ({worst})"
