@@ -95,11 +95,30 @@ def _prefix_part(
     k, v = keys[0], values[0]  # [kvh, P, d]
     rows = max(1, _CHUNK_ELEMENTS // max(1, kvh * P))
     outs, lses = [], []
-    for s in range(0, qs.shape[1], rows):
-        scores = torch.matmul(qs[:, s : s + rows], k.transpose(-1, -2)).to(acc) * scale  # [kvh, r, P]
-        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-        outs.append(torch.matmul(torch.exp(scores - lse).to(v.dtype), v).to(acc))
-        lses.append(lse)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, keys, values)):
+        # the in-place path below would overwrite tensors autograd saved (amax's input): out of place here
+        for s in range(0, qs.shape[1], rows):
+            scores = torch.matmul(qs[:, s : s + rows], k.transpose(-1, -2)).to(acc) * scale  # [kvh, r, P]
+            lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+            outs.append(torch.matmul(torch.exp(scores - lse).to(v.dtype), v).to(acc))
+            lses.append(lse)
+    else:
+        # Scoring (no grad): the [kvh, r, P] scores are the big tensor, so they are passed over as few times as
+        # possible (results/perf/sdft_4k/profile/prefix_part_inplace.py: ~2x per layer call at a 4k prefix). The
+        # scale is folded into the queries when they are already in the accumulation dtype (else the scores
+        # are scaled after the cast, keeping the softmax in `acc`); one max, subtract and exp in place, and the
+        # sum of the exponentials gives both the normaliser and the log-sum-exp.
+        folded = query.dtype == acc
+        qf = qs * scale if folded else qs
+        for s in range(0, qs.shape[1], rows):
+            scores = torch.matmul(qf[:, s : s + rows], k.transpose(-1, -2)).to(acc)  # [kvh, r, P], a fresh tensor
+            if not folded:
+                scores.mul_(scale)
+            top = scores.amax(-1, keepdim=True)
+            scores.sub_(top).exp_()
+            total = scores.sum(-1, keepdim=True)
+            outs.append(torch.matmul(scores.to(v.dtype), v).to(acc) / total)
+            lses.append(top + total.log())
     out = torch.cat(outs, dim=1).reshape(kvh, B, g, q, d).permute(1, 0, 2, 3, 4).reshape(B, H, q, d)
     lse_all = torch.cat(lses, dim=1).reshape(kvh, B, g, q, 1).permute(1, 0, 2, 3, 4).reshape(B, H, q, 1)
     return out, lse_all
