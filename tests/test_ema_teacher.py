@@ -9,18 +9,16 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import settings, write_suite
+from helpers import parity_prompts, settings, write_suite
 
 from harness import targets, teacher
 from harness.cli import main
 from harness.config import HyperParams, TrialConfig
-from harness.contexts import Context
 from harness.ema import EmaTeacher
 from harness.spec import AxisValue, load_suite
 from harness.train import Example, OnPolicy, apply_lora, train
 from harness.trial import InvalidCombination, Workbench, check_combination, run_trial
 
-INSTRUCTION = "Answer E if the number is even and O if it is odd."
 N = 8
 
 
@@ -60,9 +58,7 @@ def test_lora_averages_only_the_adapters(tiny):
 @pytest.fixture(scope="module")
 def examples(tiny, parity) -> list[Example]:
     tok = tiny.tokenizer
-    docs = parity.train_docs(N)
-    t_prompts = [tok.encode(parity.render(d, Context(INSTRUCTION, 4), tok), add_special_tokens=False) for d in docs]
-    s_prompts = [tok.encode(parity.render(d, Context(None, 0), tok), add_special_tokens=False) for d in docs]
+    t_prompts, s_prompts, _ = parity_prompts(tok, parity, N)
     tgts = targets.select_targets(
         "on_policy", {}, tiny.model, tok, t_prompts, None, max_new_tokens=6, batch_size=N, seed=0, stop_strings=("\n",)
     )

@@ -8,32 +8,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import SUITES, settings, write_suite
+from helpers import CAPITAL_QUERIES, SUITES, capital_messages, settings, sharp_tiny, write_suite
 
 from harness import generation, models, teacher
 from harness.batching import make_batch, target_logits
 from harness.train import _fused_ok, train
 
-QUERIES = ["Germany", "Italy", "Spain and Portugal", "UK", "Peru", "a", "Chile", "Mali and Niger"]
+QUERIES = CAPITAL_QUERIES
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """The tiny model with larger random weights, so distributions are far from uniform."""
-    m = models.load("tiny-random", device="cpu")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return m
+    return sharp_tiny()
 
 
 @pytest.fixture(scope="module")
 def prompts(tiny):
-    context = [{"role": "system", "content": "Answer with the capital city only."}]
-    for a, b in [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi")]:
-        context += [{"role": "user", "content": a}, {"role": "assistant", "content": b}]
+    context = capital_messages([("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi")])
     return [
         list(
             tiny.tokenizer.apply_chat_template(

@@ -5,32 +5,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import CAPITAL_QUERIES, capital_messages, sharp_tiny
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from harness import generation, models, shared_prefix
+from harness import generation, shared_prefix
 from harness.lm import PrefixReuseLM
 
-QUERIES = ["Germany", "Italy", "Spain and Portugal", "UK", "Peru", "a", "Chile", "Mali and Niger"]
+QUERIES = CAPITAL_QUERIES
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """The tiny model with larger random weights, so distributions are far from uniform (a private copy)."""
-    m = models.load("tiny-random", device="cpu")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return m
+    return sharp_tiny()
 
 
 @pytest.fixture(scope="module")
 def contexts(tiny) -> list[str]:
-    msgs = [{"role": "system", "content": "Answer with the capital city only."}]
-    for a, b in [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Chad", "N'Djamena")]:
-        msgs += [{"role": "user", "content": a}, {"role": "assistant", "content": b}]
+    msgs = capital_messages([("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Chad", "N'Djamena")])
     tok = tiny.tokenizer
     return [
         tok.apply_chat_template(msgs + [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)

@@ -8,23 +8,19 @@ import functools
 
 import pytest
 import torch
-from helpers import settings
+from helpers import parity_prompts, settings
 
 from harness import generation, teacher
 from harness.cache import Store
-from harness.contexts import Context
 from harness.train import Example, OnPolicy, train
 
-INSTRUCTION = "Answer E if the number is even and O if it is odd."
 N = 8
 
 
 @pytest.fixture(scope="module")
 def prompts(tiny, parity) -> tuple[list[list[int]], list[list[int]]]:
     tok = tiny.tokenizer
-    docs = parity.train_docs(N)
-    t_prompts = [tok.encode(parity.render(d, Context(INSTRUCTION, 4), tok), add_special_tokens=False) for d in docs]
-    s_prompts = [tok.encode(parity.render(d, Context(None, 0), tok), add_special_tokens=False) for d in docs]
+    t_prompts, s_prompts, _ = parity_prompts(tok, parity, N)
     return t_prompts, s_prompts
 
 

@@ -8,27 +8,23 @@ import copy
 
 import pytest
 import torch
-from helpers import settings, write_suite
+from helpers import parity_prompts, settings, write_suite
 
 from harness import generation, targets, teacher
 from harness import trial as trial_mod
 from harness.config import HyperParams, TrialConfig
-from harness.contexts import Context
 from harness.losses import teacher_needs
 from harness.spec import load_suite
 from harness.train import Example, OnPolicy, _on_policy_batch, train
 from harness.trial import Workbench, run_trial
 
-INSTRUCTION = "Answer E if the number is even and O if it is odd."
 N = 8
 
 
 @pytest.fixture(scope="module")
 def prompts(tiny, parity) -> tuple[list[list[int]], list[list[int]]]:
     tok = tiny.tokenizer
-    docs = parity.train_docs(N)
-    t_prompts = [tok.encode(parity.render(d, Context(INSTRUCTION, 4), tok), add_special_tokens=False) for d in docs]
-    s_prompts = [tok.encode(parity.render(d, Context(None, 0), tok), add_special_tokens=False) for d in docs]
+    t_prompts, s_prompts, _ = parity_prompts(tok, parity, N)
     return t_prompts, s_prompts
 
 

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import CAPITAL_QUERIES, capital_messages, sharpen
 
 from harness import generation, targets, teacher
 from harness.cache import Store
@@ -18,12 +19,7 @@ MAX_NEW = 12
 def sharp_tiny(tiny):
     """A copy of the session's tiny model with larger random weights, so outputs depend on the prompt and
     sometimes hit eos; its own fingerprint keeps it apart from `tiny` in any cache."""
-    model = copy.deepcopy(tiny.model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model = sharpen(copy.deepcopy(tiny.model), seed=0)
     return dataclasses.replace(tiny, name="tiny-random-sharp", model=model, fingerprint=tiny.fingerprint + "-sharp")
 
 
@@ -31,12 +27,8 @@ def sharp_tiny(tiny):
 def prompts(sharp_tiny):
     """Teacher-style prompts: a long shared context (instruction + demo turns) then different inputs."""
     tok = sharp_tiny.tokenizer
-    context = [
-        {"role": "system", "content": "Answer with the capital city only."},
-        {"role": "user", "content": "France"},
-        {"role": "assistant", "content": "Paris"},
-    ]
-    queries = ["Germany", "Italy", "Spain and Portugal", "UK", "Peru", "a"]
+    context = capital_messages([("France", "Paris")])
+    queries = CAPITAL_QUERIES[:6]
     return [
         list(
             tok.apply_chat_template(

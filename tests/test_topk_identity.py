@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import sharp_tiny
 from transformers import DynamicCache
 
-from harness import generation, models
+from harness import generation
 from harness.perf import workload
 from harness.perf.teacher_arms import TOPK_LOGPROB_TOL, max_diff, topk_equal
 
@@ -17,14 +18,7 @@ K = 16
 
 @pytest.fixture(scope="module")
 def tiny():
-    """The tiny model with larger random weights, so distributions are far from uniform (a private copy)."""
-    m = models.load("tiny-random", device="cpu")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return m
+    return sharp_tiny()
 
 
 @pytest.fixture(scope="module")

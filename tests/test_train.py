@@ -7,24 +7,20 @@ import copy
 
 import pytest
 import torch
-from helpers import settings
+from helpers import parity_prompts, settings
 
 from harness import targets, teacher
 from harness.batching import make_batch, target_logits, target_logits_and_hidden
-from harness.contexts import Context
 from harness.losses import LOSSES, Extras, TeacherNeeds, compute_loss, register, teacher_needs
 from harness.train import Example, OnPolicy, Switch, TrainingDiverged, apply_lora, train
 
-INSTRUCTION = "Answer E if the number is even and O if it is odd."
 N = 8
 
 
 @pytest.fixture(scope="module")
 def setup(tiny, parity):
     tok = tiny.tokenizer
-    docs = parity.train_docs(N)
-    t_prompts = [tok.encode(parity.render(d, Context(INSTRUCTION, 4), tok), add_special_tokens=False) for d in docs]
-    s_prompts = [tok.encode(parity.render(d, Context(None, 0), tok), add_special_tokens=False) for d in docs]
+    t_prompts, s_prompts, docs = parity_prompts(tok, parity, N)
     refs = [parity.reference(d) for d in docs]
     return t_prompts, s_prompts, refs
 
