@@ -66,14 +66,18 @@ def test_a_text_initialised_soft_prompt_gives_the_logits_of_the_text(tiny, text_
             with as_teacher():  # teacher mode: the plain model again, same object
                 plain_again = target_logits(model, batch)
         after = target_logits(model, batch)
+        _, after_hidden = target_logits_and_hidden(model, batch, (0, 1, -1))
     mask = plain.mask
     torch.testing.assert_close(got[mask], want[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_logits[mask], want_logits[mask], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got_hidden[mask], want_hidden[mask], atol=1e-5, rtol=1e-5)
+    # Hidden states reach |h| ~ 3: the prefix_kv path's other summation order put 2 of 2112 elements 3.9e-5 off on an
+    # AMD EPYC (fp32 rounding); a missing prefix moves them by far more (asserted below), so 1e-4 still tells.
+    torch.testing.assert_close(got_hidden[mask], want_hidden[mask], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(full_got, full_want, atol=1e-5, rtol=1e-5)
     assert full_got.shape[1] == len(prompts[0])  # the virtual positions are not in what the caller gets
     torch.testing.assert_close(plain_again, after)
     assert (got[mask] - after[mask]).abs().max() > 1e-3  # the check is not vacuous: the prompt changes logits
+    assert (got_hidden[mask] - after_hidden[mask]).abs().max() > 1e-2  # and the hidden states
     assert softprompt.attached(model) is None and not softprompt.active(model)
 
 
